@@ -1,0 +1,85 @@
+"""The Dask cluster a run fans out on: a LocalCluster it owns, or an existing scheduler."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prefect_pipeline.exceptions import RunError, UsageError
+from prefect_pipeline.logs import get_logger
+
+logger = get_logger("cluster")
+
+
+def default_workers() -> int:
+    """One worker process per core (the writer runs in the command's own process)."""
+    return max(1, os.cpu_count() or 1)
+
+
+class DaskCluster:
+    """Context manager: starts a process-based LocalCluster (or connects nowhere when an
+    ``address`` is given) and closes it on exit, even on error or Ctrl-C."""
+
+    def __init__(
+        self,
+        *,
+        workers: int | None = None,
+        threads_per_worker: int = 1,
+        address: str | None = None,
+    ) -> None:
+        if address and workers is not None:
+            raise UsageError("--address and --workers do not go together: "
+                             "the existing cluster decides its workers")
+        if workers is not None and workers < 1:
+            raise UsageError("--workers must be at least 1 for a Dask cluster")
+        if threads_per_worker < 1:
+            raise UsageError("--threads-per-worker must be at least 1")
+        self.workers = workers or default_workers()
+        self.threads_per_worker = threads_per_worker
+        self.address = address
+        self._cluster: Any = None
+
+    def __enter__(self) -> DaskCluster:
+        if self.address:
+            self._check_reachable(self.address)
+            return self
+        from distributed import LocalCluster
+
+        try:
+            self._cluster = LocalCluster(
+                n_workers=self.workers,
+                threads_per_worker=self.threads_per_worker,
+                processes=True,
+                # ":0" picks a free port, so two runs (or a user's own dashboard) never clash.
+                dashboard_address=":0",
+                scheduler_port=0,
+                host="127.0.0.1",
+                silence_logs=os.environ.get("DASK_LOGGING__DISTRIBUTED", "warning").upper(),
+            )
+        except Exception as exc:
+            raise RunError(f"could not start a local Dask cluster: {exc}") from exc
+        self.address = self._cluster.scheduler_address
+        logger.info("started a Dask LocalCluster with %d worker(s) at %s",
+                    self.workers, self.address)
+        return self
+
+    @staticmethod
+    def _check_reachable(address: str) -> None:
+        from distributed import Client
+
+        try:
+            with Client(address, timeout="10s"):
+                pass
+        except Exception as exc:
+            raise RunError(f"Dask scheduler {address} is not reachable: {exc}") from None
+
+    def task_runner(self) -> Any:
+        """A ``DaskTaskRunner`` connected to this cluster."""
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=self.address)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None

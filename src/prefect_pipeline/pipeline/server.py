@@ -1,0 +1,159 @@
+"""One Prefect API for the whole run.
+
+With ``PREFECT_API_URL`` set (``prefect server start``, Prefect Cloud, or a test harness),
+that server is used. Without it, Prefect would start a temporary server lazily in every
+process that talks to it: each Dask worker process would start its own (10-14 s each, all
+on one SQLite file). Instead the command starts one temporary server and exports its URL
+before any worker starts, so every process of the run reports to it.
+
+Two pipeline commands on one machine must not run two temporary servers on the same
+Prefect database file: the first command takes an exclusive lock on
+``$PREFECT_HOME/prefect_pipeline-server.lock`` and uses the usual database; a second one
+that finds the lock taken gets a private database for its own lifetime (its runs are not
+kept). Set ``PREFECT_API_URL`` to a running server to keep the history of concurrent runs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from prefect_pipeline.exceptions import RunError
+from prefect_pipeline.logs import get_logger
+
+logger = get_logger("server")
+
+STARTUP_TIMEOUT = 90
+
+
+def configured_api_url() -> str | None:
+    """The API URL already configured (environment, profile or settings context), if any."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PrefectApi:
+    """Context manager yielding the API URL for the run; starts a temporary server only if
+    none is configured. ``start_async()`` lets the caller start a Dask cluster meanwhile."""
+
+    def __init__(self) -> None:
+        self.url: str | None = None
+        self.temporary = False
+        self._stack = ExitStack()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._server: object | None = None
+
+    def __enter__(self) -> PrefectApi:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        configured = configured_api_url()
+        if configured:
+            self.url = configured
+            # Worker processes inherit the environment, not this process's settings context.
+            os.environ["PREFECT_API_URL"] = configured
+            return self
+        self.temporary = True
+        self._isolate_database_if_shared()
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}/api"
+        os.environ["PREFECT_API_URL"] = self.url
+        self._stack.callback(os.environ.pop, "PREFECT_API_URL", None)
+        self._stack.enter_context(temporary_settings({PREFECT_API_URL: self.url}))
+        self._thread = threading.Thread(target=self._start, args=(port,), daemon=True)
+        self._thread.start()
+        return self
+
+    def _isolate_database_if_shared(self) -> None:
+        from prefect.settings import PREFECT_HOME
+
+        home = Path(PREFECT_HOME.value()).expanduser()
+        home.mkdir(parents=True, exist_ok=True)
+        handle = open(home / "prefect_pipeline-server.lock", "w")  # noqa: SIM115 - held open
+        self._stack.callback(handle.close)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        private = tempfile.mkdtemp(prefix="prefect-pipeline-api-")
+        self._stack.callback(shutil.rmtree, private, True)
+        url = f"sqlite+aiosqlite:///{private}/prefect.db"
+        os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = url
+        self._stack.callback(os.environ.pop, "PREFECT_API_DATABASE_CONNECTION_URL", None)
+        logger.warning(
+            "another pipeline command is using the temporary Prefect server's database; "
+            "this run reports to a private one that is removed at exit "
+            "(set PREFECT_API_URL to a running server to keep both runs)"
+        )
+
+    def _start(self, port: int) -> None:
+        try:
+            from prefect.server.api.server import SubprocessASGIServer
+
+            server = SubprocessASGIServer(port=port)
+            self._server = server
+            server.start(timeout=STARTUP_TIMEOUT)
+        except BaseException as exc:  # re-raised in the caller's thread by wait()
+            self._error = exc
+
+    def wait(self) -> str:
+        """Block until the API answers; raise ``RunError`` if the server did not start."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            if self._error is not None:
+                raise RunError(f"the temporary Prefect server did not start: {self._error}")
+        assert self.url is not None
+        return self.url
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if self._thread is not None:
+                self._thread.join()
+            server = self._server
+            if server is not None:
+                _flush_api_logs()
+                # Its "Stopping temporary server" line would be queued for the API it stops.
+                stopping = logging.getLogger("prefect.server.api.server")
+                previous = stopping.level
+                stopping.setLevel(logging.WARNING)
+                try:
+                    server.stop()  # type: ignore[attr-defined]
+                finally:
+                    stopping.setLevel(previous)
+        finally:
+            self._stack.close()
+
+
+def _flush_api_logs() -> None:
+    # Log records are shipped to the API in the background; send them before the server
+    # goes away, or the log handler prints "Error logging to API" at exit.
+    try:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)
+    except Exception:  # pragma: no cover - best effort at shutdown
+        logger.debug("could not flush logs to the Prefect API", exc_info=True)
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    """Shorthand: the API URL, with a temporary server running for the block if needed."""
+    with PrefectApi() as api:
+        yield api.wait()

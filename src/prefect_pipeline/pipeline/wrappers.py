@@ -1,0 +1,91 @@
+"""Prefect tasks made from job classes: the only place jobs meet Prefect.
+
+A task runs one job over a *group* of inputs: Prefect costs milliseconds per task run and a
+small file costs microseconds of work, so orchestration is paid per group while each input
+keeps its own ``JobResult`` (and, in parallel runs, its own row in the input ledger).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+
+from prefect_pipeline.config import PipelineConfig
+from prefect_pipeline.jobs.base import JobResult, Outcome
+from prefect_pipeline.pipeline.definition import JobSpec
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One input on its way through the chain: ``data`` is the current job's input."""
+
+    data: Any
+    #: The input's row in ``pipeline_inputs`` and the claim that lets us write it (parallel
+    #: runs); None for single-input runs, which keep no ledger.
+    input_id: int | None = None
+    claim_token: str | None = None
+    path: str | None = None
+    attempts: int = 0
+
+    def advance(self, data: Any) -> WorkItem:
+        return replace(self, data=data)
+
+
+#: Called inside the job's transaction when it succeeds (the ledger's status change).
+FinishHook = Callable[[WorkItem, str, Outcome], None]
+
+
+def run_job_on_items(
+    spec: JobSpec,
+    items: Sequence[WorkItem],
+    config: PipelineConfig,
+    force: bool = False,
+    finish: FinishHook | None = None,
+) -> list[JobResult]:
+    """Run ``spec``'s job on each item; one result per item, in order."""
+    job = spec.job_class(config, force=force)
+    results = []
+    for item in items:
+        hook = None
+        if finish is not None and item.input_id is not None:
+            hook = _bind_hook(finish, item, spec.name)
+        results.append(job.execute(item.data, on_commit=hook))
+    return results
+
+
+def _bind_hook(finish: FinishHook, item: WorkItem, job_name: str) -> Callable[[Outcome], None]:
+    return lambda outcome: finish(item, job_name, outcome)
+
+
+def make_job_task(
+    spec: JobSpec, *, retries: int = 0, retry_delay_seconds: float = 0.0
+) -> Task[..., list[JobResult]]:
+    """A Prefect task running ``spec``'s job on a group of ``WorkItem``s.
+
+    ``NO_CACHE``: the jobs have side effects and deduplication is the database's job (a
+    cached result would skip a write). Results are not persisted for the same reason.
+    ``retries`` apply when the task itself raises; an input's failure is a ``JobResult``.
+    """
+
+    def run_job(
+        items: Sequence[WorkItem],
+        config: PipelineConfig,
+        force: bool = False,
+        finish: FinishHook | None = None,
+    ) -> list[JobResult]:
+        return run_job_on_items(spec, items, config, force, finish)
+
+    run_job.__name__ = run_job.__qualname__ = f"job_{spec.name}"
+    return task(
+        run_job,
+        name=f"job-{spec.name}",
+        cache_policy=NO_CACHE,
+        persist_result=False,
+        retries=retries,
+        retry_delay_seconds=retry_delay_seconds,
+        log_prints=False,
+    )
