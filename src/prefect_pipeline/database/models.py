@@ -74,6 +74,8 @@ class PipelineInput(BaseModel):
     last_job = CharField(null=True)
     last_error = TextField(null=True)
     claim_token = CharField(null=True, index=True)
+    #: The command run that last claimed this input (kept after it finishes, for its summary).
+    run_id = CharField(null=True, index=True)
     lease_expires_at = IsoDateTimeField(null=True)
     not_before = IsoDateTimeField(null=True)
     created_at = IsoDateTimeField(default=utcnow)

@@ -85,5 +85,6 @@ class JobA(BaseJob):
         write_json_atomically(output_path, document)
         return Outcome(
             {**document, "output_path": str(output_path)},
-            details={"output_path": str(output_path), "record_count": len(records)},
+            details={"output_path": str(output_path), "record_count": len(records),
+                     "sha256": document["sha256"]},
         )

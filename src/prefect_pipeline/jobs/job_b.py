@@ -56,7 +56,7 @@ class JobB(BaseJob):
                 existing.id,
                 note=f"already stored as batch {existing.id}; nothing written",
                 details={"batch_id": existing.id, "records_written": 0, "unchanged": True,
-                         "batch_status": existing.status},
+                         "sha256": doc["sha256"], "batch_status": existing.status},
             )
         if existing is not None:
             # --force: replace in this same transaction (records go by ON DELETE CASCADE).
@@ -80,5 +80,5 @@ class JobB(BaseJob):
             batch.id,
             note="replaced the stored batch" if existing is not None else None,
             details={"batch_id": batch.id, "records_written": doc["record_count"],
-                     "unchanged": False, "batch_status": "pending"},
+                     "sha256": doc["sha256"], "unchanged": False, "batch_status": "pending"},
         )

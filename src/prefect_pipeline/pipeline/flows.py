@@ -11,12 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import flow
-from prefect.utilities.annotations import quote
 
 from prefect_pipeline.config import PipelineConfig
 from prefect_pipeline.jobs.base import JobResult
 from prefect_pipeline.pipeline.definition import JobSpec, PipelineDefinition, default_pipeline
-from prefect_pipeline.pipeline.wrappers import WorkItem, make_job_task
+from prefect_pipeline.pipeline.wrappers import Group, WorkItem, make_job_task
 
 __all__ = ["PipelineDefinition", "PipelineResult", "default_pipeline", "run_pipeline"]
 
@@ -84,7 +83,7 @@ def run_pipeline(
         job_task = make_job_task(
             spec, retries=config.retries, retry_delay_seconds=config.retry_delay_seconds
         )
-        [result] = job_task(quote([WorkItem(data)]), config, force)
+        [result] = job_task(Group([WorkItem(data)]), config, force)
         outcome.results.append(result)
         if not result.success:
             break

@@ -8,7 +8,7 @@ keeps its own ``JobResult`` (and, in parallel runs, its own row in the input led
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prefect import Task, task
@@ -30,9 +30,33 @@ class WorkItem:
     claim_token: str | None = None
     path: str | None = None
     attempts: int = 0
+    #: What earlier jobs reported (``JobResult.details``), e.g. sha256 and records written.
+    facts: dict[str, Any] = field(default_factory=dict)
 
-    def advance(self, data: Any) -> WorkItem:
-        return replace(self, data=data)
+    def advance(self, data: Any, details: dict[str, Any] | None = None) -> WorkItem:
+        """The item as the next job's input."""
+        return replace(self, data=data, facts={**self.facts, **(details or {})})
+
+
+class Group:
+    """The inputs of one task run, opaque to Prefect.
+
+    Prefect walks task parameters looking for futures to resolve, and Dask's task runner does
+    it again on each worker; a group's documents hold thousands of records, so the walk would
+    cost more than the work. (``prefect.utilities.annotations.quote`` is not unwrapped on
+    Dask workers.)
+    """
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: Sequence[WorkItem]) -> None:
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __repr__(self) -> str:
+        return f"<{len(self.items)} input(s)>"
 
 
 #: Called inside the job's transaction when it succeeds (the ledger's status change).
@@ -72,11 +96,13 @@ def make_job_task(
     """
 
     def run_job(
-        items: Sequence[WorkItem],
+        items: Group | Sequence[WorkItem],
         config: PipelineConfig,
         force: bool = False,
         finish: FinishHook | None = None,
     ) -> list[JobResult]:
+        if isinstance(items, Group):
+            items = items.items
         return run_job_on_items(spec, items, config, force, finish)
 
     run_job.__name__ = run_job.__qualname__ = f"job_{spec.name}"

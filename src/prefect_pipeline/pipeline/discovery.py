@@ -1,0 +1,150 @@
+"""Finding input files under a directory: streamed, sorted, and safe.
+
+Directories are walked one at a time in sorted order (runs are reproducible and the list
+is never built whole); hidden names are skipped; symlinks are followed only when they stay
+inside the root; FIFOs, sockets and devices are reported and never opened (opening a FIFO
+blocks). Each input gets the JSON path job A writes: inputs keep their folder relative to
+the root under the output directory, so files that share a name in different folders never
+clash, and two files in one folder whose stems clash (``a.txt``, ``a.md``) keep their full
+names (``a.txt_processed.json``, ``a.md_processed.json``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect_pipeline.exceptions import UsageError
+from prefect_pipeline.jobs.job_a import OUTPUT_SUFFIX
+
+
+@dataclass(frozen=True)
+class Found:
+    """An input file and where its JSON goes."""
+
+    path: str
+    output_path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """Something under the root that is not an input (a FIFO, an escaping symlink...)."""
+
+    path: str
+    reason: str
+
+
+def output_names(names: Iterable[str]) -> dict[str, str]:
+    """Map each file name of one folder to its JSON name, deterministically and uniquely."""
+    names = sorted(names)
+    stems: dict[str, int] = {}
+    for name in names:
+        stem = Path(name).stem
+        stems[stem] = stems.get(stem, 0) + 1
+    taken: set[str] = set()
+    result = {}
+    for name in names:
+        stem = Path(name).stem
+        base = stem if stems[stem] == 1 else name
+        candidate = f"{base}{OUTPUT_SUFFIX}"
+        counter = 2
+        while candidate in taken:  # e.g. "a.txt" (stem clash) vs "a.txt.md" (stem "a.txt")
+            candidate = f"{base}-{counter}{OUTPUT_SUFFIX}"
+            counter += 1
+        taken.add(candidate)
+        result[name] = candidate
+    return result
+
+
+def iter_inputs(
+    root: Path | str,
+    output_root: Path | str,
+    *,
+    pattern: str = "*",
+    recursive: bool = True,
+    exclude: Iterable[Path | str] = (),
+) -> Iterator[Found | Ignored]:
+    """Yield the inputs under ``root`` (and what was ignored), folder by folder.
+
+    Each input's JSON goes to ``output_root`` / its folder relative to ``root``. Paths in
+    ``exclude`` (the output directory, the database) are never inputs.
+    """
+    root_path = Path(os.path.abspath(root))
+    if not root_path.exists():
+        raise UsageError(f"{root_path}: no such directory")
+    if not root_path.is_dir():
+        raise UsageError(f"{root_path}: not a directory")
+    real_root = Path(os.path.realpath(root_path))
+    out = Path(os.path.abspath(output_root))
+    excluded = {os.path.realpath(p) for p in exclude}
+    yield from _walk(root_path, real_root, root_path, out, pattern, recursive, excluded)
+
+
+def _inside(real: str, real_root: Path) -> bool:
+    return real == str(real_root) or real.startswith(str(real_root) + os.sep)
+
+
+def _walk(
+    folder: Path,
+    real_root: Path,
+    root: Path,
+    out: Path,
+    pattern: str,
+    recursive: bool,
+    excluded: set[str],
+) -> Iterator[Found | Ignored]:
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        yield Ignored(str(folder), f"cannot list folder ({exc.strerror})")
+        return
+    files: list[tuple[str, os.stat_result]] = []
+    subfolders: list[Path] = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        path = folder / entry.name
+        real = os.path.realpath(path)
+        if real in excluded or any(real.startswith(e + os.sep) for e in excluded):
+            continue
+        if entry.is_symlink():
+            if not _inside(real, real_root):
+                yield Ignored(str(path), "symlink points outside the input directory")
+                continue
+            if os.path.isdir(real):
+                # A link to a folder inside the root is reached through the folder itself;
+                # following it could loop.
+                continue
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            yield Ignored(str(path), f"cannot stat ({exc.strerror})")
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if recursive:
+                subfolders.append(path)
+        elif stat.S_ISREG(st.st_mode):
+            if fnmatch.fnmatch(entry.name, pattern):
+                files.append((entry.name, st))
+        elif fnmatch.fnmatch(entry.name, pattern):
+            kind = ("FIFO" if stat.S_ISFIFO(st.st_mode) else
+                    "socket" if stat.S_ISSOCK(st.st_mode) else "device file")
+            yield Ignored(str(path), f"{kind}, not a regular file")
+    if files:
+        relative = folder.relative_to(root)
+        names = output_names(name for name, _ in files)
+        for name, st in files:
+            yield Found(
+                path=str(folder / name),
+                output_path=str(out / relative / names[name]),
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+            )
+    for sub in subfolders:
+        yield from _walk(sub, real_root, root, out, pattern, recursive, excluded)
