@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up, then run the pipeline in parallel over the sample files shipped in samples/.
+# Results: data/output/ (JSON) and data/pipeline.db (SQLite). Extra arguments go to
+# `pipeline run-parallel`, e.g. scripts/demo.sh --json
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+exec .venv/bin/pipeline run-parallel samples/ "$@"
