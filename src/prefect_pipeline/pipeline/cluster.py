@@ -55,6 +55,7 @@ class DaskCluster:
                 scheduler_port=0,
                 host="127.0.0.1",
                 silence_logs=os.environ.get("DASK_LOGGING__DISTRIBUTED", "warning").upper(),
+                preload=["prefect_pipeline.pipeline.worker_preload"],
             )
         except Exception as exc:
             raise RunError(f"could not start a local Dask cluster: {exc}") from exc
@@ -68,7 +69,7 @@ class DaskCluster:
         from distributed import Client
 
         try:
-            with Client(address, timeout="10s"):
+            with Client(address, timeout="5s"):
                 pass
         except Exception as exc:
             raise RunError(f"Dask scheduler {address} is not reachable: {exc}") from None

@@ -502,9 +502,11 @@ def run_parallel_from_files(
             f"*{OUTPUT_SUFFIX}"
     started = options.started_at or time.time()
     if isinstance(paths, str | os.PathLike):
+        # Job A's own output is never its input; starting from B, it is exactly the input.
+        writes_json = not chain[0].uses_database
         found: Iterator[Found | Ignored] = iter_inputs(
             paths, config.output_dir, pattern=pattern, recursive=recursive,
-            exclude=[config.output_dir, *database_files(config)],
+            exclude=[*([config.output_dir] if writes_json else []), *database_files(config)],
         )
         description = f"{Path(paths)} ({pattern})"
     else:

@@ -1,0 +1,324 @@
+"""run-parallel end to end: a real Dask cluster, a real SQLite file, the real CLI.
+
+Most tests share one process-based ``LocalCluster`` (``--address``) so that the suite pays
+for one cluster start; one test starts real ``dask scheduler`` / ``dask worker`` processes,
+one kills a worker with SIGKILL in the middle of a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from prefect_pipeline.config import PipelineConfig
+from prefect_pipeline.pipeline.parallel import run_parallel_from_files
+from tests.conftest import db_counts, files_under, query
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def dask_address() -> Iterator[str]:
+    """A process-based LocalCluster with two single-threaded workers, for the session."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0", host="127.0.0.1",
+                      silence_logs="ERROR") as cluster:
+        yield cluster.scheduler_address
+
+
+def expected_records(path: Path) -> list[tuple[int, str]]:
+    """An independent reading of a file: (line_number, stripped) of each non-empty line."""
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    text = data.decode("utf-8")
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip()]
+
+
+def make_tree(root: Path) -> dict[str, list[Path]]:
+    """A tree a user might have: shared names in many folders, clashing stems, hidden files,
+    a FIFO, a symlink out of the tree, bad files."""
+    good: list[Path] = []
+    for package in ("alpha", "beta", "gamma"):
+        path = root / "pkgs" / package / "copyright"
+        path.parent.mkdir(parents=True)
+        path.write_text(f"Copyright {package}\n\nAll rights reserved.\n")
+        good.append(path)
+    (root / "stems").mkdir()
+    for name in ("a.txt", "a.md", "a.txt.md"):
+        (root / "stems" / name).write_text(f"file {name}\r\nsecond\rthird\n")
+        good.append(root / "stems" / name)
+    (root / "bom.txt").write_bytes(b"\xef\xbb\xbfwith bom\n")
+    good.append(root / "bom.txt")
+    (root / "empty.txt").write_text("")
+    good.append(root / "empty.txt")
+    (root / ".hidden.txt").write_text("never read\n")
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_text("never read\n")
+    (root / "binary.dat").write_bytes(b"abc\x00def")
+    (root / "latin1.txt").write_bytes(b"caf\xe9\n")
+    os.mkfifo(root / "pipe")
+    (root / "escape").symlink_to("/etc/hostname")
+    return {"good": good, "bad": [root / "binary.dat", root / "latin1.txt"]}
+
+
+def run_cli(cli_runner, config: PipelineConfig, *args: str):  # type: ignore[no-untyped-def]
+    result = cli_runner("--log-level", "OFF", "--db-path", config.db_path, "--output-dir",
+                        config.output_dir, "run-parallel", *args)
+    return result
+
+
+def test_run_parallel_tree(cli_runner, config, tmp_path, dask_address):  # type: ignore[no-untyped-def]
+    root = tmp_path / "tree"
+    tree = make_tree(root)
+
+    result = run_cli(cli_runner, config, str(root), "--address", dask_address, "--json")
+
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert summary["succeeded"] == len(tree["good"])
+    assert summary["failed"] == 2
+    assert summary["skipped"] == 0
+    assert summary["total"] == len(tree["good"]) + 2
+    assert summary["ignored"] == 2
+    assert {f["input"]: (f["job"], f["error"]) for f in summary["failures"]} == {
+        str(root / "binary.dat"): ("A", f"{root / 'binary.dat'}: binary file (NUL byte at offset 3)"),
+        str(root / "latin1.txt"): ("A", f"{root / 'latin1.txt'}: invalid UTF-8 at byte offset 3"),
+    }
+    expected = {str(p.resolve()): expected_records(p) for p in tree["good"]}
+    assert summary["records"] == sum(len(v) for v in expected.values())
+
+    # The database, row by row, against an independent reading of the files.
+    batches = query(config.db_path, "SELECT * FROM processing_batches")
+    assert {b["source_path"] for b in batches} == set(expected)
+    for batch in batches:
+        rows = query(config.db_path, "SELECT line_number, content, status, record_index"
+                     " FROM processed_records WHERE batch_id = ? ORDER BY record_index",
+                     (batch["id"],))
+        assert [(r["line_number"], r["content"]) for r in rows] == expected[batch["source_path"]]
+        assert [r["record_index"] for r in rows] == list(range(len(rows)))
+        assert {r["status"] for r in rows} <= {"finalized"}
+        assert batch["status"] == "finalized" and batch["finalized_at"]
+        assert Path(batch["output_path"]).name.endswith("_processed.json")
+    # One JSON per input; shared names keep their folder; clashing stems keep full names.
+    outputs = files_under(config.output_dir)
+    assert len(outputs) == len(tree["good"])
+    assert "pkgs/alpha/copyright_processed.json" in outputs
+    assert {"stems/a.txt_processed.json", "stems/a.md_processed.json",
+            "stems/a.txt-2_processed.json"} <= set(outputs)
+    inputs = {r["path"]: r for r in query(config.db_path, "SELECT * FROM pipeline_inputs")}
+    assert {p for p, r in inputs.items() if r["status"] == "done"} == {str(p) for p in tree["good"]}
+    assert inputs[str(root / "binary.dat")]["status"] == "failed"
+
+    # A second run over the unchanged tree adds nothing; the bad files fail again.
+    before = db_counts(config.db_path)
+    again = run_cli(cli_runner, config, str(root), "--address", dask_address, "--json")
+    assert again.exit_code == 1
+    second = json.loads(again.stdout)
+    assert (second["succeeded"], second["failed"], second["skipped"], second["records"]) == (
+        0, 2, len(tree["good"]), 0)
+    assert db_counts(config.db_path)["processed_records"] == before["processed_records"]
+    assert db_counts(config.db_path)["processing_batches"] == before["processing_batches"]
+
+    # A touched file whose content did not change is read again but stores nothing new.
+    os.utime(tree["good"][0], ns=(time.time_ns(), time.time_ns()))
+    third = json.loads(run_cli(cli_runner, config, str(root), "--address", dask_address,
+                               "--json", "--pattern", "copyright").stdout)
+    assert (third["succeeded"], third["skipped"], third["records"]) == (0, 3, 0)
+
+    # --force reprocesses and replaces: same counts, new batch ids.
+    forced = json.loads(run_cli(cli_runner, config, str(root / "pkgs"), "--address",
+                                dask_address, "--json", "--force").stdout)
+    assert (forced["succeeded"], forced["skipped"]) == (3, 0)
+    assert db_counts(config.db_path)["processing_batches"] == before["processing_batches"]
+
+
+def test_sequential_matches_dask(cli_runner, config, tmp_path):  # type: ignore[no-untyped-def]
+    root = tmp_path / "tree"
+    tree = make_tree(root)
+    result = run_cli(cli_runner, config, str(root), "--workers", "0", "--json")
+    summary = json.loads(result.stdout)
+    assert result.exit_code == 1
+    assert (summary["succeeded"], summary["failed"]) == (len(tree["good"]), 2)
+    assert result.stderr == ""  # --log-level OFF: no log lines, no progress bar
+
+
+def test_stop_after_and_start_from_b(cli_runner, config, tmp_path, dask_address):  # type: ignore[no-untyped-def]
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(5):
+        (root / f"f{i}.txt").write_text(f"line {i}\nmore\n")
+    first = run_cli(cli_runner, config, str(root), "--address", dask_address, "--json",
+                    "--stop-after", "A")
+    assert first.exit_code == 0, first.output
+    assert db_counts(config.db_path)["processing_batches"] == 0
+    assert len(files_under(config.output_dir)) == 5
+
+    json_config = config.model_copy(update={"db_path": tmp_path / "b.db"})
+    second = run_cli(cli_runner, json_config, str(config.output_dir), "--address",
+                     dask_address, "--json", "--start-from", "B")
+    assert second.exit_code == 0, second.output
+    assert json.loads(second.stdout)["records"] == 10
+    batches = query(json_config.db_path, "SELECT status FROM processing_batches")
+    assert [b["status"] for b in batches] == ["finalized"] * 5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--start-from", "C"], "job C takes batch ids, not files"),
+        (["--start-from", "Z"], "unknown job 'Z'"),
+        (["--start-from", "C", "--stop-after", "A"], "--start-from C comes after"),
+    ],
+)
+def test_usage_errors(cli_runner, config, tmp_path, args, message):  # type: ignore[no-untyped-def]
+    (tmp_path / "in").mkdir()
+    result = run_cli(cli_runner, config, str(tmp_path / "in"), *args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert not config.db_path.exists() or db_counts(config.db_path)["pipeline_inputs"] == 0
+
+
+def test_missing_directory_and_empty_match(cli_runner, config, tmp_path):  # type: ignore[no-untyped-def]
+    missing = run_cli(cli_runner, config, str(tmp_path / "nope"))
+    assert missing.exit_code == 2
+    assert f"{tmp_path / 'nope'}: no such directory" in missing.stderr
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.txt").write_text("x\n")
+    empty = run_cli(cli_runner, config, str(tmp_path / "in"), "--pattern", "*.csv",
+                    "--workers", "0", "--json")
+    assert empty.exit_code == 0
+    assert json.loads(empty.stdout)["total"] == 0
+
+
+def test_unreachable_address_exits_3(cli_runner, config, tmp_path):  # type: ignore[no-untyped-def]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.txt").write_text("x\n")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = run_cli(cli_runner, config, str(tmp_path / "in"), "--address",
+                     f"tcp://127.0.0.1:{port}")
+    assert result.exit_code == 3
+    assert f"Dask scheduler tcp://127.0.0.1:{port} is not reachable" in result.stderr
+    # Nothing was claimed and left behind.
+    rows = query(config.db_path, "SELECT status FROM pipeline_inputs") if config.db_path.exists() else []
+    assert all(r["status"] != "processing" for r in rows)
+
+
+def _write_workload(root: Path, files: int, lines: int, seed: int = 1) -> int:
+    rng = random.Random(seed)
+    words = ["lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit"]
+    total = 0
+    for i in range(files):
+        folder = root / f"d{i // 50}"
+        folder.mkdir(parents=True, exist_ok=True)
+        body = "\n".join(" ".join(rng.choices(words, k=8)) for _ in range(lines))
+        (folder / f"f{i:04d}.txt").write_text(body + "\n")
+        total += lines
+    return total
+
+
+def test_worker_killed_mid_run_loses_nothing(config, tmp_path, dask_address):  # type: ignore[no-untyped-def]
+    from distributed import Client
+
+    root = tmp_path / "big"
+    expected = _write_workload(root, files=240, lines=1500)
+    with Client(dask_address) as client:
+        pids = client.run(os.getpid)
+    killed: list[int] = []
+
+    def killer() -> None:
+        # Kill one worker once the run has committed its first inputs.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                rows = query(config.db_path,
+                             "SELECT count(*) AS n FROM pipeline_inputs WHERE status = 'done'")
+            except sqlite3.OperationalError:  # not created yet
+                rows = []
+            if rows and rows[0]["n"] > 0:
+                pid = next(iter(pids.values()))
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    summary = run_parallel_from_files(root, config, address=dask_address,
+                                      first_group_files=4, max_group_files=16)
+    thread.join()
+
+    assert killed, "the run finished before a worker could be killed"
+    assert (summary.succeeded, summary.failed, summary.total) == (240, 0, 240)
+    assert summary.records == expected
+    assert db_counts(config.db_path)["processed_records"] == expected
+    per_input = query(config.db_path, "SELECT source_path, count(*) AS n FROM processing_batches"
+                      " GROUP BY source_path HAVING n > 1")
+    assert per_input == []
+    assert db_counts(config.db_path)["processing_batches"] == 240
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_existing_cluster_of_real_processes(config, tmp_path):  # type: ignore[no-untyped-def]
+    """`dask scheduler` and two `dask worker` processes, as a user would start them."""
+    from prefect.settings import PREFECT_API_URL
+
+    bindir = Path(sys.executable).parent
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(),
+           "DASK_LOGGING__DISTRIBUTED": "error"}
+    procs = [subprocess.Popen([bindir / "dask", "scheduler", "--host", "127.0.0.1", "--port",
+                               str(port), "--dashboard-address", ":0"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(2):
+            procs.append(subprocess.Popen([bindir / "dask", "worker", address, "--nthreads",
+                                           "1", "--dashboard-address", ":0"], env=env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=60)
+        root = tmp_path / "in"
+        expected = _write_workload(root, files=30, lines=20)
+        result = subprocess.run(
+            [bindir / "pipeline", "--log-level", "OFF", "--db-path", config.db_path,
+             "--output-dir", config.output_dir, "run-parallel", root, "--address", address,
+             "--json"],
+            env=env, capture_output=True, text=True, timeout=180,
+        )
+        assert result.returncode == 0, result.stderr
+        summary = json.loads(result.stdout)
+        assert (summary["succeeded"], summary["records"]) == (30, expected)
+        assert db_counts(config.db_path)["processed_records"] == expected
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
