@@ -7,13 +7,14 @@ server, Dask cluster, a bug); 130 interrupted (Ctrl-C or SIGTERM).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -24,8 +25,6 @@ from prefect_pipeline.logs import LEVELS, configure_logging, get_logger
 logger = get_logger("cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BROKEN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class RunBroken(click.ClickException):
@@ -40,14 +39,12 @@ def _interrupt_on_sigterm() -> None:
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    if hasattr(signal, "SIGTERM"):
-        try:
-            signal.signal(signal.SIGTERM, handler)
-        except ValueError:  # not the main thread (e.g. called from a test runner thread)
-            pass
+    # ValueError: not the main thread (e.g. called from a test runner thread).
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGTERM, handler)
 
 
-def handle_errors(func: F) -> F:
+def handle_errors[F: Callable[..., Any]](func: F) -> F:
     """Map the project's exceptions to one-line messages and exit codes."""
 
     @functools.wraps(func)
@@ -174,28 +171,43 @@ def _run_single(
     definition.job_range(start_from, stop_after)  # usage errors before any start-up
     with prefect_api():
         outcome = run_jobs(
-            input_data, definition, config,
-            start_from=start_from, stop_after=stop_after, force=force,
+            input_data,
+            definition,
+            config,
+            start_from=start_from,
+            stop_after=stop_after,
+            force=force,
         )
     if as_json:
-        click.echo(json.dumps({
-            "success": outcome.success,
-            "input": input_data,
-            "output": outcome.output if not isinstance(outcome.output, dict) else None,
-            "error": outcome.error,
-            "duration_s": round(outcome.duration, 4),
-            "jobs": [
-                {"job": r.job_name, "success": r.success, "error": r.error, "note": r.note,
-                 "details": r.details, "duration_s": round(r.duration, 4)}
-                for r in outcome.results
-            ],
-        }))
+        click.echo(
+            json.dumps(
+                {
+                    "success": outcome.success,
+                    "input": input_data,
+                    "output": outcome.output if not isinstance(outcome.output, dict) else None,
+                    "error": outcome.error,
+                    "duration_s": round(outcome.duration, 4),
+                    "jobs": [
+                        {
+                            "job": r.job_name,
+                            "success": r.success,
+                            "error": r.error,
+                            "note": r.note,
+                            "details": r.details,
+                            "duration_s": round(r.duration, 4),
+                        }
+                        for r in outcome.results
+                    ],
+                }
+            )
+        )
     else:
         for result in outcome.results:
             if result.success:
                 click.echo(f"{result.job_name}: {_describe(result)}")
     if not outcome.success:
         failed = outcome.failed
+        assert failed is not None
         if as_json:
             sys.exit(EXIT_FAILED)
         raise click.ClickException(f"job {failed.job_name}: {failed.error}")
@@ -268,19 +280,36 @@ def _report(summary: Any, as_json: bool) -> None:
         sys.exit(EXIT_INTERRUPTED)
 
 
-def _dask_options(func: F) -> F:
+def _dask_options[F: Callable[..., Any]](func: F) -> F:
     options = [
-        click.option("--workers", type=click.IntRange(min=0), default=None,
-                     help="Dask worker processes (default: one per core). 0 runs in this "
-                          "process without Dask."),
-        click.option("--threads-per-worker", type=click.IntRange(min=1), default=1,
-                     show_default=True, help="Threads in each worker process."),
-        click.option("--address", envvar="PIPELINE_DASK_ADDRESS", metavar="tcp://HOST:PORT",
-                     help="Use an existing Dask scheduler instead of a local cluster. Inputs "
-                          "and the output directory must be at the same paths on every "
-                          "worker."),
-        click.option("--json", "as_json", is_flag=True,
-                     help="Print the summary as one JSON object on stdout."),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=0),
+            default=None,
+            help="Dask worker processes (default: one per core). 0 runs in this "
+            "process without Dask.",
+        ),
+        click.option(
+            "--threads-per-worker",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Threads in each worker process.",
+        ),
+        click.option(
+            "--address",
+            envvar="PIPELINE_DASK_ADDRESS",
+            metavar="tcp://HOST:PORT",
+            help="Use an existing Dask scheduler instead of a local cluster. Inputs "
+            "and the output directory must be at the same paths on every "
+            "worker.",
+        ),
+        click.option(
+            "--json",
+            "as_json",
+            is_flag=True,
+            help="Print the summary as one JSON object on stdout.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -289,21 +318,29 @@ def _dask_options(func: F) -> F:
 
 def _check_dask(workers: int | None, address: str | None) -> None:
     if address and workers is not None:
-        raise click.BadParameter("give --workers or --address, not both (the existing "
-                                 "cluster decides its workers)", param_hint="'--workers'")
+        raise click.BadParameter(
+            "give --workers or --address, not both (the existing cluster decides its workers)",
+            param_hint="'--workers'",
+        )
 
 
 @cli.command("run-parallel")
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--pattern", default=None, metavar="GLOB",
-              help="Only files whose name matches, like find -name (default '*'; "
-                   "'*_processed.json' with --start-from B).")
-@click.option("--recursive/--no-recursive", default=True, show_default=True,
-              help="Descend into sub-folders.")
+@click.option(
+    "--pattern",
+    default=None,
+    metavar="GLOB",
+    help="Only files whose name matches, like find -name (default '*'; "
+    "'*_processed.json' with --start-from B).",
+)
+@click.option(
+    "--recursive/--no-recursive", default=True, show_default=True, help="Descend into sub-folders."
+)
 @click.option("--start-from", metavar="JOB", help="A (text files, default) or B (JSON files).")
 @click.option("--stop-after", metavar="JOB", help="Last job to run (default: the last).")
-@click.option("--force", is_flag=True,
-              help="Reprocess inputs already done, and replace their stored batches.")
+@click.option(
+    "--force", is_flag=True, help="Reprocess inputs already done, and replace their stored batches."
+)
 @_dask_options
 @click.pass_obj
 @handle_errors
@@ -343,27 +380,46 @@ def run_parallel(
     if not directory.is_dir():
         raise click.BadParameter(f"{directory}: not a directory", param_hint="'DIRECTORY'")
     summary = run_parallel_from_files(
-        directory, config, definition=_definition(), start_from=start_from,
-        stop_after=stop_after, pattern=pattern, recursive=recursive, workers=workers,
-        threads_per_worker=threads_per_worker, address=address, force=force,
-        progress=Progress.wanted(config.log_level), started_at=_process_start(),
+        directory,
+        config,
+        definition=_definition(),
+        start_from=start_from,
+        stop_after=stop_after,
+        pattern=pattern,
+        recursive=recursive,
+        workers=workers,
+        threads_per_worker=threads_per_worker,
+        address=address,
+        force=force,
+        progress=Progress.wanted(config.log_level),
+        started_at=_process_start(),
     )
     _report(summary, as_json)
 
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--pattern", default="*", show_default=True, metavar="GLOB",
-              help="Under directories, only files whose name matches.")
-@click.option("--recursive/--no-recursive", default=True, show_default=True,
-              help="Descend into sub-folders.")
+@click.option(
+    "--pattern",
+    default="*",
+    show_default=True,
+    metavar="GLOB",
+    help="Under directories, only files whose name matches.",
+)
+@click.option(
+    "--recursive/--no-recursive", default=True, show_default=True, help="Descend into sub-folders."
+)
 @click.option("--force", is_flag=True, help="Queue done inputs again even if unchanged.")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @click.pass_obj
 @handle_errors
 def enqueue(
-    config: PipelineConfig, paths: tuple[Path, ...], pattern: str, recursive: bool,
-    force: bool, as_json: bool,
+    config: PipelineConfig,
+    paths: tuple[Path, ...],
+    pattern: str,
+    recursive: bool,
+    force: bool,
+    as_json: bool,
 ) -> None:
     """Queue files (and the files under directories) for drain-db.
 
@@ -381,11 +437,11 @@ def enqueue(
 
     for path in paths:
         if not path.exists():
-            raise click.BadParameter(f"{path}: no such file or directory",
-                                     param_hint="'PATHS'")
+            raise click.BadParameter(f"{path}: no such file or directory", param_hint="'PATHS'")
     result = enqueue_inputs(
         get_database(config.db_path, config.db_timeout),
-        _queued_inputs(config, paths, pattern, recursive), force=force,
+        _queued_inputs(config, paths, pattern, recursive),
+        force=force,
     )
     if as_json:
         click.echo(json.dumps({"queued": result.queued, "already": result.already}))
@@ -393,8 +449,9 @@ def enqueue(
         click.echo(f"{result.queued} input(s) queued, {result.already} already there")
 
 
-def _queued_inputs(config: PipelineConfig, paths: tuple[Path, ...], pattern: str,
-                   recursive: bool) -> Any:
+def _queued_inputs(
+    config: PipelineConfig, paths: tuple[Path, ...], pattern: str, recursive: bool
+) -> Any:
     import os
 
     from prefect_pipeline.pipeline.discovery import Found, iter_inputs
@@ -405,8 +462,13 @@ def _queued_inputs(config: PipelineConfig, paths: tuple[Path, ...], pattern: str
         absolute = Path(os.path.abspath(path))
         if absolute.is_dir():
             mirror = config.output_dir / absolute.relative_to(absolute.anchor)
-            for entry in iter_inputs(absolute, mirror, pattern=pattern, recursive=recursive,
-                                     exclude=[config.output_dir, *database_files(config)]):
+            for entry in iter_inputs(
+                absolute,
+                mirror,
+                pattern=pattern,
+                recursive=recursive,
+                exclude=[config.output_dir, *database_files(config)],
+            ):
                 if isinstance(entry, Found):
                     yield entry
                 else:
@@ -417,16 +479,34 @@ def _queued_inputs(config: PipelineConfig, paths: tuple[Path, ...], pattern: str
 
 
 @cli.command("drain-db")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Take at most N inputs from the queue.")
-@click.option("--lease-seconds", type=click.FloatRange(min=1), default=300.0,
-              show_default=True,
-              help="A claimed input whose command stops renewing it for this long (it "
-                   "died) may be taken by another drain-db.")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Attempts per input for errors that a retry may cure.")
-@click.option("--retry-delay", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="Seconds before the first retry; doubles with each attempt.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Take at most N inputs from the queue.",
+)
+@click.option(
+    "--lease-seconds",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="A claimed input whose command stops renewing it for this long (it "
+    "died) may be taken by another drain-db.",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Attempts per input for errors that a retry may cure.",
+)
+@click.option(
+    "--retry-delay",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Seconds before the first retry; doubles with each attempt.",
+)
 @_dask_options
 @click.pass_obj
 @handle_errors
@@ -457,10 +537,17 @@ def drain_db(
 
     _check_dask(workers, address)
     summary = run_parallel_from_database(
-        config, definition=_definition(), limit=limit, lease_seconds=lease_seconds,
-        max_attempts=max_attempts, retry_base_seconds=retry_delay, workers=workers,
-        threads_per_worker=threads_per_worker, address=address,
-        progress=Progress.wanted(config.log_level), started_at=_process_start(),
+        config,
+        definition=_definition(),
+        limit=limit,
+        lease_seconds=lease_seconds,
+        max_attempts=max_attempts,
+        retry_base_seconds=retry_delay,
+        workers=workers,
+        threads_per_worker=threads_per_worker,
+        address=address,
+        progress=Progress.wanted(config.log_level),
+        started_at=_process_start(),
     )
     _report(summary, as_json)
 
@@ -484,30 +571,39 @@ def status(config: PipelineConfig, as_json: bool) -> None:
         click.echo(json.dumps(report))
         return
     inputs, batches = report["inputs"], report["batches"]
-    click.echo(f"inputs:  {inputs['pending']} pending, {inputs['processing']} processing "
-               f"({inputs['stale']} with an expired lease), {inputs['done']} done, "
-               f"{inputs['failed']} failed")
-    click.echo(f"batches: {batches['pending']} pending, {batches['finalized']} finalized; "
-               f"{report['records']} record(s)")
+    click.echo(
+        f"inputs:  {inputs['pending']} pending, {inputs['processing']} processing "
+        f"({inputs['stale']} with an expired lease), {inputs['done']} done, "
+        f"{inputs['failed']} failed"
+    )
+    click.echo(
+        f"batches: {batches['pending']} pending, {batches['finalized']} finalized; "
+        f"{report['records']} record(s)"
+    )
     if report["oldest_pending"]:
         oldest = report["oldest_pending"]
-        click.echo(f"oldest pending: #{oldest['id']} {oldest['path']} "
-                   f"(queued {oldest['queued_at']})")
+        click.echo(
+            f"oldest pending: #{oldest['id']} {oldest['path']} (queued {oldest['queued_at']})"
+        )
     for error in report["last_errors"]:
-        click.echo(f"error: #{error['id']} {error['path']} ({error['status']}, job "
-                   f"{error['job']}): {error['error']}")
+        click.echo(
+            f"error: #{error['id']} {error['path']} ({error['status']}, job "
+            f"{error['job']}): {error['error']}"
+        )
 
 
 @cli.command()
 @click.argument("ids", nargs=-1, type=click.IntRange(min=1))
 @click.option("--failed", is_flag=True, help="Requeue every failed input.")
-@click.option("--stale", is_flag=True,
-              help="Requeue inputs whose lease expired (their command died).")
+@click.option(
+    "--stale", is_flag=True, help="Requeue inputs whose lease expired (their command died)."
+)
 @click.option("--force", is_flag=True, help="With IDs: requeue done inputs too.")
 @click.pass_obj
 @handle_errors
-def requeue(config: PipelineConfig, ids: tuple[int, ...], failed: bool, stale: bool,
-            force: bool) -> None:
+def requeue(
+    config: PipelineConfig, ids: tuple[int, ...], failed: bool, stale: bool, force: bool
+) -> None:
     """Put inputs back to pending, attempts reset.
 
     \b
@@ -521,8 +617,13 @@ def requeue(config: PipelineConfig, ids: tuple[int, ...], failed: bool, stale: b
 
     if not (ids or failed or stale):
         raise click.UsageError("say what to requeue: --failed, --stale or input IDs")
-    result = requeue_inputs(get_database(config.db_path, config.db_timeout),
-                            failed=failed, stale=stale, ids=ids, force=force)
+    result = requeue_inputs(
+        get_database(config.db_path, config.db_timeout),
+        failed=failed,
+        stale=stale,
+        ids=ids,
+        force=force,
+    )
     click.echo(f"{result.requeued} input(s) requeued")
     for input_id, reason in result.refused:
         click.echo(f"not requeued: #{input_id}: {reason}", err=True)

@@ -57,9 +57,7 @@ class PipelineConfig(BaseModel):
         return Path(os.path.abspath(os.path.expanduser(value)))
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> PipelineConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> PipelineConfig:
         """Build from ``PIPELINE_*`` variables, then ``overrides`` (None values are ignored)."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {

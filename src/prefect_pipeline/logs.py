@@ -74,7 +74,9 @@ def configure_logging(level: str = "INFO") -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler._pipeline_handler = True  # type: ignore[attr-defined]
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S")
+        )
         ours.addHandler(handler)
         ours.setLevel(level)
     ours.propagate = False

@@ -121,10 +121,22 @@ class Ledger:
                     " mtime_ns = excluded.mtime_ns, attempts = 1, last_error = NULL,"
                     " last_job = NULL, not_before = NULL, finished_at = NULL,"
                     " claim_token = excluded.claim_token, run_id = excluded.run_id,"
-                    " lease_expires_at = excluded.lease_expires_at, updated_at = excluded.updated_at"
+                    " lease_expires_at = excluded.lease_expires_at,"
+                    " updated_at = excluded.updated_at"
                     " RETURNING id",
-                    (entry.path, entry.output_path, start_job, stop_job, entry.size,
-                     entry.mtime_ns, self.token, self.run_id, lease, now, now),
+                    (
+                        entry.path,
+                        entry.output_path,
+                        start_job,
+                        stop_job,
+                        entry.size,
+                        entry.mtime_ns,
+                        self.token,
+                        self.run_id,
+                        lease,
+                        now,
+                        now,
+                    ),
                 )
                 input_id = cursor.fetchone()[0]
                 result.claimed.append(Claimed(input_id, entry.path, entry.output_path, 1))
@@ -189,8 +201,17 @@ class Ledger:
             " claim_token = NULL, lease_expires_at = NULL, not_before = NULL,"
             " finished_at = ?, updated_at = ?"
             " WHERE id = ? AND claim_token = ?",
-            (batch_id, sha256, records_written, "unchanged" if unchanged else "processed",
-             last_job, now, now, input_id, self.token),
+            (
+                batch_id,
+                sha256,
+                records_written,
+                "unchanged" if unchanged else "processed",
+                last_job,
+                now,
+                now,
+                input_id,
+                self.token,
+            ),
         )
         if cursor.rowcount != 1:
             raise ClaimLostError(f"input {input_id}: claim lost (lease expired)")
@@ -249,8 +270,15 @@ class Ledger:
     def _rows_by_path(self, paths: Iterable[str]) -> dict[str, dict[str, Any]]:
         paths = list(paths)
         rows: dict[str, dict[str, Any]] = {}
-        columns = ("path", "status", "size", "mtime_ns", "start_job", "stop_job",
-                   "lease_expires_at")
+        columns = (
+            "path",
+            "status",
+            "size",
+            "mtime_ns",
+            "start_job",
+            "stop_job",
+            "lease_expires_at",
+        )
         for start in range(0, len(paths), 900):
             chunk = paths[start : start + 900]
             cursor = self.db.execute_sql(
@@ -270,8 +298,14 @@ class Ledger:
             " FROM pipeline_inputs WHERE run_id = ? GROUP BY status",
             (self.run_id,),
         )
-        counts: dict[str, Any] = {PENDING: 0, PROCESSING: 0, DONE: 0, FAILED: 0,
-                                  "records": 0, "unchanged": 0}
+        counts: dict[str, Any] = {
+            PENDING: 0,
+            PROCESSING: 0,
+            DONE: 0,
+            FAILED: 0,
+            "records": 0,
+            "unchanged": 0,
+        }
         for status, count, records, unchanged in cursor.fetchall():
             counts[status] = count
             counts["records"] += records

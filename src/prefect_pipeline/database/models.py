@@ -107,7 +107,9 @@ class ProcessedRecord(BaseModel):
     """One non-empty line of an input file."""
 
     id = AutoField()
-    batch = ForeignKeyField(ProcessingBatch, column_name="batch_id", on_delete="CASCADE", index=True)
+    batch = ForeignKeyField(
+        ProcessingBatch, column_name="batch_id", on_delete="CASCADE", index=True
+    )
     record_index = IntegerField()
     line_number = IntegerField()
     content = TextField()

@@ -75,9 +75,13 @@ def _enqueue_chunk(
                     result.already += 1
                     result.kept.append((entry.path, f"already {status}"))
                     continue
-                if status == DONE and not force and (
-                    (size == entry.size and mtime_ns == entry.mtime_ns)
-                    or (sha256 is not None and _sha256(entry.path) == sha256)
+                if (
+                    status == DONE
+                    and not force
+                    and (
+                        (size == entry.size and mtime_ns == entry.mtime_ns)
+                        or (sha256 is not None and _sha256(entry.path) == sha256)
+                    )
                 ):
                     result.already += 1
                     result.kept.append((entry.path, "done and unchanged"))
@@ -105,8 +109,8 @@ def status(db: SqliteDatabase, *, errors: int = 5) -> dict[str, Any]:
         inputs[state] = count
     now = utcnow()
     stale = db.execute_sql(
-        "SELECT count(*) FROM pipeline_inputs WHERE status = 'processing'"
-        " AND lease_expires_at < ?", (now,),
+        "SELECT count(*) FROM pipeline_inputs WHERE status = 'processing' AND lease_expires_at < ?",
+        (now,),
     ).fetchone()[0]
     batches = dict(
         db.execute_sql("SELECT status, count(*) FROM processing_batches GROUP BY status").fetchall()
@@ -118,20 +122,22 @@ def status(db: SqliteDatabase, *, errors: int = 5) -> dict[str, Any]:
     ).fetchone()
     last_errors = db.execute_sql(
         "SELECT id, path, status, last_job, last_error, updated_at FROM pipeline_inputs"
-        " WHERE last_error IS NOT NULL ORDER BY updated_at DESC, id DESC LIMIT ?", (errors,),
+        " WHERE last_error IS NOT NULL ORDER BY updated_at DESC, id DESC LIMIT ?",
+        (errors,),
     ).fetchall()
     return {
         "inputs": {**inputs, "total": sum(inputs.values()), "stale": stale},
-        "batches": {"pending": batches.get("pending", 0),
-                    "finalized": batches.get("finalized", 0),
-                    "total": sum(batches.values())},
+        "batches": {
+            "pending": batches.get("pending", 0),
+            "finalized": batches.get("finalized", 0),
+            "total": sum(batches.values()),
+        },
         "records": records,
         "oldest_pending": (
             {"id": oldest[0], "path": oldest[1], "queued_at": oldest[2]} if oldest else None
         ),
         "last_errors": [
-            {"id": r[0], "path": r[1], "status": r[2], "job": r[3], "error": r[4],
-             "at": r[5]}
+            {"id": r[0], "path": r[1], "status": r[2], "job": r[3], "error": r[4], "at": r[5]}
             for r in last_errors
         ],
     }
@@ -162,9 +168,7 @@ def requeue(
     )
     with db.atomic("IMMEDIATE"):
         if failed:
-            result.requeued += db.execute_sql(
-                f"{reset} WHERE status = 'failed'", (now,)
-            ).rowcount
+            result.requeued += db.execute_sql(f"{reset} WHERE status = 'failed'", (now,)).rowcount
         if stale:
             result.requeued += db.execute_sql(
                 f"{reset} WHERE status = 'processing' AND lease_expires_at < ?", (now, now)

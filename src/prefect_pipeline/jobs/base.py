@@ -82,11 +82,13 @@ class BaseJob(ABC):
         try:
             validated = self.validate_input(input_data)
             if self.uses_database:
-                with session(self.config.db_path, self.config.db_timeout) as db:
-                    with db.atomic("IMMEDIATE"):
-                        outcome = _as_outcome(self.single_job(validated))
-                        if on_commit is not None:
-                            on_commit(outcome)
+                with (
+                    session(self.config.db_path, self.config.db_timeout) as db,
+                    db.atomic("IMMEDIATE"),
+                ):
+                    outcome = _as_outcome(self.single_job(validated))
+                    if on_commit is not None:
+                        on_commit(outcome)
             else:
                 outcome = _as_outcome(self.single_job(validated))
                 if on_commit is not None:

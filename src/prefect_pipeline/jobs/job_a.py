@@ -22,7 +22,7 @@ def split_records(text: str) -> list[dict[str, Any]]:
     # str.splitlines() also splits on \x0b, \x0c, \x1c-\x1e, \x85, \u2028 and \u2029;
     # the contract is universal newlines only.
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    records = []
+    records: list[dict[str, Any]] = []
     for number, line in enumerate(lines, start=1):
         content = line.strip()
         if content:
@@ -85,6 +85,9 @@ class JobA(BaseJob):
         write_json_atomically(output_path, document)
         return Outcome(
             {**document, "output_path": str(output_path)},
-            details={"output_path": str(output_path), "record_count": len(records),
-                     "sha256": document["sha256"]},
+            details={
+                "output_path": str(output_path),
+                "record_count": len(records),
+                "sha256": document["sha256"],
+            },
         )

@@ -55,8 +55,13 @@ class JobB(BaseJob):
             return Outcome(
                 existing.id,
                 note=f"already stored as batch {existing.id}; nothing written",
-                details={"batch_id": existing.id, "records_written": 0, "unchanged": True,
-                         "sha256": doc["sha256"], "batch_status": existing.status},
+                details={
+                    "batch_id": existing.id,
+                    "records_written": 0,
+                    "unchanged": True,
+                    "sha256": doc["sha256"],
+                    "batch_status": existing.status,
+                },
             )
         if existing is not None:
             # --force: replace in this same transaction (records go by ON DELETE CASCADE).
@@ -79,6 +84,11 @@ class JobB(BaseJob):
         return Outcome(
             batch.id,
             note="replaced the stored batch" if existing is not None else None,
-            details={"batch_id": batch.id, "records_written": doc["record_count"],
-                     "sha256": doc["sha256"], "unchanged": False, "batch_status": "pending"},
+            details={
+                "batch_id": batch.id,
+                "records_written": doc["record_count"],
+                "sha256": doc["sha256"],
+                "unchanged": False,
+                "batch_status": "pending",
+            },
         )

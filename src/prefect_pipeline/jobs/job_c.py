@@ -28,8 +28,11 @@ class JobC(BaseJob):
         if batch is None:
             raise InputValidationError(f"batch {validated}", "no such batch")
         if batch.status == FINALIZED:
-            return Outcome(batch.id, note=f"batch {batch.id} was already finalized",
-                           details={"batch_id": batch.id, "record_count": batch.record_count})
+            return Outcome(
+                batch.id,
+                note=f"batch {batch.id} was already finalized",
+                details={"batch_id": batch.id, "record_count": batch.record_count},
+            )
         now = utcnow()
         ProcessingBatch.update(status=FINALIZED, finalized_at=now).where(
             ProcessingBatch.id == batch.id

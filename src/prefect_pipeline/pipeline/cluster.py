@@ -28,8 +28,10 @@ class DaskCluster:
         address: str | None = None,
     ) -> None:
         if address and workers is not None:
-            raise UsageError("--address and --workers do not go together: "
-                             "the existing cluster decides its workers")
+            raise UsageError(
+                "--address and --workers do not go together: "
+                "the existing cluster decides its workers"
+            )
         if workers is not None and workers < 1:
             raise UsageError("--workers must be at least 1 for a Dask cluster")
         if threads_per_worker < 1:
@@ -60,8 +62,9 @@ class DaskCluster:
         except Exception as exc:
             raise RunError(f"could not start a local Dask cluster: {exc}") from exc
         self.address = self._cluster.scheduler_address
-        logger.info("started a Dask LocalCluster with %d worker(s) at %s",
-                    self.workers, self.address)
+        logger.info(
+            "started a Dask LocalCluster with %d worker(s) at %s", self.workers, self.address
+        )
         return self
 
     @staticmethod

@@ -63,7 +63,9 @@ class PipelineDefinition:
                 return spec
         raise UsageError(f"unknown job {name!r}; available jobs: {', '.join(self.names)}")
 
-    def job_range(self, start_from: str | None = None, stop_after: str | None = None) -> list[JobSpec]:
+    def job_range(
+        self, start_from: str | None = None, stop_after: str | None = None
+    ) -> list[JobSpec]:
         """The jobs from ``start_from`` through ``stop_after`` (both included)."""
         if not self._jobs:
             raise UsageError("the pipeline has no jobs")

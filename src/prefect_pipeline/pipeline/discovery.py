@@ -133,8 +133,13 @@ def _walk(
             if fnmatch.fnmatch(entry.name, pattern):
                 files.append((entry.name, st))
         elif fnmatch.fnmatch(entry.name, pattern):
-            kind = ("FIFO" if stat.S_ISFIFO(st.st_mode) else
-                    "socket" if stat.S_ISSOCK(st.st_mode) else "device file")
+            kind = (
+                "FIFO"
+                if stat.S_ISFIFO(st.st_mode)
+                else "socket"
+                if stat.S_ISSOCK(st.st_mode)
+                else "device file"
+            )
             yield Ignored(str(path), f"{kind}, not a regular file")
     if files:
         relative = folder.relative_to(root)

@@ -61,8 +61,13 @@ def _flow_run_name() -> str:
     return f"pipeline {'-'.join(jobs)}: {params.get('input_label', '')}"[:120]
 
 
-@flow(name="run-pipeline", flow_run_name=_flow_run_name, validate_parameters=False,
-      persist_result=False, log_prints=False)
+@flow(
+    name="run-pipeline",
+    flow_run_name=_flow_run_name,
+    validate_parameters=False,
+    persist_result=False,
+    log_prints=False,
+)
 def run_pipeline(
     input_data: Any,
     jobs: list[JobSpec],

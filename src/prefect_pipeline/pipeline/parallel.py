@@ -141,8 +141,12 @@ class _QueueSource:
     """Groups of inputs claimed from the queue, until ``limit`` were taken."""
 
     def __init__(
-        self, ledger: Ledger, chain: list[JobSpec], options: ParallelOptions,
-        limit: int | None, progress: Progress,
+        self,
+        ledger: Ledger,
+        chain: list[JobSpec],
+        options: ParallelOptions,
+        limit: int | None,
+        progress: Progress,
     ) -> None:
         self._ledger = ledger
         self._chain = chain
@@ -173,8 +177,7 @@ def _first_item(first_job: JobSpec, claimed: Claimed) -> WorkItem:
     data: Any = claimed.path
     if not first_job.uses_database:
         data = {"path": claimed.path, "output_path": claimed.output_path}
-    return WorkItem(data, input_id=claimed.input_id, path=claimed.path,
-                    attempts=claimed.attempts)
+    return WorkItem(data, input_id=claimed.input_id, path=claimed.path, attempts=claimed.attempts)
 
 
 # The driver --------------------------------------------------------------------------------
@@ -225,8 +228,11 @@ class _Driver:
         self.plan = plan
         self.chain = plan.chain
         self.tasks = [
-            make_job_task(spec, retries=plan.config.retries,
-                          retry_delay_seconds=plan.config.retry_delay_seconds)
+            make_job_task(
+                spec,
+                retries=plan.config.retries,
+                retry_delay_seconds=plan.config.retry_delay_seconds,
+            )
             for spec in self.chain
         ]
         self.in_flight: dict[Any, _InFlight] = {}
@@ -262,7 +268,7 @@ class _Driver:
             return False
         from datetime import datetime
 
-        delay = (datetime.fromisoformat(due) - datetime.now(datetime.fromisoformat(due).tzinfo))
+        delay = datetime.fromisoformat(due) - datetime.now(datetime.fromisoformat(due).tzinfo)
         time.sleep(min(max(delay.total_seconds(), 0.05), 5.0))
         return True
 
@@ -271,14 +277,18 @@ class _Driver:
         while items and stage < len(self.chain):
             spec = self.chain[stage]
             if not spec.uses_database:
-                future = self.tasks[stage].submit(Group(items), self.plan.config,
-                                                  self.plan.options.force)
+                future = self.tasks[stage].submit(
+                    Group(items), self.plan.config, self.plan.options.force
+                )
                 self.in_flight[future] = _InFlight(items, stage)
-                future.wrapped_future.add_done_callback(lambda _: self._done_event.set())
+                wrapped = future.wrapped_future  # type: ignore[attr-defined]
+                wrapped.add_done_callback(lambda _: self._done_event.set())
                 return
             last = stage == len(self.chain) - 1
             results = self.tasks[stage](
-                Group(items), self.plan.config, self.plan.options.force,
+                Group(items),
+                self.plan.config,
+                self.plan.options.force,
                 self._finish if last else None,
             )
             items = self._handle(items, stage, results)
@@ -327,10 +337,16 @@ class _Driver:
         if result.error_kind != INPUT_ERROR and item.attempts < options.max_attempts:
             retry_in = options.retry_base_seconds * 2 ** (item.attempts - 1)
         assert item.input_id is not None
-        logger.warning("%s failed in job %s: %s%s", item.path, result.job_name, result.error,
-                       f" (retry in {retry_in:.0f} s)" if retry_in is not None else "")
-        self.plan.ledger.mark_failed(item.input_id, job=result.job_name,
-                                     error=result.error or "", retry_in=retry_in)
+        logger.warning(
+            "%s failed in job %s: %s%s",
+            item.path,
+            result.job_name,
+            result.error,
+            f" (retry in {retry_in:.0f} s)" if retry_in is not None else "",
+        )
+        self.plan.ledger.mark_failed(
+            item.input_id, job=result.job_name, error=result.error or "", retry_in=retry_in
+        )
 
     def _finished(self, count: int) -> None:
         if count:
@@ -345,11 +361,16 @@ class _Driver:
             return list(future.result())
         except Exception as exc:
             spec = self.chain[state.stage]
-            logger.warning("job %s lost a group of %d input(s): %s", spec.name,
-                           len(state.items), exc)
+            logger.warning(
+                "job %s lost a group of %d input(s): %s", spec.name, len(state.items), exc
+            )
             return [
-                JobResult(spec.name, False, error=f"{item.path}: {type(exc).__name__}: {exc}",
-                          error_kind=UNEXPECTED_ERROR)
+                JobResult(
+                    spec.name,
+                    False,
+                    error=f"{item.path}: {type(exc).__name__}: {exc}",
+                    error_kind=UNEXPECTED_ERROR,
+                )
                 for item in state.items
             ]
 
@@ -376,8 +397,13 @@ def _run_name() -> str:
     return f"parallel: {flow_run.parameters.get('description', '')}"[:120]
 
 
-@flow(name="run-parallel", flow_run_name=_run_name, validate_parameters=False,
-      persist_result=False, log_prints=False)
+@flow(
+    name="run-parallel",
+    flow_run_name=_run_name,
+    validate_parameters=False,
+    persist_result=False,
+    log_prints=False,
+)
 def run_parallel(description: str, local: Any) -> Any:
     """Run a chain of jobs over many inputs (see the module docstring). ``local`` holds the
     ``_Plan``; ``description`` names the run in the Prefect UI."""
@@ -387,8 +413,7 @@ def run_parallel(description: str, local: Any) -> Any:
     _publish(summary, description)
     if summary.failed:
         # The run did its job, but the Prefect UI should not show it green.
-        return Failed(message=f"{summary.failed} of {summary.total} input(s) failed",
-                      data=summary)
+        return Failed(message=f"{summary.failed} of {summary.total} input(s) failed", data=summary)
     return summary
 
 
@@ -415,11 +440,17 @@ def _publish(summary: RunSummary, description: str) -> None:
     try:
         from prefect.artifacts import create_table_artifact
 
-        create_table_artifact(summary.table_rows(), key="pipeline-run-summary",
-                              description=f"Summary of {description}")
+        create_table_artifact(
+            summary.table_rows(),
+            key="pipeline-run-summary",
+            description=f"Summary of {description}",
+        )
         if summary.failures:
-            create_table_artifact(summary.failures[:500], key="pipeline-run-failures",
-                                  description="Inputs that failed, with their job and error")
+            create_table_artifact(
+                summary.failures[:500],
+                key="pipeline-run-failures",
+                description="Inputs that failed, with their job and error",
+            )
     except Exception:  # the run's result does not depend on the UI
         logger.warning("could not publish the summary to Prefect", exc_info=True)
 
@@ -427,8 +458,9 @@ def _publish(summary: RunSummary, description: str) -> None:
 # Entry points -----------------------------------------------------------------------------
 
 
-def _chain(definition: PipelineDefinition | None, start_from: str | None,
-           stop_after: str | None) -> list[JobSpec]:
+def _chain(
+    definition: PipelineDefinition | None, start_from: str | None, stop_after: str | None
+) -> list[JobSpec]:
     chain = (definition or default_pipeline()).job_range(start_from, stop_after)
     if chain[0].name == "C" or (chain[0].uses_database and chain[0].name != "B"):
         raise UsageError(
@@ -452,11 +484,13 @@ def _execute(plan: _Plan, description: str) -> RunSummary:
             if options.workers == 0:
                 api.wait()
                 plan.workers = 1
-                runner = ThreadPoolTaskRunner(max_workers=1)
+                runner: Any = ThreadPoolTaskRunner(max_workers=1)
                 return _call_flow(plan, description, runner)
-            with DaskCluster(workers=options.workers if not options.address else None,
-                             threads_per_worker=options.threads_per_worker,
-                             address=options.address) as cluster:
+            with DaskCluster(
+                workers=options.workers if not options.address else None,
+                threads_per_worker=options.threads_per_worker,
+                address=options.address,
+            ) as cluster:
                 api.wait()
                 plan.workers = cluster.workers * cluster.threads_per_worker
                 return _call_flow(plan, description, cluster.task_runner())
@@ -472,7 +506,7 @@ def _call_flow(plan: _Plan, description: str, task_runner: Any) -> RunSummary:
         state = run_parallel.with_options(task_runner=task_runner)(
             description, _Local(plan), return_state=True
         )
-    summary = state.result(raise_on_failure=False)
+    summary = state.result(raise_on_failure=False)  # type: ignore[union-attr]
     if not isinstance(summary, RunSummary):  # the flow itself crashed
         raise summary if isinstance(summary, BaseException) else RuntimeError(str(summary))
     return summary
@@ -498,14 +532,16 @@ def run_parallel_from_files(
     options = _options(options, option_overrides)
     chain = _chain(definition, start_from, stop_after)
     if pattern is None:
-        pattern = "*" if chain[0].name == "A" or not chain[0].uses_database else \
-            f"*{OUTPUT_SUFFIX}"
+        pattern = "*" if chain[0].name == "A" or not chain[0].uses_database else f"*{OUTPUT_SUFFIX}"
     started = options.started_at or time.time()
     if isinstance(paths, str | os.PathLike):
         # Job A's own output is never its input; starting from B, it is exactly the input.
         writes_json = not chain[0].uses_database
         found: Iterator[Found | Ignored] = iter_inputs(
-            paths, config.output_dir, pattern=pattern, recursive=recursive,
+            paths,
+            config.output_dir,
+            pattern=pattern,
+            recursive=recursive,
             exclude=[*([config.output_dir] if writes_json else []), *database_files(config)],
         )
         description = f"{Path(paths)} ({pattern})"
@@ -513,8 +549,9 @@ def run_parallel_from_files(
         found = given_files(paths, config)
         description = "given files"
     found = _peek(found)  # a missing directory is a usage error before anything starts
-    ledger = Ledger(get_database(config.db_path, config.db_timeout),
-                    lease_seconds=options.lease_seconds)
+    ledger = Ledger(
+        get_database(config.db_path, config.db_timeout), lease_seconds=options.lease_seconds
+    )
     summary = RunSummary()
     progress = Progress(options.progress)
     source = _FileSource(found, ledger, chain, options, summary, progress)
@@ -539,8 +576,9 @@ def run_parallel_from_database(
     options = _options(options, option_overrides)
     chain = _chain(definition, start_from, stop_after)
     started = options.started_at or time.time()
-    ledger = Ledger(get_database(config.db_path, config.db_timeout),
-                    lease_seconds=options.lease_seconds)
+    ledger = Ledger(
+        get_database(config.db_path, config.db_timeout), lease_seconds=options.lease_seconds
+    )
     progress = Progress(options.progress)
     source = _QueueSource(ledger, chain, options, limit, progress)
     plan = _Plan(chain, config, options, ledger, source, progress, RunSummary(), started)
@@ -570,8 +608,9 @@ def given_files(paths: Iterable[Path | str], config: PipelineConfig) -> Iterator
             st = None
         folder = config.output_dir / path.parent.relative_to(path.anchor)
         name = output_names([path.name])[path.name]
-        yield Found(str(path), str(folder / name), st.st_size if st else 0,
-                    st.st_mtime_ns if st else 0)
+        yield Found(
+            str(path), str(folder / name), st.st_size if st else 0, st.st_mtime_ns if st else 0
+        )
 
 
 def _peek(found: Iterator[Found | Ignored]) -> Iterator[Found | Ignored]:

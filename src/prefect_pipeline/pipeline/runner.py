@@ -33,8 +33,12 @@ class PipelineRunner:
         config: PipelineConfig | None = None,
         retries: int | None = None,
     ) -> None:
-        overrides = {"output_dir": output_dir, "db_path": db_path, "log_level": log_level,
-                     "retries": retries}
+        overrides: dict[str, Any] = {
+            "output_dir": output_dir,
+            "db_path": db_path,
+            "log_level": log_level,
+            "retries": retries,
+        }
         if config is not None:
             self.config = config.model_copy(
                 update={k: v for k, v in overrides.items() if v is not None}
@@ -90,8 +94,12 @@ class PipelineRunner:
         self.definition.job_range(start_from, stop_after)  # usage errors before any start-up
         self._ensure_api()
         return run_jobs(
-            input_data, self.definition, self.config,
-            start_from=start_from, stop_after=stop_after, force=force,
+            input_data,
+            self.definition,
+            self.config,
+            start_from=start_from,
+            stop_after=stop_after,
+            force=force,
         )
 
     def run_full(self, input_data: Any, **kwargs: Any) -> Any:

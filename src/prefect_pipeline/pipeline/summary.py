@@ -73,8 +73,11 @@ class RunSummary:
         return [
             {"figure": key, "value": value}
             for key, value in (
-                ("total", self.total), ("succeeded", self.succeeded), ("failed", self.failed),
-                ("skipped", self.skipped), ("records", self.records),
+                ("total", self.total),
+                ("succeeded", self.succeeded),
+                ("failed", self.failed),
+                ("skipped", self.skipped),
+                ("records", self.records),
                 ("elapsed_s", round(self.elapsed_s, 3)),
                 ("startup_s", None if self.startup_s is None else round(self.startup_s, 3)),
                 ("ignored", len(self.ignored_paths)),

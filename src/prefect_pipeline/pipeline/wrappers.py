@@ -106,7 +106,7 @@ def make_job_task(
         return run_job_on_items(spec, items, config, force, finish)
 
     run_job.__name__ = run_job.__qualname__ = f"job_{spec.name}"
-    return task(
+    return task(  # type: ignore[call-overload, no-any-return]
         run_job,
         name=f"job-{spec.name}",
         cache_policy=NO_CACHE,

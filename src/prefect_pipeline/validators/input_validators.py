@@ -107,7 +107,6 @@ def validate_document(ref: object, doc: Any) -> Mapping[str, Any]:
         ):
             raise InputValidationError(
                 ref,
-                f"records[{position}] must have integer index and line_number "
-                "and string content",
+                f"records[{position}] must have integer index and line_number and string content",
             )
     return doc
