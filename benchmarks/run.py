@@ -435,10 +435,10 @@ def _run_args(spec: RunSpec, ctx: Context, workload: Workload) -> list[str]:
     return ["run-parallel", str(workload.path), "--workers", str(spec.workers), "--json"]
 
 
-def execute(spec: RunSpec, ctx: Context, workload: Workload) -> tuple[ProcResult, RunRecord]:
-    """Run one spec in fresh dirs; return the main process result and a filled record."""
+def execute(spec: RunSpec, ctx: Context, workload: Workload, repeat: int = 0) -> RunRecord:
+    """Run one spec in fresh dirs; return its filled record (counts included)."""
     record = RunRecord(
-        workload.name, spec.label, spec.mode, spec.workers, -1,
+        workload.name, spec.label, spec.mode, spec.workers, repeat,
         command_template(spec, ctx.address),
     )  # fmt: skip
     with run_dirs(ctx) as (db, out):
@@ -468,7 +468,7 @@ def execute(spec: RunSpec, ctx: Context, workload: Workload) -> tuple[ProcResult
             )  # fmt: skip
         fill_record(record, result, workload, offset)
         record.counts = read_counts(db, out)
-    return result, record
+    return record
 
 
 def fill_record(record: RunRecord, result: ProcResult, workload: Workload, offset: float) -> None:
@@ -597,7 +597,7 @@ def warm_up(ctx: Context, source: Workload, specs: Sequence[RunSpec]) -> list[st
         warm_specs.append(RunSpec("parallel", 1))
     errors = []
     for spec in warm_specs:
-        _, record = execute(spec, ctx, tiny)
+        record = execute(spec, ctx, tiny)
         errors += [f"warm-up {spec.label}: {e}" for e in record.errors]
     return errors
 
@@ -857,8 +857,7 @@ def run_all(
         for repeat in range(args.repeats):
             raw: RunRecord | None = None
             for spec in plan:
-                _, record = execute(spec, ctx, workload)
-                record.repeat = repeat
+                record = execute(spec, ctx, workload, repeat)
                 raw = record if spec.mode == "raw" else raw
                 check_against_raw(record, raw, workload)
                 records.append(record)

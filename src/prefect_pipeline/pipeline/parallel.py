@@ -506,7 +506,7 @@ def _call_flow(plan: _Plan, description: str, task_runner: Any) -> RunSummary:
         state = run_parallel.with_options(task_runner=task_runner)(
             description, _Local(plan), return_state=True
         )
-    summary = state.result(raise_on_failure=False)  # type: ignore[union-attr]
+    summary = state.result(raise_on_failure=False)  # type: ignore[union-attr, attr-defined]
     if not isinstance(summary, RunSummary):  # the flow itself crashed
         raise summary if isinstance(summary, BaseException) else RuntimeError(str(summary))
     return summary
