@@ -15,6 +15,7 @@ from pathlib import Path
 from peewee import SqliteDatabase
 
 from prefect_pipeline.database.models import MODELS
+from prefect_pipeline.exceptions import RunError
 
 #: Bump when the schema changes, and add the step that upgrades the previous version.
 SCHEMA_VERSION = 1
@@ -40,6 +41,11 @@ _databases: dict[tuple[str, float], SqliteDatabase] = {}
 def _create_or_upgrade(db: SqliteDatabase) -> None:
     with db.bind_ctx(MODELS), db.atomic("IMMEDIATE"):
         version = db.execute_sql("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RunError(
+                f"{db.database}: database schema version {version} is newer than this "
+                f"version of the pipeline supports ({SCHEMA_VERSION}); upgrade the pipeline"
+            )
         has_tables = db.table_exists("processing_batches")
         if not has_tables:
             db.create_tables(MODELS, safe=True)

@@ -18,6 +18,7 @@ from peewee import (
     Model,
     TextField,
 )
+from playhouse.sqlite_ext import AutoIncrementField
 
 # Statuses, as stored.
 PENDING = "pending"
@@ -89,7 +90,9 @@ class PipelineInput(BaseModel):
 class ProcessingBatch(BaseModel):
     """The records of one input file's content, written together by job B."""
 
-    id = AutoField()
+    # AUTOINCREMENT: a replaced batch (--force) never gets the id of the one it replaced,
+    # which other rows and users may still hold.
+    id = AutoIncrementField()
     source_path = TextField()
     sha256 = CharField()
     record_count = IntegerField()

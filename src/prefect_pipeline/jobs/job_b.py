@@ -10,7 +10,12 @@ from prefect_pipeline.database.connection import get_database
 from prefect_pipeline.database.models import ProcessingBatch, utcnow
 from prefect_pipeline.exceptions import InputValidationError
 from prefect_pipeline.jobs.base import BaseJob, Outcome
-from prefect_pipeline.validators import read_bytes, validate_document, validate_file_path
+from prefect_pipeline.validators import (
+    decode_text,
+    read_bytes,
+    validate_document,
+    validate_file_path,
+)
 
 _INSERT_RECORDS = (
     "INSERT INTO processed_records (batch_id, record_index, line_number, content, status) "
@@ -34,11 +39,10 @@ class JobB(BaseJob):
             doc = validate_document("<document>", input_data)
             return doc, doc.get("output_path")
         path = validate_file_path(input_data)
-        raw = read_bytes(path)
+        # Decoded like job A's inputs (BOM, NUL bytes, offsets), not by json's own guessing.
+        text = decode_text(path, read_bytes(path))
         try:
-            doc = json.loads(raw)
-        except UnicodeDecodeError as exc:
-            raise InputValidationError(path, f"invalid UTF-8 at byte offset {exc.start}") from None
+            doc = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputValidationError(
                 path, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"

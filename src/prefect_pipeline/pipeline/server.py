@@ -66,18 +66,26 @@ class PrefectApi:
         if configured:
             self.url = configured
             # Worker processes inherit the environment, not this process's settings context.
-            os.environ["PREFECT_API_URL"] = configured
+            self._export("PREFECT_API_URL", configured)
             return self
         self.temporary = True
         self._isolate_database_if_shared()
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}/api"
-        os.environ["PREFECT_API_URL"] = self.url
-        self._stack.callback(os.environ.pop, "PREFECT_API_URL", None)
+        self._export("PREFECT_API_URL", self.url)
         self._stack.enter_context(temporary_settings({PREFECT_API_URL: self.url}))
         self._thread = threading.Thread(target=self._start, args=(port,), daemon=True)
         self._thread.start()
         return self
+
+    def _export(self, name: str, value: str) -> None:
+        """Set an environment variable for child processes until ``__exit__``."""
+        previous = os.environ.get(name)
+        os.environ[name] = value
+        if previous is None:
+            self._stack.callback(os.environ.pop, name, None)
+        else:
+            self._stack.callback(os.environ.__setitem__, name, previous)
 
     def _isolate_database_if_shared(self) -> None:
         from prefect.settings import PREFECT_HOME
@@ -93,9 +101,9 @@ class PrefectApi:
             pass
         private = tempfile.mkdtemp(prefix="prefect-pipeline-api-")
         self._stack.callback(shutil.rmtree, private, True)
-        url = f"sqlite+aiosqlite:///{private}/prefect.db"
-        os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = url
-        self._stack.callback(os.environ.pop, "PREFECT_API_DATABASE_CONNECTION_URL", None)
+        self._export(
+            "PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{private}/prefect.db"
+        )
         logger.warning(
             "another pipeline command is using the temporary Prefect server's database; "
             "this run reports to a private one that is removed at exit "

@@ -12,6 +12,9 @@ from prefect_pipeline.exceptions import InputValidationError
 
 BOM = b"\xef\xbb\xbf"
 
+#: SQLite's largest integer key.
+MAX_ID = 2**63 - 1
+
 
 def validate_file_path(value: object) -> Path:
     """A path to an existing, readable regular file, made absolute."""
@@ -67,11 +70,11 @@ def validate_batch_id(value: object) -> int:
         raise InputValidationError(value, "batch id must be a positive integer")
     if isinstance(value, int):
         number = value
-    elif isinstance(value, str) and value.strip().isdigit():
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         number = int(value.strip())
     else:
         raise InputValidationError(value, "batch id must be a positive integer")
-    if number <= 0:
+    if number <= 0 or number > MAX_ID:
         raise InputValidationError(value, "batch id must be a positive integer")
     return number
 
