@@ -60,6 +60,10 @@ def _create_or_upgrade(db: SqliteDatabase) -> None:
 
 def get_database(path: str | Path, timeout: float = 60.0) -> SqliteDatabase:
     """The process's database object for ``path``, created (with its schema) on first use."""
+    # Looked up for every input a writer handles: try the path as given before resolving it.
+    db = _databases.get((str(path), timeout))
+    if db is not None:
+        return db
     key = (str(Path(path).resolve()), timeout)
     with _lock:
         db = _databases.get(key)
@@ -68,6 +72,7 @@ def get_database(path: str | Path, timeout: float = 60.0) -> SqliteDatabase:
             db = SqliteDatabase(key[0], pragmas=PRAGMAS, timeout=timeout, autoconnect=True)
             _create_or_upgrade(db)
             _databases[key] = db
+        _databases[(str(path), timeout)] = db
         return db
 
 

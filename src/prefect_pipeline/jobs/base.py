@@ -9,8 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from peewee import SqliteDatabase
+
 from prefect_pipeline.config import PipelineConfig
-from prefect_pipeline.database.connection import session
+from prefect_pipeline.database.connection import get_database
 from prefect_pipeline.exceptions import InputValidationError
 from prefect_pipeline.logs import get_logger
 
@@ -68,6 +70,11 @@ class BaseJob(ABC):
         self.config = config
         self.force = force
 
+    @property
+    def db(self) -> SqliteDatabase:
+        """The database of ``config.db_path``, opened in this process on first use."""
+        return get_database(self.config.db_path, self.config.db_timeout)
+
     @abstractmethod
     def validate_input(self, input_data: Any) -> Any:
         """Check ``input_data``; return it normalized, or raise ``InputValidationError``."""
@@ -82,10 +89,7 @@ class BaseJob(ABC):
         try:
             validated = self.validate_input(input_data)
             if self.uses_database:
-                with (
-                    session(self.config.db_path, self.config.db_timeout) as db,
-                    db.atomic("IMMEDIATE"),
-                ):
+                with self.db.atomic("IMMEDIATE"):
                     outcome = _as_outcome(self.single_job(validated))
                     if on_commit is not None:
                         on_commit(outcome)

@@ -30,6 +30,11 @@ def split_records(text: str) -> list[dict[str, Any]]:
     return records
 
 
+class ProcessedDocument(dict[str, Any]):
+    """A document made by job A. Job B trusts its shape instead of checking every record
+    again (a dict from anywhere else is checked)."""
+
+
 def write_json_atomically(path: Path, document: Mapping[str, Any]) -> None:
     """Write ``document`` to ``path`` through a temporary file and a rename, so a reader
     (or a crash) never sees half a file."""
@@ -84,7 +89,7 @@ class JobA(BaseJob):
         }
         write_json_atomically(output_path, document)
         return Outcome(
-            {**document, "output_path": str(output_path)},
+            ProcessedDocument(document, output_path=str(output_path)),
             details={
                 "output_path": str(output_path),
                 "record_count": len(records),

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect_pipeline.database.models import FINALIZED, ProcessedRecord, ProcessingBatch, utcnow
+from prefect_pipeline.database.models import FINALIZED, utcnow
 from prefect_pipeline.exceptions import InputValidationError
 from prefect_pipeline.jobs.base import BaseJob, Outcome
 from prefect_pipeline.validators import validate_batch_id
+
+# Prepared SQL, for the same reason as in job B: the writer runs it once per input.
+_FIND_BATCH = "SELECT status, record_count FROM processing_batches WHERE id = ?"
+_FINALIZE_BATCH = "UPDATE processing_batches SET status = ?, finalized_at = ? WHERE id = ?"
+_FINALIZE_RECORDS = "UPDATE processed_records SET status = ? WHERE batch_id = ? AND status != ?"
 
 
 class JobC(BaseJob):
@@ -24,20 +29,16 @@ class JobC(BaseJob):
         return validate_batch_id(input_data)
 
     def single_job(self, validated: int) -> Outcome:
-        batch = ProcessingBatch.get_or_none(ProcessingBatch.id == validated)
-        if batch is None:
+        connection = self.db.connection()
+        row = connection.execute(_FIND_BATCH, (validated,)).fetchone()
+        if row is None:
             raise InputValidationError(f"batch {validated}", "no such batch")
-        if batch.status == FINALIZED:
+        status, record_count = row
+        details = {"batch_id": validated, "record_count": record_count}
+        if status == FINALIZED:
             return Outcome(
-                batch.id,
-                note=f"batch {batch.id} was already finalized",
-                details={"batch_id": batch.id, "record_count": batch.record_count},
+                validated, note=f"batch {validated} was already finalized", details=details
             )
-        now = utcnow()
-        ProcessingBatch.update(status=FINALIZED, finalized_at=now).where(
-            ProcessingBatch.id == batch.id
-        ).execute()
-        ProcessedRecord.update(status=FINALIZED).where(
-            (ProcessedRecord.batch == batch.id) & (ProcessedRecord.status != FINALIZED)
-        ).execute()
-        return Outcome(batch.id, details={"batch_id": batch.id, "record_count": batch.record_count})
+        connection.execute(_FINALIZE_BATCH, (FINALIZED, utcnow(), validated))
+        connection.execute(_FINALIZE_RECORDS, (FINALIZED, validated, FINALIZED))
+        return Outcome(validated, details=details)

@@ -273,17 +273,19 @@ class _Driver:
         return True
 
     def _advance(self, items: list[WorkItem], stage: int) -> None:
-        """Run writer jobs inline until a fan-out job (submitted) or the end of the chain."""
-        while items and stage < len(self.chain):
-            spec = self.chain[stage]
-            if not spec.uses_database:
-                future = self.tasks[stage].submit(
-                    Group(items), self.plan.config, self.plan.options.force
-                )
-                self.in_flight[future] = _InFlight(items, stage)
-                wrapped = future.wrapped_future  # type: ignore[attr-defined]
-                wrapped.add_done_callback(lambda _: self._done_event.set())
-                return
+        """Run writer jobs inline until a fan-out job (submitted) or the end of the chain.
+
+        The writer jobs of a group share one ``IMMEDIATE`` transaction (each input's writes
+        a savepoint of it): one commit per group instead of two per input.
+        """
+        if stage < len(self.chain) and self.chain[stage].uses_database:
+            with self.plan.ledger.db.atomic("IMMEDIATE"):
+                items, stage = self._write(items, stage)
+        self._submit_or_finish(items, stage)
+
+    def _write(self, items: list[WorkItem], stage: int) -> tuple[list[WorkItem], int]:
+        """Run the consecutive database jobs from ``stage`` on ``items``, here."""
+        while items and stage < len(self.chain) and self.chain[stage].uses_database:
             last = stage == len(self.chain) - 1
             results = self.tasks[stage](
                 Group(items),
@@ -293,11 +295,23 @@ class _Driver:
             )
             items = self._handle(items, stage, results)
             stage += 1
-        if items and not self.chain[-1].uses_database:
-            # The last job wrote no rows: record the outcome in a transaction of its own.
-            db = self.plan.ledger.db
-            for item in items:
-                with db.atomic("IMMEDIATE"):
+        return items, stage
+
+    def _submit_or_finish(self, items: list[WorkItem], stage: int) -> None:
+        """Send a group to its next file job, or record the end of a chain whose last job
+        wrote no rows (``_write`` leaves ``stage`` at a file job or at the end)."""
+        if not items:
+            return
+        if stage < len(self.chain):
+            future = self.tasks[stage].submit(
+                Group(items), self.plan.config, self.plan.options.force
+            )
+            self.in_flight[future] = _InFlight(items, stage)
+            wrapped = future.wrapped_future  # type: ignore[attr-defined]
+            wrapped.add_done_callback(lambda _: self._done_event.set())
+        elif not self.chain[-1].uses_database:
+            with self.plan.ledger.db.atomic("IMMEDIATE"):
+                for item in items:
                     self._finish(item, self.chain[-1].name, Outcome(item.data))
             self._finished(len(items))
 

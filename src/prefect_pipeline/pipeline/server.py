@@ -16,12 +16,14 @@ kept). Set ``PREFECT_API_URL`` to a running server to keep the history of concur
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -57,7 +59,7 @@ class PrefectApi:
         self._stack = ExitStack()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._server: object | None = None
+        self._server: _TemporaryServer | None = None
 
     def __enter__(self) -> PrefectApi:
         from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -112,11 +114,8 @@ class PrefectApi:
 
     def _start(self, port: int) -> None:
         try:
-            from prefect.server.api.server import SubprocessASGIServer
-
-            server = SubprocessASGIServer(port=port)
-            self._server = server
-            server.start(timeout=STARTUP_TIMEOUT)
+            self._server = _TemporaryServer(port)
+            self._server.start()
         except BaseException as exc:  # re-raised in the caller's thread by wait()
             self._error = exc
 
@@ -134,19 +133,90 @@ class PrefectApi:
         try:
             if self._thread is not None:
                 self._thread.join()
-            server = self._server
-            if server is not None:
+            if self._server is not None:
                 _flush_api_logs()
-                # Its "Stopping temporary server" line would be queued for the API it stops.
-                stopping = logging.getLogger("prefect.server.api.server")
-                previous = stopping.level
-                stopping.setLevel(logging.WARNING)
-                try:
-                    server.stop()  # type: ignore[attr-defined]
-                finally:
-                    stopping.setLevel(previous)
+                self._server.stop()
         finally:
             self._stack.close()
+
+
+class _TemporaryServer:
+    """Prefect's API server in a subprocess, for the lifetime of one command.
+
+    Prefect's own ``SubprocessASGIServer`` does the same, but importing it imports the
+    whole server application (FastAPI routes, database models: ~2 s of CPU) into the
+    command's process, where it competes with the Dask cluster starting meanwhile. This
+    runs the same uvicorn command without that import.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def start(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        import httpx
+        import prefect
+        from prefect.settings import get_current_settings
+
+        logger.info("starting a temporary Prefect server on %s", self.api_url)
+        env = {
+            **os.environ,
+            **get_current_settings().to_environment_variables(exclude_unset=True),
+            # What Prefect sets for its own temporary server: no UI, ephemeral services.
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+        }
+        env.pop("PREFECT_API_URL", None)
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--app-dir",
+                str(prefect.__module_path__.parent),
+                "--factory",
+                "prefect.server.api.server:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "error",
+                "--lifespan",
+                "on",
+            ],
+            env=env,
+        )
+        deadline = time.monotonic() + timeout
+        with httpx.Client() as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RunError(
+                        f"the temporary Prefect server exited with code {self.process.returncode}"
+                    )
+                try:
+                    if client.get(f"{self.api_url}/health", timeout=2).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
+        raise RunError(f"the temporary Prefect server did not answer within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _flush_api_logs() -> None:

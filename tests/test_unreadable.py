@@ -1,0 +1,75 @@
+"""An unreadable input, for real: a chmod 000 file read by a process that file permissions
+apply to. Root ignores them, so as root the command runs without the capabilities that let
+it (``setpriv`` drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import db_counts, files_under
+
+pytestmark = pytest.mark.slow
+
+
+def _command(*args: str | os.PathLike[str]) -> list[str]:
+    pipeline = [str(Path(sys.executable).parent / "pipeline"), *map(str, args)]
+    if os.geteuid() != 0:
+        return pipeline
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot make a file unreadable")
+    drop = "-dac_override,-dac_read_search"
+    return [setpriv, f"--bounding-set={drop}", f"--inh-caps={drop}", "--", *pipeline]
+
+
+def _env() -> dict[str, str]:
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+
+
+def test_unreadable_file_is_one_line_error_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "secret.txt"
+    path.write_text("you cannot read me\n")
+    path.chmod(0)
+    db, out = tmp_path / "p.db", tmp_path / "out"
+    result = subprocess.run(
+        _command("--log-level", "OFF", "--db-path", db, "--output-dir", out, "run-all", path),
+        env=_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == f"Error: job A: {path}: permission denied (not readable)\n"
+    assert result.stdout == ""
+    assert db_counts(db)["processing_batches"] == 0
+    assert files_under(out) == []
+
+
+def test_unreadable_file_fails_alone_in_a_parallel_run(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "a.txt").write_text("one\ntwo\n")
+    (root / "b.txt").write_text("three\n")
+    secret = root / "secret.txt"
+    secret.write_text("hidden\n")
+    secret.chmod(0)
+    db, out = tmp_path / "p.db", tmp_path / "out"
+    result = subprocess.run(
+        _command("--log-level", "OFF", "--db-path", db, "--output-dir", out,
+                 "run-parallel", root, "--workers", "0", "--json"),
+        env=_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["succeeded"], summary["failed"], summary["records"]) == (2, 1, 3)
+    assert summary["failures"] == [
+        {"input": str(secret), "job": "A", "error": f"{secret}: permission denied (not readable)"}
+    ]
+    assert db_counts(db)["processed_records"] == 3
+    assert files_under(out) == ["a_processed.json", "b_processed.json"]
