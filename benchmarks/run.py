@@ -69,6 +69,11 @@ PACKAGES = ("prefect", "prefect-dask", "dask", "distributed", "peewee", "psutil"
 # Counts every implementation must agree on; "outputs" is the number of JSON files written.
 COUNT_KEYS = ("batches", "records", "finalized_batches", "finalized_records", "outputs")
 STDERR_TAIL_CHARS = 2_000
+# Before each timed run, wait (up to SETTLE_MAX_S) for system CPU to drop below this:
+# a Prefect server still digesting the previous run's events would otherwise be charged
+# to the next run.
+SETTLE_CPU_PERCENT = 10.0
+SETTLE_MAX_S = 60.0
 WARMUP_FILES = 3
 MB = 1024 * 1024
 
@@ -124,6 +129,7 @@ class RunRecord:
     peak_mem_mb: float | None = None
     summary: dict[str, object] | None = None
     counts: dict[str, object] = field(default_factory=dict)
+    settle_s: float | None = None
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -599,6 +605,7 @@ def warm_up(ctx: Context, source: Workload, specs: Sequence[RunSpec]) -> list[st
     for spec in warm_specs:
         record = execute(spec, ctx, tiny)
         errors += [f"warm-up {spec.label}: {e}" for e in record.errors]
+    shutil.rmtree(folder, ignore_errors=True)
     return errors
 
 
@@ -841,7 +848,8 @@ def _progress(record: RunRecord, repeats: int) -> None:
     status = "ok" if record.ok else f"ERROR ({len(record.errors)})"
     print(
         f"[{record.workload} {record.repeat + 1}/{repeats}] {record.label:<12} "
-        f"wall {_fmt(record.wall_s)} s  startup {_fmt(record.startup_s)} s  {status}",
+        f"wall {_fmt(record.wall_s)} s  startup {_fmt(record.startup_s)} s  "
+        f"(settled {_fmt(record.settle_s, '.1f')} s)  {status}",
         file=sys.stderr,
         flush=True,
     )
@@ -857,12 +865,27 @@ def run_all(
         for repeat in range(args.repeats):
             raw: RunRecord | None = None
             for spec in plan:
+                waited = settle()
                 record = execute(spec, ctx, workload, repeat)
+                record.settle_s = waited
                 raw = record if spec.mode == "raw" else raw
                 check_against_raw(record, raw, workload)
                 records.append(record)
                 _progress(record, args.repeats)
     return records
+
+
+def settle(threshold: float = SETTLE_CPU_PERCENT, max_wait_s: float = SETTLE_MAX_S) -> float:
+    """Wait until the machine is nearly idle; return the seconds waited.
+
+    Gives up after ``max_wait_s``: a machine busy with something else should slow the
+    benchmark down, not stop it.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < max_wait_s:
+        if psutil.cpu_percent(interval=0.5) < threshold:
+            break
+    return time.monotonic() - started
 
 
 def find_pipeline(explicit: Path | None) -> Path:

@@ -34,9 +34,14 @@ def dask_address() -> Iterator[str]:
     """A process-based LocalCluster with two single-threaded workers, for the session."""
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=":0", host="127.0.0.1",
-                      silence_logs="ERROR") as cluster:
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        host="127.0.0.1",
+        silence_logs="ERROR",
+    ) as cluster:
         yield cluster.scheduler_address
 
 
@@ -78,8 +83,16 @@ def make_tree(root: Path) -> dict[str, list[Path]]:
 
 
 def run_cli(cli_runner, config: PipelineConfig, *args: str):  # type: ignore[no-untyped-def]
-    result = cli_runner("--log-level", "OFF", "--db-path", config.db_path, "--output-dir",
-                        config.output_dir, "run-parallel", *args)
+    result = cli_runner(
+        "--log-level",
+        "OFF",
+        "--db-path",
+        config.db_path,
+        "--output-dir",
+        config.output_dir,
+        "run-parallel",
+        *args,
+    )
     return result
 
 
@@ -97,7 +110,10 @@ def test_run_parallel_tree(cli_runner, config, tmp_path, dask_address):  # type:
     assert summary["total"] == len(tree["good"]) + 2
     assert summary["ignored"] == 2
     assert {f["input"]: (f["job"], f["error"]) for f in summary["failures"]} == {
-        str(root / "binary.dat"): ("A", f"{root / 'binary.dat'}: binary file (NUL byte at offset 3)"),
+        str(root / "binary.dat"): (
+            "A",
+            f"{root / 'binary.dat'}: binary file (NUL byte at offset 3)",
+        ),
         str(root / "latin1.txt"): ("A", f"{root / 'latin1.txt'}: invalid UTF-8 at byte offset 3"),
     }
     expected = {str(p.resolve()): expected_records(p) for p in tree["good"]}
@@ -107,9 +123,12 @@ def test_run_parallel_tree(cli_runner, config, tmp_path, dask_address):  # type:
     batches = query(config.db_path, "SELECT * FROM processing_batches")
     assert {b["source_path"] for b in batches} == set(expected)
     for batch in batches:
-        rows = query(config.db_path, "SELECT line_number, content, status, record_index"
-                     " FROM processed_records WHERE batch_id = ? ORDER BY record_index",
-                     (batch["id"],))
+        rows = query(
+            config.db_path,
+            "SELECT line_number, content, status, record_index"
+            " FROM processed_records WHERE batch_id = ? ORDER BY record_index",
+            (batch["id"],),
+        )
         assert [(r["line_number"], r["content"]) for r in rows] == expected[batch["source_path"]]
         assert [r["record_index"] for r in rows] == list(range(len(rows)))
         assert {r["status"] for r in rows} <= {"finalized"}
@@ -119,8 +138,11 @@ def test_run_parallel_tree(cli_runner, config, tmp_path, dask_address):  # type:
     outputs = files_under(config.output_dir)
     assert len(outputs) == len(tree["good"])
     assert "pkgs/alpha/copyright_processed.json" in outputs
-    assert {"stems/a.txt_processed.json", "stems/a.md_processed.json",
-            "stems/a.txt-2_processed.json"} <= set(outputs)
+    assert {
+        "stems/a.txt_processed.json",
+        "stems/a.md_processed.json",
+        "stems/a.txt-2_processed.json",
+    } <= set(outputs)
     inputs = {r["path"]: r for r in query(config.db_path, "SELECT * FROM pipeline_inputs")}
     assert {p for p, r in inputs.items() if r["status"] == "done"} == {str(p) for p in tree["good"]}
     assert inputs[str(root / "binary.dat")]["status"] == "failed"
@@ -131,19 +153,36 @@ def test_run_parallel_tree(cli_runner, config, tmp_path, dask_address):  # type:
     assert again.exit_code == 1
     second = json.loads(again.stdout)
     assert (second["succeeded"], second["failed"], second["skipped"], second["records"]) == (
-        0, 2, len(tree["good"]), 0)
+        0,
+        2,
+        len(tree["good"]),
+        0,
+    )
     assert db_counts(config.db_path)["processed_records"] == before["processed_records"]
     assert db_counts(config.db_path)["processing_batches"] == before["processing_batches"]
 
     # A touched file whose content did not change is read again but stores nothing new.
     os.utime(tree["good"][0], ns=(time.time_ns(), time.time_ns()))
-    third = json.loads(run_cli(cli_runner, config, str(root), "--address", dask_address,
-                               "--json", "--pattern", "copyright").stdout)
+    third = json.loads(
+        run_cli(
+            cli_runner,
+            config,
+            str(root),
+            "--address",
+            dask_address,
+            "--json",
+            "--pattern",
+            "copyright",
+        ).stdout
+    )
     assert (third["succeeded"], third["skipped"], third["records"]) == (0, 3, 0)
 
     # --force reprocesses and replaces: same counts, new batch ids.
-    forced = json.loads(run_cli(cli_runner, config, str(root / "pkgs"), "--address",
-                                dask_address, "--json", "--force").stdout)
+    forced = json.loads(
+        run_cli(
+            cli_runner, config, str(root / "pkgs"), "--address", dask_address, "--json", "--force"
+        ).stdout
+    )
     assert (forced["succeeded"], forced["skipped"]) == (3, 0)
     assert db_counts(config.db_path)["processing_batches"] == before["processing_batches"]
 
@@ -163,15 +202,24 @@ def test_stop_after_and_start_from_b(cli_runner, config, tmp_path, dask_address)
     root.mkdir()
     for i in range(5):
         (root / f"f{i}.txt").write_text(f"line {i}\nmore\n")
-    first = run_cli(cli_runner, config, str(root), "--address", dask_address, "--json",
-                    "--stop-after", "A")
+    first = run_cli(
+        cli_runner, config, str(root), "--address", dask_address, "--json", "--stop-after", "A"
+    )
     assert first.exit_code == 0, first.output
     assert db_counts(config.db_path)["processing_batches"] == 0
     assert len(files_under(config.output_dir)) == 5
 
     json_config = config.model_copy(update={"db_path": tmp_path / "b.db"})
-    second = run_cli(cli_runner, json_config, str(config.output_dir), "--address",
-                     dask_address, "--json", "--start-from", "B")
+    second = run_cli(
+        cli_runner,
+        json_config,
+        str(config.output_dir),
+        "--address",
+        dask_address,
+        "--json",
+        "--start-from",
+        "B",
+    )
     assert second.exit_code == 0, second.output
     assert json.loads(second.stdout)["records"] == 10
     batches = query(json_config.db_path, "SELECT status FROM processing_batches")
@@ -200,8 +248,9 @@ def test_missing_directory_and_empty_match(cli_runner, config, tmp_path):  # typ
     assert f"{tmp_path / 'nope'}: no such directory" in missing.stderr
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "x.txt").write_text("x\n")
-    empty = run_cli(cli_runner, config, str(tmp_path / "in"), "--pattern", "*.csv",
-                    "--workers", "0", "--json")
+    empty = run_cli(
+        cli_runner, config, str(tmp_path / "in"), "--pattern", "*.csv", "--workers", "0", "--json"
+    )
     assert empty.exit_code == 0
     assert json.loads(empty.stdout)["total"] == 0
 
@@ -212,12 +261,17 @@ def test_unreachable_address_exits_3(cli_runner, config, tmp_path):  # type: ign
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    result = run_cli(cli_runner, config, str(tmp_path / "in"), "--address",
-                     f"tcp://127.0.0.1:{port}")
+    result = run_cli(
+        cli_runner, config, str(tmp_path / "in"), "--address", f"tcp://127.0.0.1:{port}"
+    )
     assert result.exit_code == 3
     assert f"Dask scheduler tcp://127.0.0.1:{port} is not reachable" in result.stderr
     # Nothing was claimed and left behind.
-    rows = query(config.db_path, "SELECT status FROM pipeline_inputs") if config.db_path.exists() else []
+    rows = (
+        query(config.db_path, "SELECT status FROM pipeline_inputs")
+        if config.db_path.exists()
+        else []
+    )
     assert all(r["status"] != "processing" for r in rows)
 
 
@@ -248,8 +302,10 @@ def test_worker_killed_mid_run_loses_nothing(config, tmp_path, dask_address):  #
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                rows = query(config.db_path,
-                             "SELECT count(*) AS n FROM pipeline_inputs WHERE status = 'done'")
+                rows = query(
+                    config.db_path,
+                    "SELECT count(*) AS n FROM pipeline_inputs WHERE status = 'done'",
+                )
             except sqlite3.OperationalError:  # not created yet
                 rows = []
             if rows and rows[0]["n"] > 0:
@@ -261,16 +317,20 @@ def test_worker_killed_mid_run_loses_nothing(config, tmp_path, dask_address):  #
 
     thread = threading.Thread(target=killer)
     thread.start()
-    summary = run_parallel_from_files(root, config, address=dask_address,
-                                      first_group_files=4, max_group_files=16)
+    summary = run_parallel_from_files(
+        root, config, address=dask_address, first_group_files=4, max_group_files=16
+    )
     thread.join()
 
     assert killed, "the run finished before a worker could be killed"
     assert (summary.succeeded, summary.failed, summary.total) == (240, 0, 240)
     assert summary.records == expected
     assert db_counts(config.db_path)["processed_records"] == expected
-    per_input = query(config.db_path, "SELECT source_path, count(*) AS n FROM processing_batches"
-                      " GROUP BY source_path HAVING n > 1")
+    per_input = query(
+        config.db_path,
+        "SELECT source_path, count(*) AS n FROM processing_batches"
+        " GROUP BY source_path HAVING n > 1",
+    )
     assert per_input == []
     assert db_counts(config.db_path)["processing_batches"] == 240
 
@@ -288,16 +348,46 @@ def test_existing_cluster_of_real_processes(config, tmp_path):  # type: ignore[n
     bindir = Path(sys.executable).parent
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(),
-           "DASK_LOGGING__DISTRIBUTED": "error"}
-    procs = [subprocess.Popen([bindir / "dask", "scheduler", "--host", "127.0.0.1", "--port",
-                               str(port), "--dashboard-address", ":0"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "DASK_LOGGING__DISTRIBUTED": "error",
+    }
+    procs = [
+        subprocess.Popen(
+            [
+                bindir / "dask",
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dashboard-address",
+                ":0",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     try:
         for _ in range(2):
-            procs.append(subprocess.Popen([bindir / "dask", "worker", address, "--nthreads",
-                                           "1", "--dashboard-address", ":0"], env=env,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        bindir / "dask",
+                        "worker",
+                        address,
+                        "--nthreads",
+                        "1",
+                        "--dashboard-address",
+                        ":0",
+                    ],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         from distributed import Client
 
         with Client(address, timeout="60s") as client:
@@ -305,10 +395,24 @@ def test_existing_cluster_of_real_processes(config, tmp_path):  # type: ignore[n
         root = tmp_path / "in"
         expected = _write_workload(root, files=30, lines=20)
         result = subprocess.run(
-            [bindir / "pipeline", "--log-level", "OFF", "--db-path", config.db_path,
-             "--output-dir", config.output_dir, "run-parallel", root, "--address", address,
-             "--json"],
-            env=env, capture_output=True, text=True, timeout=180,
+            [
+                bindir / "pipeline",
+                "--log-level",
+                "OFF",
+                "--db-path",
+                config.db_path,
+                "--output-dir",
+                config.output_dir,
+                "run-parallel",
+                root,
+                "--address",
+                address,
+                "--json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
         assert result.returncode == 0, result.stderr
         summary = json.loads(result.stdout)

@@ -42,7 +42,10 @@ def test_unreadable_file_is_one_line_error_and_writes_nothing(tmp_path: Path) ->
     db, out = tmp_path / "p.db", tmp_path / "out"
     result = subprocess.run(
         _command("--log-level", "OFF", "--db-path", db, "--output-dir", out, "run-all", path),
-        env=_env(), capture_output=True, text=True, timeout=120,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1, result.stderr
     assert result.stderr == f"Error: job A: {path}: permission denied (not readable)\n"
@@ -61,9 +64,23 @@ def test_unreadable_file_fails_alone_in_a_parallel_run(tmp_path: Path) -> None:
     secret.chmod(0)
     db, out = tmp_path / "p.db", tmp_path / "out"
     result = subprocess.run(
-        _command("--log-level", "OFF", "--db-path", db, "--output-dir", out,
-                 "run-parallel", root, "--workers", "0", "--json"),
-        env=_env(), capture_output=True, text=True, timeout=120,
+        _command(
+            "--log-level",
+            "OFF",
+            "--db-path",
+            db,
+            "--output-dir",
+            out,
+            "run-parallel",
+            root,
+            "--workers",
+            "0",
+            "--json",
+        ),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1, result.stderr
     summary = json.loads(result.stdout)
