@@ -61,6 +61,11 @@ def prefect_server() -> Iterator[None]:
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
+        from prefect.settings import PREFECT_API_URL
+
+        # Also in the environment, as a user's shell would have it: commands find it there
+        # before Prefect is imported, and child processes inherit it.
+        os.environ["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
         yield
 
 

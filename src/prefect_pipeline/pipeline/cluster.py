@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 from prefect_pipeline.exceptions import RunError, UsageError
@@ -40,6 +41,30 @@ class DaskCluster:
         self.threads_per_worker = threads_per_worker
         self.address = address
         self._cluster: Any = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start_in_background(self) -> DaskCluster:
+        """Start (or check) the cluster in a thread; ``wait()`` joins it. Meanwhile the
+        caller can import Prefect and wait for its server."""
+        self._thread = threading.Thread(target=self._start_catching, daemon=True)
+        self._thread.start()
+        return self
+
+    def _start_catching(self) -> None:
+        try:
+            self.__enter__()
+        except BaseException as exc:  # re-raised by wait() in the caller's thread
+            self._error = exc
+
+    def wait(self) -> DaskCluster:
+        """Join ``start_in_background``; raise what the start raised."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
+        return self
 
     def __enter__(self) -> DaskCluster:
         if self.address:
@@ -84,6 +109,9 @@ class DaskCluster:
         return DaskTaskRunner(address=self.address)
 
     def __exit__(self, *exc_info: object) -> None:
+        if self._thread is not None:  # still starting: let it finish, then close it
+            self._thread.join()
+            self._thread = None
         if self._cluster is not None:
             self._cluster.close()
             self._cluster = None

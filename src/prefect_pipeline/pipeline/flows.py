@@ -11,13 +11,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import flow
+from prefect.states import Failed
 
 from prefect_pipeline.config import PipelineConfig
 from prefect_pipeline.jobs.base import JobResult
+from prefect_pipeline.logs import get_logger
 from prefect_pipeline.pipeline.definition import JobSpec, PipelineDefinition, default_pipeline
+from prefect_pipeline.pipeline.summary import RunSummary
 from prefect_pipeline.pipeline.wrappers import Group, WorkItem, make_job_task
 
-__all__ = ["PipelineDefinition", "PipelineResult", "default_pipeline", "run_pipeline"]
+logger = get_logger("flows")
+
+__all__ = [
+    "PipelineDefinition",
+    "PipelineResult",
+    "default_pipeline",
+    "run_parallel",
+    "run_pipeline",
+]
 
 
 @dataclass
@@ -122,3 +133,53 @@ def _label(input_data: Any) -> str:
     if isinstance(input_data, dict):
         return str(input_data.get("source_path") or input_data.get("path") or "<document>")
     return str(input_data)
+
+
+def _parallel_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return f"parallel: {flow_run.parameters.get('description', '')}"[:120]
+
+
+@flow(
+    name="run-parallel",
+    flow_run_name=_parallel_run_name,
+    validate_parameters=False,
+    persist_result=False,
+    log_prints=False,
+)
+def run_parallel(description: str, local: Any) -> Any:
+    """Run a chain of jobs over many inputs (see ``parallel.py``): file jobs fan out on the
+    task runner, database jobs run here, one group at a time. ``local`` holds the run's
+    plan; ``description`` names the run in the Prefect UI.
+
+    Returns the ``RunSummary``, in a Failed state when any input failed.
+    """
+    from prefect_pipeline.pipeline.parallel import drive
+
+    summary = drive(local.plan)
+    _publish(summary, description)
+    if summary.failed:
+        # The run did its job, but the Prefect UI should not show it green.
+        return Failed(message=f"{summary.failed} of {summary.total} input(s) failed", data=summary)
+    return summary
+
+
+def _publish(summary: RunSummary, description: str) -> None:
+    """The summary as Prefect artifacts, so the UI shows what the run did."""
+    try:
+        from prefect.artifacts import create_table_artifact
+
+        create_table_artifact(
+            summary.table_rows(),
+            key="pipeline-run-summary",
+            description=f"Summary of {description}",
+        )
+        if summary.failures:
+            create_table_artifact(
+                summary.failures[:500],
+                key="pipeline-run-failures",
+                description="Inputs that failed, with their job and error",
+            )
+    except Exception:  # the run's result does not depend on the UI
+        logger.warning("could not publish the summary to Prefect", exc_info=True)

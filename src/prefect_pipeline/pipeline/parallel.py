@@ -27,9 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
-from prefect.states import Failed
-
 from prefect_pipeline.config import PipelineConfig
 from prefect_pipeline.database.connection import get_database
 from prefect_pipeline.database.ledger import Claimed, Ledger
@@ -405,30 +402,11 @@ class _Driver:
             self._last_renewal = time.monotonic()
 
 
-def _run_name() -> str:
-    from prefect.runtime import flow_run
-
-    return f"parallel: {flow_run.parameters.get('description', '')}"[:120]
-
-
-@flow(
-    name="run-parallel",
-    flow_run_name=_run_name,
-    validate_parameters=False,
-    persist_result=False,
-    log_prints=False,
-)
-def run_parallel(description: str, local: Any) -> Any:
-    """Run a chain of jobs over many inputs (see the module docstring). ``local`` holds the
-    ``_Plan``; ``description`` names the run in the Prefect UI."""
-    plan = local.plan
+def drive(plan: _Plan) -> RunSummary:
+    """Run the plan to the end and read its summary from the database (the body of the
+    ``run_parallel`` flow)."""
     _Driver(plan).run()
-    summary = _read_summary(plan)
-    _publish(summary, description)
-    if summary.failed:
-        # The run did its job, but the Prefect UI should not show it green.
-        return Failed(message=f"{summary.failed} of {summary.total} input(s) failed", data=summary)
-    return summary
+    return _read_summary(plan)
 
 
 def _read_summary(plan: _Plan) -> RunSummary:
@@ -449,26 +427,6 @@ def _read_summary(plan: _Plan) -> RunSummary:
     return summary
 
 
-def _publish(summary: RunSummary, description: str) -> None:
-    """The summary as Prefect artifacts, so the UI shows what the run did."""
-    try:
-        from prefect.artifacts import create_table_artifact
-
-        create_table_artifact(
-            summary.table_rows(),
-            key="pipeline-run-summary",
-            description=f"Summary of {description}",
-        )
-        if summary.failures:
-            create_table_artifact(
-                summary.failures[:500],
-                key="pipeline-run-failures",
-                description="Inputs that failed, with their job and error",
-            )
-    except Exception:  # the run's result does not depend on the UI
-        logger.warning("could not publish the summary to Prefect", exc_info=True)
-
-
 # Entry points -----------------------------------------------------------------------------
 
 
@@ -485,10 +443,13 @@ def _chain(
 
 
 def _execute(plan: _Plan, description: str) -> RunSummary:
-    """Start the Prefect API and the cluster (together: both take seconds), run the flow,
-    and give back claimed inputs if the run is interrupted."""
-    from prefect.task_runners import ThreadPoolTaskRunner
+    """Start the Prefect API and the cluster, run the flow, and give back claimed inputs if
+    the run is interrupted.
 
+    Start-up is ordered for overlap, each part taking seconds on its own: the temporary
+    Prefect server's process starts first, then the Dask cluster (in a thread), and only
+    then does this process import Prefect.
+    """
     from prefect_pipeline.pipeline.cluster import DaskCluster
     from prefect_pipeline.pipeline.server import PrefectApi
 
@@ -496,16 +457,20 @@ def _execute(plan: _Plan, description: str) -> RunSummary:
     try:
         with PrefectApi() as api:
             if options.workers == 0:
+                from prefect.task_runners import ThreadPoolTaskRunner
+
                 api.wait()
                 plan.workers = 1
-                runner: Any = ThreadPoolTaskRunner(max_workers=1)
-                return _call_flow(plan, description, runner)
+                return _call_flow(plan, description, ThreadPoolTaskRunner(max_workers=1))
             with DaskCluster(
                 workers=options.workers if not options.address else None,
                 threads_per_worker=options.threads_per_worker,
                 address=options.address,
-            ) as cluster:
+            ).start_in_background() as cluster:
+                from prefect_pipeline.pipeline import flows  # noqa: F401 - Prefect, meanwhile
+
                 api.wait()
+                cluster.wait()
                 plan.workers = cluster.workers * cluster.threads_per_worker
                 return _call_flow(plan, description, cluster.task_runner())
     except BaseException:
@@ -516,6 +481,8 @@ def _execute(plan: _Plan, description: str) -> RunSummary:
 
 
 def _call_flow(plan: _Plan, description: str, task_runner: Any) -> RunSummary:
+    from prefect_pipeline.pipeline.flows import run_parallel
+
     with plan.progress:
         state = run_parallel.with_options(task_runner=task_runner)(
             description, _Local(plan), return_state=True
@@ -642,7 +609,7 @@ def _peek(found: Iterator[Found | Ignored]) -> Iterator[Found | Ignored]:
 __all__ = [
     "ParallelOptions",
     "RunSummary",
-    "run_parallel",
+    "drive",
     "run_parallel_from_database",
     "run_parallel_from_files",
 ]

@@ -37,10 +37,22 @@ STARTUP_TIMEOUT = 90
 
 
 def configured_api_url() -> str | None:
-    """The API URL already configured (environment, profile or settings context), if any."""
+    """The API URL configured in Prefect's settings (environment, profile or settings
+    context), if any."""
     from prefect.settings import PREFECT_API_URL
 
     return PREFECT_API_URL.value() or None
+
+
+def _profile_api_url() -> str | None:
+    """The API URL of the active Prefect profile (``prefect config set PREFECT_API_URL``)."""
+    try:
+        from prefect.settings import PREFECT_API_URL, load_current_profile
+
+        value = load_current_profile().settings.get(PREFECT_API_URL)
+    except Exception:  # an unreadable profile: Prefect itself will say so
+        return None
+    return str(value) if value else None
 
 
 def _free_port() -> int:
@@ -50,8 +62,15 @@ def _free_port() -> int:
 
 
 class PrefectApi:
-    """Context manager yielding the API URL for the run; starts a temporary server only if
-    none is configured. ``start_async()`` lets the caller start a Dask cluster meanwhile."""
+    """Context manager for the run's Prefect API; ``wait()`` returns its URL.
+
+    Entering it is cheap and does not import Prefect: with no ``PREFECT_API_URL`` in the
+    environment it starts the temporary server's process at once, so that the server (the
+    slowest part of start-up) starts while this process imports Prefect and starts the
+    Dask cluster. ``wait()`` then reads Prefect's settings: if they name a server after all
+    (a profile, or a settings context such as a test harness), the temporary one is stopped
+    and that one is used.
+    """
 
     def __init__(self) -> None:
         self.url: str | None = None
@@ -62,21 +81,19 @@ class PrefectApi:
         self._server: _TemporaryServer | None = None
 
     def __enter__(self) -> PrefectApi:
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        configured = configured_api_url()
+        configured = os.environ.get("PREFECT_API_URL")
         if configured:
             self.url = configured
-            # Worker processes inherit the environment, not this process's settings context.
-            self._export("PREFECT_API_URL", configured)
             return self
         self.temporary = True
         self._isolate_database_if_shared()
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}/api"
+        # Dask worker processes inherit the environment (the task context carries it too).
         self._export("PREFECT_API_URL", self.url)
-        self._stack.enter_context(temporary_settings({PREFECT_API_URL: self.url}))
-        self._thread = threading.Thread(target=self._start, args=(port,), daemon=True)
+        self._server = _TemporaryServer(port)
+        self._server.spawn()
+        self._thread = threading.Thread(target=self._wait_healthy, daemon=True)
         self._thread.start()
         return self
 
@@ -90,9 +107,8 @@ class PrefectApi:
             self._stack.callback(os.environ.__setitem__, name, previous)
 
     def _isolate_database_if_shared(self) -> None:
-        from prefect.settings import PREFECT_HOME
-
-        home = Path(PREFECT_HOME.value()).expanduser()
+        # Prefect's own default; read without importing Prefect (see the class docstring).
+        home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
         home.mkdir(parents=True, exist_ok=True)
         handle = open(home / "prefect_pipeline-server.lock", "w")  # noqa: SIM115 - held open
         self._stack.callback(handle.close)
@@ -112,15 +128,17 @@ class PrefectApi:
             "(set PREFECT_API_URL to a running server to keep both runs)"
         )
 
-    def _start(self, port: int) -> None:
+    def _wait_healthy(self) -> None:
         try:
-            self._server = _TemporaryServer(port)
-            self._server.start()
+            assert self._server is not None
+            self._server.wait_healthy()
         except BaseException as exc:  # re-raised in the caller's thread by wait()
             self._error = exc
 
     def wait(self) -> str:
-        """Block until the API answers; raise ``RunError`` if the server did not start."""
+        """The API URL, once it answers; raise ``RunError`` if the server did not start."""
+        if self.temporary:
+            self._use_configured_server_if_any()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -129,13 +147,33 @@ class PrefectApi:
         assert self.url is not None
         return self.url
 
+    def _use_configured_server_if_any(self) -> None:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        current = configured_api_url()
+        other = current if current and current != self.url else _profile_api_url()
+        if other:
+            logger.debug("Prefect's settings name %s; stopping the temporary server", other)
+            self._stop_server()
+            self.temporary = False
+            self.url = other
+            os.environ["PREFECT_API_URL"] = other
+            return
+        self._stack.enter_context(temporary_settings({PREFECT_API_URL: self.url}))
+
+    def _stop_server(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
     def __exit__(self, *exc_info: object) -> None:
         try:
-            if self._thread is not None:
-                self._thread.join()
             if self._server is not None:
                 _flush_api_logs()
-                self._server.stop()
+            self._stop_server()
         finally:
             self._stack.close()
 
@@ -157,19 +195,22 @@ class _TemporaryServer:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
-    def start(self, timeout: float = STARTUP_TIMEOUT) -> None:
-        import httpx
-        import prefect
-        from prefect.settings import get_current_settings
+    def spawn(self) -> None:
+        """Start the server's process (returns at once)."""
+        import importlib.util
 
+        spec = importlib.util.find_spec("prefect")
+        assert spec is not None and spec.submodule_search_locations
+        app_dir = Path(next(iter(spec.submodule_search_locations))).parent
         logger.info("starting a temporary Prefect server on %s", self.api_url)
         env = {
             **os.environ,
-            **get_current_settings().to_environment_variables(exclude_unset=True),
             # What Prefect sets for its own temporary server: no UI, ephemeral services.
             "PREFECT_UI_ENABLED": "0",
             "PREFECT__SERVER_EPHEMERAL": "1",
             "PREFECT__SERVER_FINAL": "1",
+            # Offline, telemetry only logs errors.
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         }
         env.pop("PREFECT_API_URL", None)
         self.process = subprocess.Popen(
@@ -178,7 +219,7 @@ class _TemporaryServer:
                 "-m",
                 "uvicorn",
                 "--app-dir",
-                str(prefect.__module_path__.parent),
+                str(app_dir),
                 "--factory",
                 "prefect.server.api.server:create_app",
                 "--host",
@@ -192,12 +233,20 @@ class _TemporaryServer:
             ],
             env=env,
         )
+
+    def wait_healthy(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        """Block until the server answers its health check."""
+        import httpx
+
         deadline = time.monotonic() + timeout
         with httpx.Client() as client:
             while time.monotonic() < deadline:
-                if self.process.poll() is not None:
+                process = self.process
+                if process is None:
+                    raise RunError("the temporary Prefect server was stopped")
+                if process.poll() is not None:
                     raise RunError(
-                        f"the temporary Prefect server exited with code {self.process.returncode}"
+                        f"the temporary Prefect server exited with code {process.returncode}"
                     )
                 try:
                     if client.get(f"{self.api_url}/health", timeout=2).status_code == 200:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-from prefect import Task, task
-from prefect.cache_policies import NO_CACHE
+from typing import TYPE_CHECKING, Any
 
 from prefect_pipeline.config import PipelineConfig
 from prefect_pipeline.jobs.base import JobResult, Outcome
 from prefect_pipeline.pipeline.definition import JobSpec
+
+if TYPE_CHECKING:
+    from prefect import Task
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,9 @@ def make_job_task(
     cached result would skip a write). Results are not persisted for the same reason.
     ``retries`` apply when the task itself raises; an input's failure is a ``JobResult``.
     """
+    # Imported here so that work items and groups can be built before Prefect is loaded.
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
 
     def run_job(
         items: Group | Sequence[WorkItem],
