@@ -53,7 +53,7 @@ class DaskCluster:
 
     def _start_catching(self) -> None:
         try:
-            self.__enter__()
+            self._start()
         except BaseException as exc:  # re-raised by wait() in the caller's thread
             self._error = exc
 
@@ -67,9 +67,16 @@ class DaskCluster:
         return self
 
     def __enter__(self) -> DaskCluster:
+        """Start the cluster, or finish starting it if ``start_in_background`` began."""
+        if self._thread is not None:
+            return self.wait()
+        self._start()
+        return self
+
+    def _start(self) -> None:
         if self.address:
             self._check_reachable(self.address)
-            return self
+            return
         from distributed import LocalCluster
 
         try:
@@ -90,7 +97,6 @@ class DaskCluster:
         logger.info(
             "started a Dask LocalCluster with %d worker(s) at %s", self.workers, self.address
         )
-        return self
 
     @staticmethod
     def _check_reachable(address: str) -> None:
