@@ -142,7 +142,14 @@ class Ledger:
                 result.claimed.append(Claimed(input_id, entry.path, entry.output_path, 1))
         return result
 
-    def claim_pending(self, limit: int, *, max_attempts: int) -> list[Claimed]:
+    def claim_pending(
+        self,
+        limit: int,
+        *,
+        max_attempts: int,
+        start_job: str | None = None,
+        stop_job: str | None = None,
+    ) -> list[Claimed]:
         """Claim up to ``limit`` queued inputs that are due (pending, or processing with an
         expired lease: their command died). One ``BEGIN IMMEDIATE`` transaction."""
         if limit <= 0:
@@ -160,13 +167,24 @@ class Ledger:
             )
             cursor = self.db.execute_sql(
                 "UPDATE pipeline_inputs SET status = 'processing', claim_token = ?, run_id = ?,"
-                " lease_expires_at = ?, attempts = attempts + 1, updated_at = ?"
+                " lease_expires_at = ?, attempts = attempts + 1, updated_at = ?,"
+                " start_job = coalesce(?, start_job), stop_job = coalesce(?, stop_job)"
                 " WHERE id IN (SELECT id FROM pipeline_inputs"
                 "   WHERE (status = 'pending' AND (not_before IS NULL OR not_before <= ?))"
                 "      OR (status = 'processing' AND lease_expires_at < ?)"
                 "   ORDER BY id LIMIT ?)"
                 " RETURNING id, path, output_path, attempts",
-                (self.token, self.run_id, later(self.lease_seconds), now, now, now, limit),
+                (
+                    self.token,
+                    self.run_id,
+                    later(self.lease_seconds),
+                    now,
+                    start_job,
+                    stop_job,
+                    now,
+                    now,
+                    limit,
+                ),
             )
             rows = cursor.fetchall()
         return sorted((Claimed(*row) for row in rows), key=lambda c: c.input_id)

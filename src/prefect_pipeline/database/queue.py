@@ -42,19 +42,24 @@ def enqueue(
     """Make ``Found`` entries pending. A path already pending or processing is not queued
     twice; a done path is queued again only if its content changed (or with ``force``)."""
     result = EnqueueResult()
+    seen: set[str] = set()
     batch: list[Any] = []
     for entry in found:
         batch.append(entry)
         if len(batch) >= chunk:
-            _enqueue_chunk(db, batch, force, result)
+            _enqueue_chunk(db, batch, force, result, seen)
             batch = []
     if batch:
-        _enqueue_chunk(db, batch, force, result)
+        _enqueue_chunk(db, batch, force, result, seen)
     return result
 
 
 def _enqueue_chunk(
-    db: SqliteDatabase, entries: Sequence[Any], force: bool, result: EnqueueResult
+    db: SqliteDatabase,
+    entries: Sequence[Any],
+    force: bool,
+    result: EnqueueResult,
+    seen: set[str],
 ) -> None:
     now = utcnow()
     placeholders = ", ".join("?" * len(entries))
@@ -68,6 +73,11 @@ def _enqueue_chunk(
             ).fetchall()
         }
         for entry in entries:
+            if entry.path in seen:  # found twice in one command (a folder and its sub-folder)
+                result.already += 1
+                result.kept.append((entry.path, "already pending"))
+                continue
+            seen.add(entry.path)
             row = rows.get(entry.path)
             if row is not None:
                 status, size, mtime_ns, sha256 = row

@@ -62,6 +62,17 @@ def output_names(names: Iterable[str]) -> dict[str, str]:
     return result
 
 
+def folder_output_names(folder: Path) -> dict[str, str]:
+    """``output_names`` of every visible regular file in ``folder``."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return {}
+    return output_names(
+        e.name for e in entries if not e.name.startswith(".") and e.is_file(follow_symlinks=True)
+    )
+
+
 def iter_inputs(
     root: Path | str,
     output_root: Path | str,
@@ -105,6 +116,9 @@ def _walk(
         yield Ignored(str(folder), f"cannot list folder ({exc.strerror})")
         return
     files: list[tuple[str, os.stat_result]] = []
+    # Every regular file's name, matched or not: output names must not depend on --pattern,
+    # or a.txt and a.md run by two commands with different patterns would share a JSON.
+    regular: list[str] = []
     subfolders: list[Path] = []
     for entry in entries:
         if entry.name.startswith("."):
@@ -130,6 +144,7 @@ def _walk(
             if recursive:
                 subfolders.append(path)
         elif stat.S_ISREG(st.st_mode):
+            regular.append(entry.name)
             if fnmatch.fnmatch(entry.name, pattern):
                 files.append((entry.name, st))
         elif fnmatch.fnmatch(entry.name, pattern):
@@ -143,7 +158,7 @@ def _walk(
             yield Ignored(str(path), f"{kind}, not a regular file")
     if files:
         relative = folder.relative_to(root)
-        names = output_names(name for name, _ in files)
+        names = output_names(regular)
         for name, st in files:
             yield Found(
                 path=str(folder / name),

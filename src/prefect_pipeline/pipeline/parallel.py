@@ -35,7 +35,13 @@ from prefect_pipeline.jobs.base import INPUT_ERROR, UNEXPECTED_ERROR, JobResult,
 from prefect_pipeline.jobs.job_a import OUTPUT_SUFFIX
 from prefect_pipeline.logs import get_logger
 from prefect_pipeline.pipeline.definition import JobSpec, PipelineDefinition, default_pipeline
-from prefect_pipeline.pipeline.discovery import Found, Ignored, iter_inputs, output_names
+from prefect_pipeline.pipeline.discovery import (
+    Found,
+    Ignored,
+    folder_output_names,
+    iter_inputs,
+    output_names,
+)
 from prefect_pipeline.pipeline.progress import Progress
 from prefect_pipeline.pipeline.summary import RunSummary
 from prefect_pipeline.pipeline.wrappers import Group, WorkItem, make_job_task
@@ -160,7 +166,12 @@ class _QueueSource:
         size = self._sizer.next_limit()
         if self._left is not None:
             size = min(size, self._left)
-        claimed = self._ledger.claim_pending(size, max_attempts=self._options.max_attempts)
+        claimed = self._ledger.claim_pending(
+            size,
+            max_attempts=self._options.max_attempts,
+            start_job=self._chain[0].name,
+            stop_job=self._chain[-1].name,
+        )
         if not claimed:
             return None
         if self._left is not None:
@@ -580,7 +591,9 @@ def database_files(config: PipelineConfig) -> list[Path]:
 
 
 def given_files(paths: Iterable[Path | str], config: PipelineConfig) -> Iterator[Found | Ignored]:
-    """Found entries for explicit files; their JSON mirrors each file's absolute folder."""
+    """Found entries for explicit files; their JSON mirrors each file's absolute folder and
+    is named as discovery names it (the stems of the folder's other files count)."""
+    names_in: dict[Path, dict[str, str]] = {}
     for raw in paths:
         path = Path(os.path.abspath(raw))
         try:
@@ -588,7 +601,9 @@ def given_files(paths: Iterable[Path | str], config: PipelineConfig) -> Iterator
         except OSError:
             st = None
         folder = config.output_dir / path.parent.relative_to(path.anchor)
-        name = output_names([path.name])[path.name]
+        if path.parent not in names_in:
+            names_in[path.parent] = folder_output_names(path.parent)
+        name = names_in[path.parent].get(path.name) or output_names([path.name])[path.name]
         yield Found(
             str(path), str(folder / name), st.st_size if st else 0, st.st_mtime_ns if st else 0
         )
