@@ -98,9 +98,18 @@ def handle_errors[F: Callable[..., Any]](func: F) -> F:
     envvar="PIPELINE_DB_PATH",
     help="The SQLite database (created if missing).",
 )
+@click.option(
+    "--definition",
+    metavar="MODULE:NAME",
+    envvar="PIPELINE_DEFINITION",
+    help="Your own pipeline: a PipelineDefinition (or a function returning one) in an "
+    "importable module. Default: A -> B -> C.",
+)
 @click.version_option(package_name="prefect-pipeline")
 @click.pass_context
-def cli(ctx: click.Context, log_level: str, output_dir: Path, db_path: Path) -> None:
+def cli(
+    ctx: click.Context, log_level: str, output_dir: Path, db_path: Path, definition: str | None
+) -> None:
     """Read input files, split them into records, store and finalize them.
 
     Jobs: A (file -> records -> JSON), B (JSON -> SQLite), C (finalize a batch).
@@ -110,6 +119,7 @@ def cli(ctx: click.Context, log_level: str, output_dir: Path, db_path: Path) -> 
       pipeline run-all demo_data/sample.txt
       pipeline run-parallel samples/ --json
       pipeline --log-level OFF --db-path my.db run notes.txt --stop-after B
+      pipeline --definition mypkg.jobs:pipeline run notes.txt --stop-after D
     """
     configure_logging(log_level)
     _interrupt_on_sigterm()
@@ -122,9 +132,11 @@ def cli(ctx: click.Context, log_level: str, output_dir: Path, db_path: Path) -> 
 
 
 def _definition() -> Any:
-    from prefect_pipeline.pipeline.definition import default_pipeline
+    """The pipeline to run: ``--definition MODULE:NAME``, or A -> B -> C."""
+    from prefect_pipeline.pipeline.definition import default_pipeline, load_definition
 
-    return default_pipeline()
+    reference = click.get_current_context().find_root().params.get("definition")
+    return load_definition(reference) if reference else default_pipeline()
 
 
 @cli.command("list-jobs")
@@ -137,7 +149,11 @@ def list_jobs(config: PipelineConfig) -> None:
       pipeline list-jobs
     """
     click.echo("Available jobs:")
-    for number, spec in enumerate(_definition(), start=1):
+    try:
+        definition = _definition()
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
+    for number, spec in enumerate(definition, start=1):
         click.echo(f"  {number}. {spec.name}  {spec.description}")
 
 

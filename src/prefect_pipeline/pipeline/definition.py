@@ -83,3 +83,30 @@ class PipelineDefinition:
 def default_pipeline() -> PipelineDefinition:
     """A -> B -> C."""
     return PipelineDefinition().add_job("A", JobA).add_job("B", JobB).add_job("C", JobC)
+
+
+def load_definition(reference: str) -> PipelineDefinition:
+    """``"package.module:name"`` -> the ``PipelineDefinition`` it names (or that calling it
+    returns). The module must be importable on every Dask worker too."""
+    import importlib
+
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise UsageError(f"--definition {reference!r}: expected MODULE:NAME")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(
+            f"--definition {reference!r}: cannot import {module_name} ({exc})"
+        ) from None
+    try:
+        value = getattr(module, attribute)
+    except AttributeError:
+        raise UsageError(f"--definition {reference!r}: {module_name} has no {attribute}") from None
+    if callable(value) and not isinstance(value, PipelineDefinition):
+        value = value()
+    if not isinstance(value, PipelineDefinition):
+        raise UsageError(
+            f"--definition {reference!r}: expected a PipelineDefinition, got {type(value).__name__}"
+        )
+    return value

@@ -1,0 +1,107 @@
+"""A fourth job, added by a user with one ``add_job()`` call, runs from the CLI
+(``--definition MODULE:NAME``) with no new flow code."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import query
+
+USER_MODULE = '''
+from prefect_pipeline.jobs import BaseJob
+from prefect_pipeline.pipeline import default_pipeline
+
+
+class JobD(BaseJob):
+    """Report how many records a finalized batch holds (reads, writes nothing)."""
+
+    name = "D"
+    description = "Count a batch's records"
+
+    def validate_input(self, input_data):
+        return int(input_data)
+
+    def single_job(self, batch_id):
+        row = self.db.connection().execute(
+            "SELECT count(*) FROM processed_records WHERE batch_id = ? AND status = 'finalized'",
+            (batch_id,),
+        ).fetchone()
+        return {"batch_id": batch_id, "finalized_records": row[0]}
+
+
+pipeline = default_pipeline().add_job("D", JobD)
+not_a_pipeline = 42
+'''
+
+
+@pytest.fixture
+def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    folder = tmp_path / "usercode"
+    folder.mkdir()
+    (folder / "my_pipeline.py").write_text(textwrap.dedent(USER_MODULE))
+    monkeypatch.syspath_prepend(str(folder))
+    return "my_pipeline"
+
+
+def _base(config) -> list[str]:  # type: ignore[no-untyped-def]
+    return [
+        "--log-level",
+        "OFF",
+        "--db-path",
+        str(config.db_path),
+        "--output-dir",
+        str(config.output_dir),
+    ]
+
+
+def test_list_jobs_shows_the_added_job(cli_runner, config, user_module):  # type: ignore[no-untyped-def]
+    result = cli_runner(*_base(config), "--definition", f"{user_module}:pipeline", "list-jobs")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == "  4. D  Count a batch's records"
+
+
+def test_run_and_run_parallel_go_through_the_fourth_job(  # type: ignore[no-untyped-def]
+    cli_runner, config, user_module, sample_file
+):
+    definition = ["--definition", f"{user_module}:pipeline"]
+    single = cli_runner(*_base(config), *definition, "run", sample_file, "--json")
+    assert single.exit_code == 0, single.output
+    outcome = json.loads(single.stdout)
+    assert [job["job"] for job in outcome["jobs"]] == ["A", "B", "C", "D"]
+    assert outcome["jobs"][-1]["success"] is True
+
+    parallel = cli_runner(
+        *_base(config),
+        *definition,
+        "run-parallel",
+        sample_file.parent,
+        "--workers",
+        "0",
+        "--json",
+        "--force",
+    )
+    assert parallel.exit_code == 0, parallel.output
+    assert json.loads(parallel.stdout)["succeeded"] == 1
+    [row] = query(config.db_path, "SELECT status, last_job FROM pipeline_inputs")
+    assert (row["status"], row["last_job"]) == ("done", "D")
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        ("no_such_module:pipeline", "cannot import no_such_module"),
+        ("my_pipeline:missing", "my_pipeline has no missing"),
+        ("my_pipeline:not_a_pipeline", "expected a PipelineDefinition, got int"),
+        ("my_pipeline", "expected MODULE:NAME"),
+    ],
+)
+def test_bad_definition_is_a_usage_error(  # type: ignore[no-untyped-def]
+    cli_runner, config, user_module, reference, message
+):
+    result = cli_runner(*_base(config), "--definition", reference, "list-jobs")
+    assert result.exit_code == 2
+    assert message in result.stderr
