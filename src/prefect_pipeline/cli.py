@@ -290,10 +290,9 @@ def _report(summary: Any, as_json: bool) -> None:
         click.echo(json.dumps(summary.to_dict()))
     else:
         click.echo(summary.to_text())
-    if summary.failed:
+    # Inputs left pending (a retry not yet due when --limit was reached) are not done.
+    if summary.failed or summary.pending:
         sys.exit(EXIT_FAILED)
-    if summary.pending:
-        sys.exit(EXIT_INTERRUPTED)
 
 
 def _dask_options[F: Callable[..., Any]](func: F) -> F:
