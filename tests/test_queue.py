@@ -1,0 +1,917 @@
+"""The input queue, in this process: ``enqueue``, ``drain-db``, ``status``, ``requeue``,
+retries with backoff, and claims with leases (``Ledger``).
+
+Everything runs for real: SQLite files in ``tmp_path``, the session's Prefect server, the
+CLI through click's runner. ``drain-db --workers 0`` runs the jobs in this process without
+Dask, which keeps these tests about the queue's logic. Processes, signals and concurrent
+drainers are in ``test_queue_crash.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from click.testing import Result
+
+from prefect_pipeline.config import PipelineConfig
+from prefect_pipeline.database.connection import get_database
+from prefect_pipeline.database.ledger import Ledger, later
+from prefect_pipeline.database.models import utcnow
+from prefect_pipeline.database.queue import enqueue as enqueue_inputs
+from prefect_pipeline.exceptions import ClaimLostError
+from prefect_pipeline.jobs import BaseJob, JobA, JobB, JobC
+from prefect_pipeline.pipeline.definition import PipelineDefinition
+from prefect_pipeline.pipeline.parallel import given_files, run_parallel_from_database
+from tests.conftest import CliInvoke, db_counts, query
+
+Invoke = Callable[..., Result]
+
+#: Inputs of the tree (relative path -> text). Two ``a.txt`` in different folders, a
+#: file without records, blank and whitespace-only lines.
+TREE = {
+    "blank.txt": "\n   \n\t\n",
+    "top.txt": "alpha\n\n  beta  \ngamma",
+    "notes/a.txt": "one\ntwo\n   \nthree\n",
+    "notes/deep/er/d.txt": "x\n",
+    "other/a.txt": "\n\nfour\n",
+    "other/b.md": "five\nsix\nseven\n",
+    "other/deep/c.txt": "eight\n\t\nnine\nten\n",
+}
+#: Hidden names under the tree: never queued.
+HIDDEN = {
+    ".hidden.txt": "secret\n",
+    ".git/config": "[core]\n",
+    "notes/.swap.txt": "tmp\n",
+}
+#: The order ``enqueue`` finds the tree's inputs in (files of a folder, then sub-folders,
+#: each sorted): the queue's ids follow it.
+TREE_ORDER = [
+    "blank.txt",
+    "top.txt",
+    "notes/a.txt",
+    "notes/deep/er/d.txt",
+    "other/a.txt",
+    "other/b.md",
+    "other/deep/c.txt",
+]
+
+
+def count_records(text: str) -> int:
+    """Non-empty stripped lines, counted independently of the pipeline."""
+    return sum(1 for line in text.split("\n") if line.strip())
+
+
+def write_files(root: Path, files: dict[str, str | bytes]) -> dict[str, Path]:
+    paths = {}
+    for relative, content in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+        paths[relative] = path
+    return paths
+
+
+def mirrored_json(config: PipelineConfig, path: Path) -> Path:
+    """Where job A's JSON for ``path`` goes: its absolute folder under the output dir."""
+    folder = path.parent.resolve()
+    return config.output_dir / folder.relative_to(folder.anchor) / f"{path.stem}_processed.json"
+
+
+def rows(
+    config: PipelineConfig, where: str = "1", params: tuple[Any, ...] = ()
+) -> list[dict[str, Any]]:
+    return [
+        dict(r)
+        for r in query(
+            config.db_path, f"SELECT * FROM pipeline_inputs WHERE {where} ORDER BY id", params
+        )
+    ]
+
+
+def by_path(config: PipelineConfig) -> dict[str, dict[str, Any]]:
+    return {r["path"]: r for r in rows(config)}
+
+
+def execute(config: PipelineConfig, sql: str, params: tuple[Any, ...] = ()) -> int:
+    """Change the database behind the pipeline's back (standard library, own connection)."""
+    with closing(sqlite3.connect(config.db_path)) as connection, connection:
+        return connection.execute(sql, params).rowcount
+
+
+def summary_of(result: Result) -> dict[str, Any]:
+    """The one JSON line ``--json`` prints."""
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.output
+    return json.loads(lines[0])
+
+
+def assert_summary(summary: dict[str, Any], **expected: Any) -> None:
+    assert {key: summary[key] for key in expected} == expected, summary
+
+
+@pytest.fixture
+def pipeline(cli_runner: CliInvoke, config: PipelineConfig) -> Invoke:
+    """``pipeline(*args)``: the command with the test's database and output directory."""
+
+    def invoke(*args: str | os.PathLike[str]) -> Result:
+        return cli_runner(
+            "--log-level",
+            "OFF",
+            "--db-path",
+            config.db_path,
+            "--output-dir",
+            config.output_dir,
+            *args,
+        )
+
+    return invoke
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """The input tree (with its hidden files); returns its root."""
+    root = tmp_path / "tree"
+    write_files(root, {**TREE, **HIDDEN})
+    return root
+
+
+# enqueue ------------------------------------------------------------------------------------
+
+
+def test_enqueue_a_tree_skips_hidden_files_and_mirrors_folders(
+    pipeline: Invoke, config: PipelineConfig, tree: Path
+) -> None:
+    result = pipeline("enqueue", tree)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "7 input(s) queued, 0 already there\n"
+    assert result.stderr == ""
+
+    queued = rows(config)
+    assert [r["path"] for r in queued] == [str(tree / p) for p in TREE_ORDER]
+    assert [r["id"] for r in queued] == list(range(1, 8))
+    for row in queued:
+        path = Path(row["path"])
+        assert row["status"] == "pending"
+        assert row["attempts"] == 0
+        assert row["start_job"] == "A"
+        assert row["size"] == path.stat().st_size
+        assert row["mtime_ns"] == path.stat().st_mtime_ns
+        assert row["output_path"] == str(mirrored_json(config, path))
+        assert row["claim_token"] is None and row["lease_expires_at"] is None
+    # The two a.txt get different JSON files, each under its own absolute folder.
+    outputs = {r["output_path"] for r in queued}
+    assert len(outputs) == 7
+    assert str(config.output_dir / str(tree / "notes")[1:] / "a_processed.json") in outputs
+    assert str(config.output_dir / str(tree / "other")[1:] / "a_processed.json") in outputs
+    assert db_counts(config.db_path) == {
+        "pipeline_inputs": 7,
+        "processing_batches": 0,
+        "processed_records": 0,
+    }
+
+    again = pipeline("enqueue", tree)
+    assert again.exit_code == 0, again.output
+    assert again.stdout == "0 input(s) queued, 7 already there\n"
+    as_json = pipeline("enqueue", tree, "--json")
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout) == {"queued": 0, "already": 7}
+    assert rows(config) == queued  # untouched, updated_at included
+
+
+def test_enqueue_single_files_and_a_pattern(
+    pipeline: Invoke, config: PipelineConfig, tree: Path
+) -> None:
+    result = pipeline("enqueue", tree / "top.txt", tree / "other", "--pattern", "*.txt")
+    assert result.exit_code == 0, result.output
+    # top.txt given by name; under other/: a.txt and deep/c.txt, not b.md.
+    assert result.stdout == "3 input(s) queued, 0 already there\n"
+    assert [r["path"] for r in rows(config)] == [
+        str(tree / "other/a.txt"),
+        str(tree / "other/deep/c.txt"),
+        str(tree / "top.txt"),
+    ]
+    for row in rows(config):
+        assert row["output_path"] == str(mirrored_json(config, Path(row["path"])))
+
+    flat = pipeline("enqueue", tree / "notes", "--no-recursive")
+    assert flat.stdout == "1 input(s) queued, 0 already there\n"
+    assert rows(config)[-1]["path"] == str(tree / "notes/a.txt")
+
+
+def test_enqueue_counts_a_file_found_twice_once(
+    pipeline: Invoke, config: PipelineConfig, tree: Path
+) -> None:
+    """notes/ is inside the tree: its two inputs are found twice. The second time they are
+    already pending, as they would be in a second command (or in another chunk)."""
+    result = pipeline("enqueue", tree, tree / "notes")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "7 input(s) queued, 2 already there\n"
+    assert len(rows(config)) == 7
+
+
+@pytest.mark.parametrize("how", ["files-in-one-command", "patterns-in-two-commands"])
+def test_inputs_whose_stems_clash_get_their_own_json(
+    pipeline: Invoke, config: PipelineConfig, tmp_path: Path, how: str
+) -> None:
+    """a.txt and a.md in one folder: each keeps its own JSON file (discovery promises
+    a.txt_processed.json and a.md_processed.json), however they were queued."""
+    paths = write_files(tmp_path / "in", {"a.txt": "from txt\n", "a.md": "from md\nmore\n"})
+    if how == "files-in-one-command":
+        assert pipeline("enqueue", paths["a.txt"], paths["a.md"]).exit_code == 0
+    else:
+        assert pipeline("enqueue", tmp_path / "in", "--pattern", "*.md").exit_code == 0
+        assert pipeline("enqueue", tmp_path / "in", "--pattern", "*.txt").exit_code == 0
+    queued = rows(config)
+    assert len(queued) == 2
+    assert queued[0]["output_path"] != queued[1]["output_path"]
+
+    drained = pipeline("drain-db", "--workers", "0")
+    assert drained.exit_code == 0, drained.output
+    for row in rows(config):
+        document = json.loads(Path(row["output_path"]).read_text(encoding="utf-8"))
+        assert document["source_path"] == row["path"]
+
+
+def test_enqueue_a_missing_path_is_a_usage_error(
+    pipeline: Invoke, config: PipelineConfig, tree: Path
+) -> None:
+    missing = tree / "nope.txt"
+    result = pipeline("enqueue", tree, missing)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: Invalid value for 'PATHS': {missing}: no such file or directory"
+    )
+    # Checked before anything is queued: the database was not even created.
+    assert not config.db_path.exists()
+
+
+def test_enqueue_after_draining_queues_only_changed_or_forced_inputs(
+    pipeline: Invoke, config: PipelineConfig, tree: Path
+) -> None:
+    assert pipeline("enqueue", tree).exit_code == 0
+    drained = pipeline("drain-db", "--workers", "0", "--json")
+    assert drained.exit_code == 0, drained.output
+    total_records = sum(count_records(text) for text in TREE.values())
+    assert_summary(
+        summary_of(drained),
+        total=7,
+        succeeded=7,
+        failed=0,
+        skipped=0,
+        pending=0,
+        records=total_records,
+        failures=[],
+    )
+    # Every JSON file is where the output_path column says, and holds its input's records.
+    for row in rows(config):
+        assert row["status"] == "done"
+        document = json.loads(Path(row["output_path"]).read_text(encoding="utf-8"))
+        assert document["source_path"] == row["path"]
+        relative = str(Path(row["path"]).relative_to(tree))
+        assert document["record_count"] == count_records(TREE[relative])
+        assert row["records_written"] == count_records(TREE[relative])
+
+    unchanged = pipeline("enqueue", tree)
+    assert unchanged.stdout == "0 input(s) queued, 7 already there\n"
+
+    # Touched (new mtime) but the same bytes: its stored sha256 says unchanged.
+    touched = tree / "top.txt"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    assert pipeline("enqueue", tree).stdout == "0 input(s) queued, 7 already there\n"
+
+    changed = tree / "other/a.txt"
+    changed.write_text("four\nand a new line\n", encoding="utf-8")
+    result = pipeline("enqueue", tree)
+    assert result.stdout == "1 input(s) queued, 6 already there\n"
+    state = by_path(config)
+    assert state[str(changed)]["status"] == "pending"
+    assert state[str(changed)]["attempts"] == 0
+    assert state[str(changed)]["size"] == changed.stat().st_size
+    assert [r["status"] for r in state.values()].count("done") == 6
+
+    # --force queues the done ones; the pending one is already there.
+    forced = pipeline("enqueue", tree, "--force")
+    assert forced.stdout == "6 input(s) queued, 1 already there\n"
+    assert [r["status"] for r in rows(config)] == ["pending"] * 7
+
+    again = pipeline("drain-db", "--workers", "0", "--json")
+    assert again.exit_code == 0, again.output
+    # The changed file is processed again; the forced, unchanged ones find their content
+    # already stored and write nothing.
+    assert_summary(
+        summary_of(again), total=7, succeeded=1, failed=0, skipped=6, pending=0, records=2
+    )
+    outcomes = {r["path"]: r["outcome"] for r in rows(config)}
+    assert outcomes.pop(str(changed)) == "processed"
+    assert set(outcomes.values()) == {"unchanged"}
+    # One batch per content: the changed file has two, the others one.
+    assert db_counts(config.db_path) == {
+        "pipeline_inputs": 7,
+        "processing_batches": 8,
+        "processed_records": total_records + 2,
+    }
+    document = json.loads(Path(by_path(config)[str(changed)]["output_path"]).read_text())
+    assert [r["content"] for r in document["records"]] == ["four", "and a new line"]
+
+
+def test_inputs_drained_from_the_queue_count_as_done_for_run_parallel(
+    pipeline: Invoke, config: PipelineConfig, tree: Path
+) -> None:
+    """run-parallel skips an input whose last run ended done with the same size, mtime and
+    job range; an input done by drain-db ran the same jobs (A..C) and must be skipped."""
+    assert pipeline("enqueue", tree).exit_code == 0
+    assert pipeline("drain-db", "--workers", "0").exit_code == 0
+    before = rows(config)
+    json_mtimes = {r["output_path"]: Path(r["output_path"]).stat().st_mtime_ns for r in before}
+
+    result = pipeline("run-parallel", tree, "--workers", "0", "--json")
+    assert result.exit_code == 0, result.output
+    summary = summary_of(result)
+    assert_summary(summary, total=7, succeeded=0, failed=0, skipped=7, records=0)
+    assert summary["skipped_inputs"] == [
+        {"input": str(tree / p), "reason": "unchanged since its last run"} for p in TREE_ORDER
+    ]
+    # Not run again: same run, same attempts, JSON files not rewritten.
+    assert [(r["run_id"], r["attempts"]) for r in rows(config)] == [
+        (r["run_id"], r["attempts"]) for r in before
+    ]
+    assert {p: Path(p).stat().st_mtime_ns for p in json_mtimes} == json_mtimes
+
+
+# drain-db and status ------------------------------------------------------------------------
+
+
+def test_drain_with_a_limit_then_status_then_the_rest(
+    pipeline: Invoke, config: PipelineConfig, tree: Path
+) -> None:
+    assert pipeline("enqueue", tree).exit_code == 0
+    records_of = {str(tree / p): count_records(TREE[p]) for p in TREE}
+    order = [str(tree / p) for p in TREE_ORDER]
+
+    first = pipeline("drain-db", "--workers", "0", "--limit", "3", "--json")
+    assert first.exit_code == 0, first.output
+    first_records = sum(records_of[p] for p in order[:3])
+    first_summary = summary_of(first)
+    assert_summary(
+        first_summary,
+        total=3,
+        succeeded=3,
+        failed=0,
+        skipped=0,
+        pending=0,
+        records=first_records,
+        failures=[],
+        skipped_inputs=[],
+    )
+    # The queue is taken in id order: the first three are done, the rest untouched.
+    assert [(r["path"], r["status"], r["attempts"]) for r in rows(config)] == [
+        *((p, "done", 1) for p in order[:3]),
+        *((p, "pending", 0) for p in order[3:]),
+    ]
+    assert {r["run_id"] for r in rows(config, "status = 'done'")} == {first_summary["run_id"]}
+    assert db_counts(config.db_path) == {
+        "pipeline_inputs": 7,
+        "processing_batches": 3,
+        "processed_records": first_records,
+    }
+    for row in rows(config, "status = 'done'"):
+        assert Path(row["output_path"]).is_file()
+    for row in rows(config, "status = 'pending'"):
+        assert not Path(row["output_path"]).exists()
+
+    status = pipeline("status", "--json")
+    assert status.exit_code == 0, status.output
+    fourth = rows(config, "id = 4")[0]
+    assert json.loads(status.stdout) == {
+        "inputs": {"pending": 4, "processing": 0, "done": 3, "failed": 0, "total": 7, "stale": 0},
+        "batches": {"pending": 0, "finalized": 3, "total": 3},
+        "records": first_records,
+        "oldest_pending": {"id": 4, "path": order[3], "queued_at": fourth["created_at"]},
+        "last_errors": [],
+    }
+    text = pipeline("status")
+    assert text.exit_code == 0, text.output
+    assert text.stdout == (
+        "inputs:  4 pending, 0 processing (0 with an expired lease), 3 done, 0 failed\n"
+        f"batches: 0 pending, 3 finalized; {first_records} record(s)\n"
+        f"oldest pending: #4 {order[3]} (queued {fourth['created_at']})\n"
+    )
+
+    rest = pipeline("drain-db", "--workers", "0", "--json")
+    assert rest.exit_code == 0, rest.output
+    rest_summary = summary_of(rest)
+    total_records = sum(records_of.values())
+    assert_summary(
+        rest_summary,
+        total=4,
+        succeeded=4,
+        failed=0,
+        skipped=0,
+        pending=0,
+        records=total_records - first_records,
+        failures=[],
+    )
+    assert rest_summary["run_id"] != first_summary["run_id"]
+
+    # The summaries agree with the database, and the database with an independent count.
+    counts = db_counts(config.db_path)
+    assert counts == {
+        "pipeline_inputs": 7,
+        "processing_batches": 7,
+        "processed_records": total_records,
+    }
+    assert first_summary["succeeded"] + rest_summary["succeeded"] == counts["processing_batches"]
+    assert first_summary["records"] + rest_summary["records"] == counts["processed_records"]
+    assert [r["status"] for r in rows(config)] == ["done"] * 7
+    for row in rows(config):
+        batch = query(
+            config.db_path, "SELECT * FROM processing_batches WHERE id = ?", (row["batch_id"],)
+        )[0]
+        assert batch["source_path"] == row["path"]
+        assert batch["status"] == "finalized"
+        assert batch["record_count"] == records_of[row["path"]]
+        assert batch["output_path"] == row["output_path"]
+    assert (
+        query(config.db_path, "SELECT count(*) FROM processed_records WHERE status != 'finalized'")[
+            0
+        ][0]
+        == 0
+    )
+    assert json.loads(pipeline("status", "--json").stdout)["oldest_pending"] is None
+
+    # Nothing left: a drain that finds an empty queue succeeds with nothing to do.
+    empty = pipeline("drain-db", "--workers", "0", "--json")
+    assert empty.exit_code == 0, empty.output
+    assert_summary(summary_of(empty), total=0, succeeded=0, failed=0, records=0)
+
+
+def test_status_of_an_empty_database(pipeline: Invoke) -> None:
+    result = pipeline("status", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "inputs": {"pending": 0, "processing": 0, "done": 0, "failed": 0, "total": 0, "stale": 0},
+        "batches": {"pending": 0, "finalized": 0, "total": 0},
+        "records": 0,
+        "oldest_pending": None,
+        "last_errors": [],
+    }
+
+
+# Bad inputs -----------------------------------------------------------------------------------
+
+
+def test_bad_inputs_fail_at_once_without_stopping_the_drain(
+    pipeline: Invoke, config: PipelineConfig, tmp_path: Path
+) -> None:
+    root = tmp_path / "bad"
+    paths = write_files(
+        root,
+        {
+            "good1.txt": "g1\ng2\n",
+            "latin1.txt": b"ok\ncaf\xe9\n",
+            "missing.txt": "here when queued\n",
+            "nul.txt": b"abc\ndef\x00ghi",
+            "zgood2.txt": "z1\n",
+        },
+    )
+    assert pipeline("enqueue", root).stdout == "5 input(s) queued, 0 already there\n"
+    paths["missing.txt"].unlink()
+
+    started = time.monotonic()
+    # The default retry delay is 5 s: input errors must not wait for it.
+    result = pipeline("drain-db", "--workers", "0", "--json")
+    assert time.monotonic() - started < 5
+    assert result.exit_code == 1, result.output
+    assert result.stderr == ""
+    summary = summary_of(result)
+    missing, latin1, nul = (str(paths[n]) for n in ("missing.txt", "latin1.txt", "nul.txt"))
+    assert_summary(summary, total=5, succeeded=2, failed=3, skipped=0, pending=0, records=3)
+    assert summary["failures"] == [
+        {"input": latin1, "job": "A", "error": f"{latin1}: invalid UTF-8 at byte offset 6"},
+        {"input": missing, "job": "A", "error": f"{missing}: no such file"},
+        {"input": nul, "job": "A", "error": f"{nul}: binary file (NUL byte at offset 7)"},
+    ]
+    state = by_path(config)
+    for path in (missing, latin1, nul):
+        row = state[path]
+        assert (row["status"], row["attempts"], row["last_job"]) == ("failed", 1, "A")
+        assert row["not_before"] is None and row["claim_token"] is None
+        assert row["finished_at"] is not None
+        assert not Path(row["output_path"]).exists()
+    for name in ("good1.txt", "zgood2.txt"):
+        assert state[str(paths[name])]["status"] == "done"
+    assert db_counts(config.db_path) == {
+        "pipeline_inputs": 5,
+        "processing_batches": 2,
+        "processed_records": 3,
+    }
+
+    # status lists the last errors, the latest first (they were recorded in id order).
+    status = json.loads(pipeline("status", "--json").stdout)
+    assert status["inputs"] == {
+        "pending": 0,
+        "processing": 0,
+        "done": 2,
+        "failed": 3,
+        "total": 5,
+        "stale": 0,
+    }
+    errors = {f["input"]: f["error"] for f in summary["failures"]}
+    assert [
+        (e["id"], e["path"], e["status"], e["job"], e["error"]) for e in status["last_errors"]
+    ] == [
+        (4, nul, "failed", "A", errors[nul]),
+        (3, missing, "failed", "A", errors[missing]),
+        (2, latin1, "failed", "A", errors[latin1]),
+    ]
+    text = pipeline("status").stdout.splitlines()
+    assert text[2:] == [
+        f"error: #4 {nul} (failed, job A): {errors[nul]}",
+        f"error: #3 {missing} (failed, job A): {errors[missing]}",
+        f"error: #2 {latin1} (failed, job A): {errors[latin1]}",
+    ]
+
+    requeued = pipeline("requeue", "--failed")
+    assert requeued.exit_code == 0, requeued.output
+    assert requeued.stdout == "3 input(s) requeued\n"
+    for path in (missing, latin1, nul):
+        row = by_path(config)[path]
+        assert row["status"] == "pending"
+        assert row["attempts"] == 0
+        assert row["claim_token"] is None
+        assert row["lease_expires_at"] is None
+        assert row["not_before"] is None
+        assert row["finished_at"] is None
+    assert pipeline("requeue", "--failed").stdout == "0 input(s) requeued\n"
+
+    paths["latin1.txt"].write_text("ok\ncafé\n", encoding="utf-8")
+    again = pipeline("drain-db", "--workers", "0")
+    assert again.exit_code == 1, again.output
+    assert again.stdout.splitlines()[0] == (
+        "1 succeeded, 2 failed, 0 skipped (of 3 input(s)); 2 record(s) written"
+    )
+    assert again.stdout.splitlines()[2:] == [
+        f"FAILED {missing} (job A): {missing}: no such file",
+        f"FAILED {nul} (job A): {nul}: binary file (NUL byte at offset 7)",
+    ]
+    state = by_path(config)
+    assert (state[latin1]["status"], state[latin1]["attempts"]) == ("done", 1)
+    assert state[latin1]["last_error"] is None
+    assert (state[missing]["status"], state[missing]["attempts"]) == ("failed", 1)
+    assert (state[nul]["status"], state[nul]["attempts"]) == ("failed", 1)
+    stored = [
+        r[0]
+        for r in query(
+            config.db_path,
+            "SELECT r.content FROM processed_records r JOIN processing_batches b"
+            " ON r.batch_id = b.id WHERE b.source_path = ? ORDER BY r.record_index",
+            (latin1,),
+        )
+    ]
+    assert stored == ["ok", "café"]
+
+
+# Retries with backoff (Python API) ------------------------------------------------------------
+
+
+class FlakyRead(BaseJob):
+    """Job A's work, but raising ``OSError`` (a failure a retry may cure): on the first
+    attempt for an input, or on every attempt for a file whose name starts with
+    ``always``. Records what it was given and when."""
+
+    name = "F"
+    description = "Job A, failing transiently"
+    uses_database = False
+
+    calls: ClassVar[list[tuple[Any, float]]] = []
+    lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def validate_input(self, input_data: Any) -> Any:
+        with self.lock:
+            self.calls.append((input_data, time.monotonic()))
+        return JobA(self.config).validate_input(input_data)
+
+    def single_job(self, validated: Any) -> Any:
+        path, _ = validated
+        marker = path.parent.parent / "markers" / path.name
+        if path.name.startswith("always") or not marker.exists():
+            marker.parent.mkdir(exist_ok=True)
+            marker.touch()
+            raise OSError(f"transient failure reading {path.name}")
+        return JobA(self.config).single_job(validated)
+
+
+@pytest.fixture
+def flaky_definition() -> PipelineDefinition:
+    FlakyRead.calls.clear()
+    return flaky_pipeline()
+
+
+def flaky_pipeline() -> PipelineDefinition:
+    """F -> B -> C, for ``pipeline --definition tests.test_queue:flaky_pipeline``."""
+    return PipelineDefinition().add_job("F", FlakyRead).add_job("B", JobB).add_job("C", JobC)
+
+
+def queue_files(config: PipelineConfig, *paths: Path) -> None:
+    result = enqueue_inputs(get_database(config.db_path), given_files(paths, config))
+    assert (result.queued, result.already) == (len(paths), 0)
+
+
+def test_a_transient_error_is_retried_after_a_delay(
+    config: PipelineConfig, tmp_path: Path, flaky_definition: PipelineDefinition
+) -> None:
+    path = write_files(tmp_path / "inputs", {"flaky.txt": "r1\n\nr2\n"})["flaky.txt"]
+    queue_files(config, path)
+
+    started = time.monotonic()
+    summary = run_parallel_from_database(
+        config,
+        definition=flaky_definition,
+        workers=0,
+        max_attempts=3,
+        retry_base_seconds=0.2,
+    )
+    assert time.monotonic() - started >= 0.2
+    # The drain waited for the retry instead of ending with the input pending.
+    assert (summary.total, summary.succeeded, summary.failed, summary.pending) == (1, 1, 0, 0)
+    assert summary.records == 2
+    row = rows(config)[0]
+    assert (row["status"], row["attempts"], row["last_job"]) == ("done", 2, "C")
+    assert row["last_error"] is None and row["not_before"] is None
+    assert row["records_written"] == 2
+    # The first job, not a database job, is told where the input's JSON goes.
+    assert [data for data, _ in FlakyRead.calls] == [
+        {"path": str(path), "output_path": row["output_path"]},
+    ] * 2
+    assert FlakyRead.calls[1][1] - FlakyRead.calls[0][1] >= 0.2
+    assert json.loads(Path(row["output_path"]).read_text())["record_count"] == 2
+    assert db_counts(config.db_path) == {
+        "pipeline_inputs": 1,
+        "processing_batches": 1,
+        "processed_records": 2,
+    }
+
+
+def test_an_input_that_always_fails_stops_after_max_attempts(
+    config: PipelineConfig, tmp_path: Path, flaky_definition: PipelineDefinition
+) -> None:
+    paths = write_files(tmp_path / "inputs", {"always.txt": "a\n", "flaky.txt": "f\n"})
+    queue_files(config, paths["always.txt"], paths["flaky.txt"])
+
+    summary = run_parallel_from_database(
+        config,
+        definition=flaky_definition,
+        workers=0,
+        max_attempts=3,
+        retry_base_seconds=0.2,
+    )
+    always = str(paths["always.txt"])
+    error = f"{always}: OSError: transient failure reading always.txt"
+    assert (summary.total, summary.succeeded, summary.failed, summary.pending) == (2, 1, 1, 0)
+    assert summary.failures == [{"input": always, "job": "F", "error": error}]
+    state = by_path(config)
+    assert (state[always]["status"], state[always]["attempts"]) == ("failed", 3)
+    assert (state[always]["last_job"], state[always]["last_error"]) == ("F", error)
+    assert state[str(paths["flaky.txt"])]["status"] == "done"
+    assert state[str(paths["flaky.txt"])]["attempts"] == 2
+    # Exactly max_attempts tries, each delay doubling the one before (0.2 s, then 0.4 s).
+    times = [t for data, t in FlakyRead.calls if data["path"] == always]
+    assert len(times) == 3
+    assert times[1] - times[0] >= 0.2
+    assert times[2] - times[1] >= 0.4
+    assert db_counts(config.db_path) == {
+        "pipeline_inputs": 2,
+        "processing_batches": 1,
+        "processed_records": 1,
+    }
+
+
+def test_drain_db_waits_for_a_retry_scheduled_by_an_earlier_run(
+    pipeline: Invoke, config: PipelineConfig, tmp_path: Path
+) -> None:
+    """--limit 1 ends a drain with its input waiting for a retry (exit 1: not done); the
+    next drain-db runs it when it falls due, as it does with its own retries."""
+    paths = write_files(tmp_path / "inputs", {"always.txt": "a\n", "flaky.txt": "f\n"})
+    queue_files(config, paths["always.txt"], paths["flaky.txt"])
+    always, flaky = str(paths["always.txt"]), str(paths["flaky.txt"])
+    error = f"{always}: OSError: transient failure reading always.txt"
+    drain = (
+        "--definition",
+        "tests.test_queue:flaky_pipeline",
+        "drain-db",
+        "--workers",
+        "0",
+        "--max-attempts",
+        "2",
+        "--json",
+    )
+
+    first = pipeline(*drain, "--limit", "1", "--retry-delay", "5")
+    assert first.exit_code == 1, first.output
+    assert_summary(summary_of(first), total=0, succeeded=0, failed=0, pending=1, records=0)
+    row = by_path(config)[always]
+    assert (row["status"], row["attempts"], row["last_job"], row["last_error"]) == (
+        "pending",
+        1,
+        "F",
+        error,
+    )
+    assert row["not_before"] > utcnow()
+    assert (by_path(config)[flaky]["status"], by_path(config)[flaky]["attempts"]) == ("pending", 0)
+
+    second = pipeline(*drain, "--retry-delay", "0.2")
+    assert second.exit_code == 1, second.output
+    summary = summary_of(second)
+    assert_summary(summary, total=2, succeeded=1, failed=1, pending=0, records=1)
+    assert summary["failures"] == [{"input": always, "job": "F", "error": error}]
+    state = by_path(config)
+    assert (state[always]["status"], state[always]["attempts"]) == ("failed", 2)
+    assert (state[flaky]["status"], state[flaky]["attempts"]) == ("done", 2)
+
+
+# requeue --------------------------------------------------------------------------------------
+
+
+def test_requeue_stale_and_by_id(pipeline: Invoke, config: PipelineConfig, tmp_path: Path) -> None:
+    paths = write_files(tmp_path / "inputs", {"a.txt": "a\n", "b.txt": "b\n", "c.txt": "c\n"})
+    assert pipeline("enqueue", tmp_path / "inputs").exit_code == 0
+    drained = pipeline("drain-db", "--workers", "0", "--limit", "1")
+    assert drained.exit_code == 0, drained.output
+    assert [r["status"] for r in rows(config)] == ["done", "pending", "pending"]
+
+    # Input 2: claimed by a command that died (lease expired); input 3: held by a live one.
+    past, future = later(-60), later(600)
+    assert (
+        execute(
+            config,
+            "UPDATE pipeline_inputs SET status = 'processing', attempts = 1,"
+            " claim_token = 'dead', run_id = 'dead', lease_expires_at = ? WHERE id = 2",
+            (past,),
+        )
+        == 1
+    )
+    assert (
+        execute(
+            config,
+            "UPDATE pipeline_inputs SET status = 'processing', attempts = 1,"
+            " claim_token = 'alive', run_id = 'alive', lease_expires_at = ? WHERE id = 3",
+            (future,),
+        )
+        == 1
+    )
+    status = pipeline("status")
+    assert status.stdout.splitlines()[0] == (
+        "inputs:  0 pending, 2 processing (1 with an expired lease), 1 done, 0 failed"
+    )
+
+    stale = pipeline("requeue", "--stale")
+    assert stale.exit_code == 0, stale.output
+    assert stale.stdout == "1 input(s) requeued\n"
+    row2, row3 = rows(config, "id IN (2, 3)")
+    assert (row2["status"], row2["attempts"], row2["claim_token"], row2["lease_expires_at"]) == (
+        "pending",
+        0,
+        None,
+        None,
+    )
+    assert (row3["status"], row3["claim_token"], row3["lease_expires_at"]) == (
+        "processing",
+        "alive",
+        future,
+    )
+
+    live = pipeline("requeue", "3")
+    assert live.exit_code == 1
+    assert live.stdout == "0 input(s) requeued\n"
+    assert live.stderr == "not requeued: #3: being processed (its lease has not expired)\n"
+
+    done = pipeline("requeue", "1")
+    assert done.exit_code == 1
+    assert done.stdout == "0 input(s) requeued\n"
+    assert done.stderr == "not requeued: #1: done (use --force to run it again)\n"
+    assert rows(config, "id = 1")[0]["status"] == "done"
+
+    mixed = pipeline("requeue", "1", "2", "99", "--force")
+    assert mixed.exit_code == 1
+    assert mixed.stdout == "1 input(s) requeued\n"
+    assert mixed.stderr == "not requeued: #2: already pending\nnot requeued: #99: no such input\n"
+    row1 = rows(config, "id = 1")[0]
+    assert (row1["status"], row1["attempts"], row1["finished_at"]) == ("pending", 0, None)
+
+    nothing = pipeline("requeue")
+    assert nothing.exit_code == 2
+    assert nothing.stderr.splitlines()[-1] == (
+        "Error: say what to requeue: --failed, --stale or input IDs"
+    )
+    assert {p.read_text() for p in paths.values()} == {"a\n", "b\n", "c\n"}
+    assert db_counts(config.db_path)["processing_batches"] == 1
+
+
+# Claims and leases (Ledger) -------------------------------------------------------------------
+
+
+@pytest.fixture
+def queued_db(config: PipelineConfig, tmp_path: Path) -> Any:
+    """A database with three queued inputs (the files exist but are never read)."""
+    paths = write_files(tmp_path / "inputs", {f"{n}.txt": f"{n}\n" for n in "abc"})
+    queue_files(config, *paths.values())
+    return get_database(config.db_path)
+
+
+def test_claims_of_two_commands_never_overlap(config: PipelineConfig, queued_db: Any) -> None:
+    first, second = Ledger(queued_db), Ledger(queued_db)
+    mine = first.claim_pending(2, max_attempts=3)
+    theirs = second.claim_pending(10, max_attempts=3)
+    assert [c.input_id for c in mine] == [1, 2]
+    assert [c.input_id for c in theirs] == [3]
+    assert second.claim_pending(10, max_attempts=3) == []
+    assert [(r["claim_token"], r["run_id"], r["attempts"]) for r in rows(config)] == [
+        (first.token, first.run_id, 1),
+        (first.token, first.run_id, 1),
+        (second.token, second.run_id, 1),
+    ]
+    # Interrupted: the first command gives its inputs back, the attempt not counted.
+    assert first.release() == 2
+    assert [(r["status"], r["attempts"], r["claim_token"]) for r in rows(config)] == [
+        ("pending", 0, None),
+        ("pending", 0, None),
+        ("processing", 1, second.token),
+    ]
+
+
+def test_a_claim_taken_over_after_its_lease_expired_is_rejected(
+    config: PipelineConfig, queued_db: Any
+) -> None:
+    slow = Ledger(queued_db, lease_seconds=0.01)
+    claimed = slow.claim_pending(1, max_attempts=3)
+    assert [(c.input_id, c.attempts) for c in claimed] == [(1, 1)]
+    time.sleep(0.05)
+
+    # Another command finds the lease expired and takes the input over.
+    fast = Ledger(queued_db, lease_seconds=300)
+    taken = fast.claim_pending(1, max_attempts=3)
+    assert [(c.input_id, c.attempts) for c in taken] == [(1, 2)]
+    before = rows(config, "id = 1")[0]
+    assert (before["status"], before["claim_token"]) == ("processing", fast.token)
+
+    # The slow command finishes its job: its writes and its status change are one
+    # transaction, and the lost claim rolls both back.
+    with (
+        pytest.raises(ClaimLostError, match=r"^input 1: claim lost \(lease expired\)$"),
+        queued_db.atomic("IMMEDIATE"),
+    ):
+        queued_db.execute_sql(
+            "INSERT INTO processing_batches (source_path, sha256, record_count, status,"
+            " created_at) VALUES (?, ?, 0, 'pending', ?)",
+            (claimed[0].path, "0" * 64, utcnow()),
+        )
+        slow.mark_done(
+            1, last_job="C", batch_id=1, sha256="0" * 64, records_written=0, unchanged=False
+        )
+    assert rows(config, "id = 1")[0] == before
+    assert db_counts(config.db_path) == {
+        "pipeline_inputs": 3,
+        "processing_batches": 0,
+        "processed_records": 0,
+    }
+    # Nor can it fail the input, renew the lease, or give it back.
+    assert slow.mark_failed(1, job="A", error="late", retry_in=None) is False
+    slow.renew()
+    assert slow.release() == 0
+    assert rows(config, "id = 1")[0] == before
+
+    # The command that holds the claim can finish it.
+    with queued_db.atomic("IMMEDIATE"):
+        fast.mark_done(
+            1, last_job="C", batch_id=None, sha256=None, records_written=0, unchanged=False
+        )
+    after = rows(config, "id = 1")[0]
+    assert (after["status"], after["attempts"], after["claim_token"]) == ("done", 2, None)
+
+
+def test_an_expired_lease_on_the_last_attempt_fails_the_input(
+    config: PipelineConfig, queued_db: Any
+) -> None:
+    dead = Ledger(queued_db, lease_seconds=0.01)
+    assert len(dead.claim_pending(1, max_attempts=1)) == 1
+    time.sleep(0.05)
+    other = Ledger(queued_db)
+    assert [c.input_id for c in other.claim_pending(1, max_attempts=1)] == [2]
+    row = rows(config, "id = 1")[0]
+    assert (row["status"], row["attempts"], row["claim_token"]) == ("failed", 1, None)
+    assert row["last_error"] == (
+        "lease expired on its last attempt (the command running it stopped or died)"
+    )

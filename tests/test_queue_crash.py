@@ -1,0 +1,456 @@
+"""The queue against real processes: two drainers on one database, a drainer killed with
+SIGKILL and picked up after its lease expired, and a run stopped with SIGTERM.
+
+Each test starts the ``pipeline`` script installed next to this interpreter. With
+``PREFECT_API_URL`` they report to the session's Prefect server; the arrangement without it
+(each command starts its own temporary server, sharing ``PREFECT_HOME``) is tested too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from prefect_pipeline.config import PipelineConfig
+from prefect_pipeline.database.connection import close_all, get_database
+from prefect_pipeline.database.queue import enqueue as enqueue_inputs
+from prefect_pipeline.pipeline.discovery import iter_inputs
+from tests.conftest import db_counts, query
+
+pytestmark = pytest.mark.slow
+
+PIPELINE = Path(sys.executable).with_name("pipeline")
+
+#: How long a command may take before the test gives up on it.
+TIMEOUT = 150
+
+
+def api_env() -> dict[str, str]:
+    """This process's environment plus the harness's API URL (set through Prefect's
+    settings context, which child processes do not see)."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    assert url, "the session's Prefect server is not configured"
+    return {**os.environ, "PREFECT_API_URL": url}
+
+
+def command(config: PipelineConfig, *args: str | os.PathLike[str]) -> list[str]:
+    return [
+        str(PIPELINE),
+        "--log-level",
+        "OFF",
+        "--db-path",
+        str(config.db_path),
+        "--output-dir",
+        str(config.output_dir),
+        *(os.fspath(a) for a in args),
+    ]
+
+
+def make_inputs(root: Path, files: int, lines: int) -> int:
+    """``files`` text files of ``lines`` lines (some blank or whitespace-only) in a few
+    folders; returns the number of records, counted independently of the pipeline."""
+    records = 0
+    for number in range(files):
+        folder = root / f"part{number % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        body = []
+        for line in range(lines):
+            if line % 7 == 3:
+                body.append("   " if line % 2 else "")
+            else:
+                body.append(f"file {number} line {line} some words to store")
+        text = "\n".join(body) + "\n"
+        (folder / f"input{number:04d}.txt").write_text(text, encoding="utf-8")
+        records += sum(1 for item in text.split("\n") if item.strip())
+    return records
+
+
+def enqueue_tree(config: PipelineConfig, root: Path) -> int:
+    result = enqueue_inputs(
+        get_database(config.db_path), iter_inputs(root, config.output_dir / "mirror")
+    )
+    close_all()  # the commands under test are the only ones holding the database
+    assert result.already == 0
+    return result.queued
+
+
+def scalar(config: PipelineConfig, sql: str, params: tuple[Any, ...] = ()) -> Any:
+    return query(config.db_path, sql, params)[0][0]
+
+
+def statuses(config: PipelineConfig) -> dict[str, int]:
+    rows = query(config.db_path, "SELECT status, count(*) FROM pipeline_inputs GROUP BY status")
+    return {status: count for status, count in rows}
+
+
+def wait_for_done(config: PipelineConfig, process: subprocess.Popen[str], at_least: int) -> int:
+    """Poll the database until ``at_least`` inputs are done; the process must still run."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the command ended early: {process.communicate()}"
+        if config.db_path.exists():
+            try:
+                done = scalar(config, "SELECT count(*) FROM pipeline_inputs WHERE status = 'done'")
+            except sqlite3.OperationalError:  # schema not created yet
+                done = 0
+            if done >= at_least:
+                return int(done)
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {at_least} inputs done after {TIMEOUT} s")
+
+
+def assert_nothing_half_written(config: PipelineConfig) -> None:
+    """Every batch holds all its records; every done input has a finalized batch."""
+    short = query(
+        config.db_path,
+        "SELECT b.id, b.record_count, count(r.id) FROM processing_batches b"
+        " LEFT JOIN processed_records r ON r.batch_id = b.id GROUP BY b.id"
+        " HAVING count(r.id) != b.record_count",
+    )
+    assert [tuple(row) for row in short] == []
+    unfinished = query(
+        config.db_path,
+        "SELECT i.id FROM pipeline_inputs i LEFT JOIN processing_batches b ON b.id = i.batch_id"
+        " WHERE i.status = 'done' AND (b.id IS NULL OR b.status != 'finalized'"
+        " OR b.source_path != i.path)",
+    )
+    assert [tuple(row) for row in unfinished] == []
+    assert (
+        scalar(
+            config,
+            "SELECT count(*) FROM processed_records r JOIN processing_batches b"
+            " ON r.batch_id = b.id WHERE b.status = 'finalized'"
+            " AND r.status != 'finalized'",
+        )
+        == 0
+    )
+
+
+def assert_all_done_once(config: PipelineConfig, inputs: int, records: int) -> None:
+    assert statuses(config) == {"done": inputs}
+    assert db_counts(config.db_path) == {
+        "pipeline_inputs": inputs,
+        "processing_batches": inputs,
+        "processed_records": records,
+    }
+    assert scalar(config, "SELECT count(DISTINCT source_path) FROM processing_batches") == inputs
+    assert_nothing_half_written(config)
+
+
+def children_of(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def assert_gone(processes: list[psutil.Process]) -> None:
+    """The processes end within 10 s; any left running is killed, then reported."""
+    _, alive = psutil.wait_procs(processes, timeout=10)
+    left = []
+    for process in alive:
+        try:
+            left.append(" ".join(process.cmdline()[:6]))
+            process.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(alive, timeout=15)
+    assert left == [], f"left running: {left}"
+
+
+def own_server_env(tmp_path: Path) -> dict[str, str]:
+    """No PREFECT_API_URL: the command starts a temporary server (its child process)."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    return env
+
+
+def temporary_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*.tmp")) if directory.exists() else []
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    """Started commands. One still running at the end of the test is stopped (SIGTERM, then
+    SIGKILL), and so are the child processes it had."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            children = children_of(process.pid)
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            for child in psutil.wait_procs(children, timeout=10)[1]:
+                child.kill()
+            process.communicate()
+
+
+def start(
+    processes: list[subprocess.Popen[str]], args: list[str], env: dict[str, str]
+) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        args, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    processes.append(process)
+    return process
+
+
+# Two drainers, one database -----------------------------------------------------------------
+
+
+def tree_cpu(process: psutil.Process) -> float:
+    """CPU seconds used so far by a process and its children."""
+    total = 0.0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            times = member.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def start_line(config: PipelineConfig, commands: list[subprocess.Popen[str]]) -> None:
+    """Hold the database's write lock while the commands start up, and let them go together.
+
+    A command writes only when it claims (after its Prefect API and Dask cluster are up),
+    so with the lock held each one stops at its first claim. The lock is taken once every
+    command has opened the database (its schema check is a write too) and released when
+    they are all idle, waiting for it (their busy timeout is 60 s).
+    """
+    target = str(config.db_path)
+    processes = [psutil.Process(c.pid) for c in commands]
+    deadline = time.monotonic() + 60
+    while not all(any(f.path == target for f in p.open_files()) for p in processes):
+        assert all(c.poll() is None for c in commands), [c.communicate() for c in commands]
+        assert time.monotonic() < deadline, "the commands never opened the database"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    connection = sqlite3.connect(target, timeout=60, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        # Idle: each command's whole tree used under a quarter of a core for two seconds
+        # (measured: under 0.1 while it waits, a full core while it starts).
+        deadline = time.monotonic() + 50
+        quiet = 0
+        before = [tree_cpu(p) for p in processes]
+        while quiet < 2 and time.monotonic() < deadline:
+            assert all(c.poll() is None for c in commands), [c.communicate() for c in commands]
+            time.sleep(1.0)
+            after = [tree_cpu(p) for p in processes]
+            busy = any(b - a > 0.25 for a, b in zip(before, after, strict=True))
+            quiet = 0 if busy else quiet + 1
+            before = after
+        connection.execute("ROLLBACK")
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("with_api", [True, False], ids=["PREFECT_API_URL", "temporary-servers"])
+def test_two_drainers_share_the_queue_without_overlap(
+    config: PipelineConfig,
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],
+    with_api: bool,
+) -> None:
+    records = make_inputs(tmp_path / "inputs", files=300, lines=5)
+    assert enqueue_tree(config, tmp_path / "inputs") == 300
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    home = tmp_path / "prefect-home"
+    # Without PREFECT_API_URL, the documented sound arrangement: both commands share one
+    # PREFECT_HOME; the second finds the lock taken and uses a private database.
+    env = api_env() if with_api else own_server_env(tmp_path)
+    env["TMPDIR"] = str(temp)
+
+    args = command(config, "drain-db", "--workers", "1", "--json")
+    drainers = [start(processes, args, env), start(processes, args, env)]
+    start_line(config, drainers)
+    outputs = [d.communicate(timeout=TIMEOUT) for d in drainers]
+    for drainer, (_, stderr) in zip(drainers, outputs, strict=True):
+        assert drainer.returncode == 0, stderr
+    summaries = [json.loads(stdout) for stdout, _ in outputs]
+
+    assert_all_done_once(config, 300, records)
+    for summary in summaries:
+        assert (summary["failed"], summary["pending"], summary["skipped"]) == (0, 0, 0)
+        assert summary["total"] == summary["succeeded"]
+    assert sum(s["succeeded"] for s in summaries) == 300
+    assert sum(s["records"] for s in summaries) == records
+    # Both took part, and each input was run by exactly one of them: the one whose
+    # summary counts it.
+    by_run = dict(
+        query(config.db_path, "SELECT run_id, count(*) FROM pipeline_inputs GROUP BY run_id")
+    )
+    assert sorted(by_run) == sorted(s["run_id"] for s in summaries)
+    assert [by_run[s["run_id"]] for s in summaries] == [s["succeeded"] for s in summaries]
+    assert all(s["succeeded"] > 0 for s in summaries)
+    assert scalar(config, "SELECT max(attempts) FROM pipeline_inputs") == 1
+
+    # No private Prefect database is left behind.
+    assert sorted(p.name for p in temp.glob("prefect-pipeline-api-*")) == []
+    if not with_api:
+        # One command kept its run in PREFECT_HOME's database; the other used a private one.
+        with closing(sqlite3.connect(f"file:{home / 'prefect.db'}?mode=ro", uri=True)) as db:
+            names = [row[0] for row in db.execute("SELECT name FROM flow_run")]
+        assert names == ["parallel: queued inputs"]
+
+
+# SIGKILL, then another drain after the lease expired -----------------------------------------
+
+
+def test_a_killed_drainer_leaves_nothing_half_written_and_is_taken_over(
+    config: PipelineConfig, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    records = make_inputs(tmp_path / "inputs", files=400, lines=2000)
+    assert enqueue_tree(config, tmp_path / "inputs") == 400
+    env = api_env()
+
+    drainer = start(
+        processes,
+        command(config, "drain-db", "--workers", "0", "--lease-seconds", "3", "--json"),
+        env,
+    )
+    wait_for_done(config, drainer, at_least=10)
+    children = children_of(drainer.pid)
+    os.kill(drainer.pid, signal.SIGKILL)
+    drainer.communicate(timeout=TIMEOUT)
+    assert drainer.returncode == -signal.SIGKILL
+    assert_gone(children)
+
+    left = statuses(config)
+    held = [
+        row[0]
+        for row in query(
+            config.db_path, "SELECT id FROM pipeline_inputs WHERE status = 'processing' ORDER BY id"
+        )
+    ]
+    assert 10 <= left["done"] < 400, left
+    assert held, f"nothing was being processed when the command was killed: {left}"
+    assert left.get("failed", 0) == 0
+    assert_nothing_half_written(config)
+    done_before = left["done"]
+
+    # Once the leases the dead command held have expired, another drain takes them over.
+    lease = scalar(
+        config, "SELECT max(lease_expires_at) FROM pipeline_inputs WHERE status = 'processing'"
+    )
+    time.sleep(max((datetime.fromisoformat(lease) - datetime.now(UTC)).total_seconds(), 0) + 0.5)
+    assert json.loads(
+        subprocess.run(
+            command(config, "status", "--json"),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=True,
+        ).stdout
+    )["inputs"]["stale"] == len(held)
+
+    rerun = subprocess.run(
+        command(config, "drain-db", "--workers", "0", "--json"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    assert (summary["total"], summary["failed"], summary["pending"]) == (400 - done_before, 0, 0)
+
+    assert_all_done_once(config, 400, records)
+    attempts = dict(query(config.db_path, "SELECT id, attempts FROM pipeline_inputs"))
+    assert {i: attempts[i] for i in held} == dict.fromkeys(held, 2)
+    assert {i for i, n in attempts.items() if n != 1} == set(held)
+    # Every input's JSON is complete.
+    for (path,) in query(config.db_path, "SELECT output_path FROM pipeline_inputs"):
+        assert json.loads(Path(path).read_text(encoding="utf-8"))["record_count"] > 0
+
+
+def test_a_killed_command_leaves_no_temporary_server_running(
+    config: PipelineConfig, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    """Without PREFECT_API_URL the command runs a Prefect server as its child process;
+    when the command is killed the server must not outlive it."""
+    make_inputs(tmp_path / "inputs", files=60, lines=2000)
+    assert enqueue_tree(config, tmp_path / "inputs") == 60
+    drainer = start(
+        processes, command(config, "drain-db", "--workers", "0"), own_server_env(tmp_path)
+    )
+    wait_for_done(config, drainer, at_least=5)
+    children = children_of(drainer.pid)
+    assert len(children) >= 1
+    os.kill(drainer.pid, signal.SIGKILL)
+    drainer.wait(timeout=TIMEOUT)
+    assert_gone(children)
+    drainer.communicate(timeout=TIMEOUT)  # the pipes close once no child holds them
+
+
+# SIGTERM: the claimed inputs are given back --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "subcommand",
+    ["run-parallel", "drain-db"],
+    ids=["run-parallel-PREFECT_API_URL", "drain-db-temporary-server"],
+)
+def test_sigterm_gives_claimed_inputs_back(
+    config: PipelineConfig,
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],
+    subcommand: str,
+) -> None:
+    inputs = tmp_path / "inputs"
+    make_inputs(inputs, files=120, lines=2000)
+    if subcommand == "drain-db":
+        # Without PREFECT_API_URL: its temporary server must stop with it.
+        assert enqueue_tree(config, inputs) == 120
+        args = command(config, "drain-db", "--workers", "0", "--json")
+        env = own_server_env(tmp_path)
+    else:
+        args = command(config, "run-parallel", inputs, "--workers", "0", "--json")
+        env = api_env()
+
+    runner = start(processes, args, env)
+    wait_for_done(config, runner, at_least=5)
+    children = children_of(runner.pid)
+    runner.send_signal(signal.SIGTERM)
+    stdout, stderr = runner.communicate(timeout=TIMEOUT)
+    assert runner.returncode == 130, stderr
+    assert stderr.splitlines()[-1] == "Interrupted."
+    assert stdout == ""
+    assert_gone(children)
+
+    left = statuses(config)
+    assert left.get("processing", 0) == 0, left
+    assert left.get("failed", 0) == 0, left
+    assert 5 <= left["done"] < 120, left
+    # Given back without counting the attempt.
+    assert (
+        scalar(
+            config,
+            "SELECT count(*) FROM pipeline_inputs WHERE status = 'pending'"
+            " AND (attempts != 0 OR claim_token IS NOT NULL)",
+        )
+        == 0
+    )
+    assert temporary_files(config.output_dir) == []
+    assert_nothing_half_written(config)
