@@ -44,6 +44,18 @@ def _interrupt_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` was caused, directly or not, by a KeyboardInterrupt."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def handle_errors[F: Callable[..., Any]](func: F) -> F:
     """Map the project's exceptions to one-line messages and exit codes."""
 
@@ -67,6 +79,11 @@ def handle_errors[F: Callable[..., Any]](func: F) -> F:
             click.echo("Interrupted.", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except Exception as exc:
+            if _interrupted(exc):
+                # Prefect turns an interrupt that lands inside its task engine into another
+                # error; the user still pressed Ctrl-C (or sent SIGTERM).
+                click.echo("Interrupted.", err=True)
+                sys.exit(EXIT_INTERRUPTED)
             logger.exception("the run broke")
             raise RunBroken(f"the run broke: {type(exc).__name__}: {exc}") from None
 

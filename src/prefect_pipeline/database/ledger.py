@@ -190,11 +190,11 @@ class Ledger:
         return sorted((Claimed(*row) for row in rows), key=lambda c: c.input_id)
 
     def next_due(self) -> str | None:
-        """When the earliest retry of this run falls due (None if none is waiting)."""
+        """When the earliest waiting retry falls due (None if none is waiting), whichever
+        run scheduled it."""
         row = self.db.execute_sql(
             "SELECT min(not_before) FROM pipeline_inputs WHERE status = 'pending'"
-            " AND run_id = ? AND not_before IS NOT NULL",
-            (self.run_id,),
+            " AND not_before IS NOT NULL"
         ).fetchone()
         return row[0] if row else None
 

@@ -217,7 +217,7 @@ class _TemporaryServer:
             [
                 sys.executable,
                 "-m",
-                "uvicorn",
+                "prefect_pipeline.pipeline.server_child",
                 "--app-dir",
                 str(app_dir),
                 "--factory",
@@ -232,6 +232,10 @@ class _TemporaryServer:
                 "on",
             ],
             env=env,
+            # Its end of this pipe tells it when this command is gone (server_child.py);
+            # stdout stays clean for --json.
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
         )
 
     def wait_healthy(self, timeout: float = STARTUP_TIMEOUT) -> None:
@@ -260,6 +264,8 @@ class _TemporaryServer:
         process, self.process = self.process, None
         if process is None:
             return
+        if process.stdin is not None:
+            process.stdin.close()
         process.terminate()
         try:
             process.wait(timeout=10)
