@@ -73,7 +73,7 @@ STDERR_TAIL_CHARS = 2_000
 # a Prefect server still digesting the previous run's events would otherwise be charged
 # to the next run.
 SETTLE_CPU_PERCENT = 10.0
-SETTLE_MAX_S = 60.0
+SETTLE_MAX_S = 15.0
 WARMUP_FILES = 3
 MB = 1024 * 1024
 
