@@ -267,6 +267,7 @@ class _Driver:
             elif source.exhausted or not self._wait_for_retries():
                 break
             self._renew_if_due()
+            _forget_task_results()
 
     def _wait_for_retries(self) -> bool:
         """Nothing in flight and nothing claimable now: sleep until this run's next retry
@@ -411,6 +412,21 @@ class _Driver:
         if time.monotonic() - self._last_renewal >= self._renew_every:
             self.plan.ledger.renew()
             self._last_renewal = time.monotonic()
+
+
+def _forget_task_results() -> None:
+    """Let Prefect drop the results of finished task runs.
+
+    A flow run keeps every task result it has seen (``FlowRunContext.run_results``, used to
+    link a value passed to a later task back to the task that made it). Here each result is
+    a group's documents, consumed at once and never passed on as such: kept, they would make
+    memory grow with the size of the whole run.
+    """
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is not None:
+        context.run_results.clear()
 
 
 def drive(plan: _Plan) -> RunSummary:
