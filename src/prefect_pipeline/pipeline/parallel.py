@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +211,6 @@ class _Plan:
     started_at: float
     first_commit_at: float | None = None
     workers: int = 1
-    tasks: list[Any] = field(default_factory=list)
 
 
 class _Local:
@@ -270,15 +269,15 @@ class _Driver:
             _forget_task_results()
 
     def _wait_for_retries(self) -> bool:
-        """Nothing in flight and nothing claimable now: sleep until this run's next retry
-        falls due. False when no retry is waiting (the run is over)."""
+        """Nothing in flight and nothing claimable now: sleep until the next waiting retry
+        falls due (at most 5 s, then look again). False when none is waiting."""
         due = self.plan.ledger.next_due()
         if due is None:
             return False
-        from datetime import datetime
+        from datetime import UTC, datetime
 
-        delay = datetime.fromisoformat(due) - datetime.now(datetime.fromisoformat(due).tzinfo)
-        time.sleep(min(max(delay.total_seconds(), 0.05), 5.0))
+        delay = (datetime.fromisoformat(due) - datetime.now(UTC)).total_seconds()
+        time.sleep(min(max(delay, 0.05), 5.0))
         return True
 
     def _advance(self, items: list[WorkItem], stage: int) -> None:

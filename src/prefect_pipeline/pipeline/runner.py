@@ -40,10 +40,9 @@ class PipelineRunner:
             "retries": retries,
         }
         if config is not None:
-            self.config = config.model_copy(
-                update={k: v for k, v in overrides.items() if v is not None}
-            )
-            self.config = PipelineConfig(**self.config.model_dump())  # re-validate
+            # Built anew (not model_copy) so that the overrides are validated too.
+            given = {k: v for k, v in overrides.items() if v is not None}
+            self.config = PipelineConfig(**{**config.model_dump(), **given})
         else:
             self.config = PipelineConfig.from_env(**overrides)
         self.definition = definition or default_pipeline()

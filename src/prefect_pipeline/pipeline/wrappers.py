@@ -24,10 +24,9 @@ class WorkItem:
     """One input on its way through the chain: ``data`` is the current job's input."""
 
     data: Any
-    #: The input's row in ``pipeline_inputs`` and the claim that lets us write it (parallel
-    #: runs); None for single-input runs, which keep no ledger.
+    #: The input's row in ``pipeline_inputs`` (parallel runs; the run's ledger holds the
+    #: claim token); None for single-input runs, which keep no ledger.
     input_id: int | None = None
-    claim_token: str | None = None
     path: str | None = None
     attempts: int = 0
     #: What earlier jobs reported (``JobResult.details``), e.g. sha256 and records written.
