@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -292,6 +293,57 @@ def test_b_writes_one_batch_and_its_records(config: PipelineConfig, sample_file:
         (batch_id, 1, 3, "second line", "pending"),
         (batch_id, 2, 4, "third line", "pending"),
     ]
+
+
+# Text that JSON escapes, or that a careless reader would split or mangle.
+AWKWARD_LINES = [
+    'say "hi" \\ back\\slash',
+    "tab\tinside",
+    "Zürich – 東京 🚀",
+    "line\u2028separator and \x85 next-line",
+    "{\"looks\": [\"like json\"]}",
+    "'; DROP TABLE processed_records; --",
+]
+
+
+@pytest.mark.parametrize("via", ["job A's document", "a plain dict", "the JSON file"])
+def test_b_stores_every_character_as_read(
+    config: PipelineConfig, tmp_path: Path, via: str
+) -> None:
+    path = write(tmp_path / "awkward.txt", "\n".join(AWKWARD_LINES).encode())
+    doc = run_a(config, path)
+    expected = [(r["index"], r["line_number"], r["content"]) for r in doc["records"]]
+    assert [content for _, _, content in expected] == AWKWARD_LINES
+    given: Any = {
+        "job A's document": doc,
+        "a plain dict": dict(doc),
+        "the JSON file": doc["output_path"],
+    }[via]
+
+    run_b(config, given)
+
+    rows = query(
+        config.db_path,
+        "SELECT record_index, line_number, content FROM processed_records ORDER BY id",
+    )
+    assert [tuple(r) for r in rows] == expected
+    types = query(
+        config.db_path,
+        "SELECT DISTINCT typeof(record_index), typeof(line_number), typeof(content) "
+        "FROM processed_records",
+    )
+    assert [tuple(r) for r in types] == [("integer", "integer", "text")]
+
+
+def test_a_document_travels_as_its_json_text(config: PipelineConfig, sample_file: Path) -> None:
+    doc = run_a(config, sample_file)
+    written = Path(doc["output_path"]).read_text(encoding="utf-8")
+
+    assert doc.text == written
+    copy = pickle.loads(pickle.dumps(doc))  # as a Dask worker sends it to the writer
+    assert dict(copy) == dict(doc)
+    assert copy.text == written
+    assert len(pickle.dumps(doc)) < len(written) + 400
 
 
 def test_b_reads_the_json_file(config: PipelineConfig, sample_file: Path) -> None:

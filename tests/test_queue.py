@@ -831,6 +831,19 @@ def queued_db(config: PipelineConfig, tmp_path: Path) -> Any:
     return get_database(config.db_path)
 
 
+def test_a_claim_stops_at_the_byte_cap(config: PipelineConfig, tmp_path: Path) -> None:
+    # Sizes 100, 300, 50, 500, 10: groups of big files stay small, one input at the least.
+    sizes = {"a.txt": 100, "b.txt": 300, "c.txt": 50, "d.txt": 500, "e.txt": 10}
+    paths = write_files(tmp_path / "inputs", {n: "x" * (k - 1) + "\n" for n, k in sizes.items()})
+    queue_files(config, *paths.values())
+    ledger = Ledger(get_database(config.db_path))
+
+    claims = [ledger.claim_pending(10, max_attempts=3, max_bytes=350) for _ in range(4)]
+
+    names = [[Path(c.path).name for c in claim] for claim in claims]
+    assert names == [["a.txt", "b.txt"], ["c.txt", "d.txt"], ["e.txt"], []]
+
+
 def test_claims_of_two_commands_never_overlap(config: PipelineConfig, queued_db: Any) -> None:
     first, second = Ledger(queued_db), Ledger(queued_db)
     mine = first.claim_pending(2, max_attempts=3)

@@ -12,7 +12,7 @@ import functools
 import json
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +217,7 @@ def _run_single(
                 {
                     "success": outcome.success,
                     "input": input_data,
-                    "output": outcome.output if not isinstance(outcome.output, dict) else None,
+                    "output": outcome.output if not isinstance(outcome.output, Mapping) else None,
                     "error": outcome.error,
                     "duration_s": round(outcome.duration, 4),
                     "jobs": [

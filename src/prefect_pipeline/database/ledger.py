@@ -149,9 +149,11 @@ class Ledger:
         max_attempts: int,
         start_job: str | None = None,
         stop_job: str | None = None,
+        max_bytes: int | None = None,
     ) -> list[Claimed]:
         """Claim up to ``limit`` queued inputs that are due (pending, or processing with an
-        expired lease: their command died). One ``BEGIN IMMEDIATE`` transaction."""
+        expired lease: their command died), and no more than ``max_bytes`` of them by their
+        size when queued (always at least one). One ``BEGIN IMMEDIATE`` transaction."""
         if limit <= 0:
             return []
         now = utcnow()
@@ -169,10 +171,13 @@ class Ledger:
                 "UPDATE pipeline_inputs SET status = 'processing', claim_token = ?, run_id = ?,"
                 " lease_expires_at = ?, attempts = attempts + 1, updated_at = ?,"
                 " start_job = coalesce(?, start_job), stop_job = coalesce(?, stop_job)"
-                " WHERE id IN (SELECT id FROM pipeline_inputs"
-                "   WHERE (status = 'pending' AND (not_before IS NULL OR not_before <= ?))"
-                "      OR (status = 'processing' AND lease_expires_at < ?)"
-                "   ORDER BY id LIMIT ?)"
+                " WHERE id IN (SELECT id FROM ("
+                "   SELECT id, size, sum(size) OVER (ORDER BY id) AS upto FROM ("
+                "     SELECT id, coalesce(size, 0) AS size FROM pipeline_inputs"
+                "     WHERE (status = 'pending' AND (not_before IS NULL OR not_before <= ?))"
+                "        OR (status = 'processing' AND lease_expires_at < ?)"
+                "     ORDER BY id LIMIT ?))"
+                "  WHERE upto - size < ?)"  # those that start below the byte cap
                 " RETURNING id, path, output_path, attempts",
                 (
                     self.token,
@@ -184,6 +189,7 @@ class Ledger:
                     now,
                     now,
                     limit,
+                    max_bytes if max_bytes is not None else 2**62,
                 ),
             )
             rows = cursor.fetchall()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -131,7 +131,7 @@ def _as_outcome(value: Any) -> Outcome:
 
 
 def _describe(input_data: Any) -> str:
-    if isinstance(input_data, dict):
+    if isinstance(input_data, Mapping):
         for key in ("path", "source_path"):
             if key in input_data:
                 return str(input_data[key])

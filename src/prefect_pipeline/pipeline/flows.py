@@ -7,6 +7,7 @@ re-exported here, where the design documents place it.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,7 +131,7 @@ def run_jobs(
 
 
 def _label(input_data: Any) -> str:
-    if isinstance(input_data, dict):
+    if isinstance(input_data, Mapping):
         return str(input_data.get("source_path") or input_data.get("path") or "<document>")
     return str(input_data)
 

@@ -171,6 +171,7 @@ class _QueueSource:
             max_attempts=self._options.max_attempts,
             start_job=self._chain[0].name,
             stop_job=self._chain[-1].name,
+            max_bytes=self._sizer.max_bytes,
         )
         if not claimed:
             return None
