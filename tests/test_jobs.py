@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from prefect_pipeline.config import PipelineConfig
+from prefect_pipeline.database.connection import get_database
 from prefect_pipeline.jobs import BaseJob, JobA, JobB, JobC, JobResult, Outcome
 from prefect_pipeline.jobs.job_a import write_json_atomically
 from tests.conftest import db_counts, files_under, query
@@ -472,6 +473,27 @@ def test_b_failure_leaves_no_half_batch(config: PipelineConfig, sample_file: Pat
 
     assert not result.success
     assert db_counts(config.db_path) == NOTHING
+
+
+def test_in_a_writer_transaction_a_failing_input_rolls_back_alone(
+    config: PipelineConfig, tmp_path: Path
+) -> None:
+    # The parallel writer runs a group's inputs in one transaction, a savepoint each.
+    good = [run_a(config, write(tmp_path / f"{n}.txt", f"{n} 1\n{n} 2\n".encode())) for n in "xy"]
+    bad = _unstorable(run_a(config, write(tmp_path / "bad.txt", b"b one\n")))
+    job = JobB(config)
+    db = get_database(config.db_path)
+
+    with db.atomic("IMMEDIATE"):
+        results = [job.execute(doc) for doc in (good[0], bad, good[1])]
+
+    assert [r.success for r in results] == [True, False, True]
+    assert "UnicodeEncodeError" in (results[1].error or "")
+    assert db_counts(config.db_path) == {
+        "pipeline_inputs": 0, "processing_batches": 2, "processed_records": 4,
+    }
+    sources = query(config.db_path, "SELECT source_path FROM processing_batches ORDER BY id")
+    assert [r["source_path"] for r in sources] == [good[0]["source_path"], good[1]["source_path"]]
 
 
 def test_b_commit_hook_runs_in_the_transaction(config: PipelineConfig, sample_file: Path) -> None:

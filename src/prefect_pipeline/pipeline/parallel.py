@@ -64,7 +64,9 @@ class ParallelOptions:
     #: Delay before the first retry; doubles with every attempt.
     retry_base_seconds: float = 5.0
     first_group_files: int = 8
-    max_group_files: int = 500
+    #: Each group costs a few Prefect task runs (~0.1 s of CPU each, here and in Prefect's
+    #: server): on 20,000 small files 2,000 per group took 12 s where 500 took 17-21 s.
+    max_group_files: int = 2000
     max_group_bytes: int = 8 * 1024 * 1024
     in_flight_per_worker: int = 2
     progress: bool = False
