@@ -426,3 +426,22 @@ def test_existing_cluster_of_real_processes(config, tmp_path):  # type: ignore[n
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def test_local_cluster_keeps_no_message_logs():  # type: ignore[no-untyped-def]
+    """Dask's per-connection message logs would keep every group sent alive (memory that
+    grows with the file count): the run's own cluster turns them off, in this process and
+    in its workers, and gives the process its settings back afterwards."""
+    import dask
+    from distributed import Client
+
+    from prefect_pipeline.pipeline.cluster import QUIET_DASK, DaskCluster
+
+    keys = list(QUIET_DASK)
+    before = [dask.config.get(key) for key in keys]
+    with DaskCluster(workers=1) as cluster, Client(cluster.address) as client:
+        in_workers = client.run(lambda: [dask.config.get(key) for key in keys])
+        assert list(in_workers.values()) == [list(QUIET_DASK.values())]
+        log = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.transition_log)
+        assert log.maxlen == 0
+    assert [dask.config.get(key) for key in keys] == before

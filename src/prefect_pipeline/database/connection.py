@@ -27,7 +27,9 @@ PRAGMAS = {
     # power loss can drop the last transactions.
     "synchronous": "normal",
     "foreign_keys": 1,
-    "cache_size": -16000,
+    # SQLite's default 2 MB page cache per connection. The writer appends; 16 MB was no
+    # faster on 20,000 files and filled up as the database grew, so memory grew with it.
+    "cache_size": -2000,
 }
 
 _MIGRATIONS: dict[int, Callable[[SqliteDatabase], None]] = {

@@ -261,15 +261,22 @@ class _Driver:
                 if group:
                     self._advance(group, 0)
             if self.in_flight:
-                for future in self._wait_first():
-                    state = self.in_flight.pop(future)
-                    results = self._collect(future, state)
-                    survivors = self._handle(state.items, state.stage, results)
-                    self._advance(survivors, state.stage + 1)
+                done = self._wait_first()
+                while done:
+                    self._next_stage(done.pop())
             elif source.exhausted or not self._wait_for_retries():
                 break
             self._renew_if_due()
             _forget_task_results()
+
+    def _next_stage(self, future: Any) -> None:
+        # The future (which keeps its result), and the results, are released on return,
+        # before the next group's arrive: each can be thousands of documents.
+        state = self.in_flight.pop(future)
+        results = self._collect(future, state)
+        _forget_task_results()
+        survivors = self._handle(state.items, state.stage, results)
+        self._advance(survivors, state.stage + 1)
 
     def _wait_for_retries(self) -> bool:
         """Nothing in flight and nothing claimable now: sleep until the next waiting retry
