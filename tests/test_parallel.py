@@ -256,6 +256,10 @@ def test_missing_directory_and_empty_match(cli_runner, config, tmp_path):  # typ
 
 
 def test_unreachable_address_exits_3(cli_runner, config, tmp_path):  # type: ignore[no-untyped-def]
+    import dask
+    import distributed  # noqa: F401  (loads the distributed.* defaults)
+
+    log_length = dask.config.get("distributed.admin.low-level-log-length")
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "x.txt").write_text("x\n")
     with socket.socket() as sock:
@@ -273,6 +277,8 @@ def test_unreachable_address_exits_3(cli_runner, config, tmp_path):  # type: ign
         else []
     )
     assert all(r["status"] != "processing" for r in rows)
+    # The run's Dask settings are not left behind in the caller's process.
+    assert dask.config.get("distributed.admin.low-level-log-length") == log_length
 
 
 def _write_workload(root: Path, files: int, lines: int, seed: int = 1) -> int:

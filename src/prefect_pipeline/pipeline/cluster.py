@@ -92,6 +92,18 @@ class DaskCluster:
         # Set until __exit__, so that the client made later (DaskTaskRunner) has them too;
         # an existing cluster's scheduler and workers keep their own settings.
         self._settings = dask.config.set(QUIET_DASK)
+        try:
+            self._start_cluster()
+        except BaseException:
+            self._restore_settings()  # __exit__ does not run when __enter__ raises
+            raise
+
+    def _restore_settings(self) -> None:
+        if self._settings is not None:
+            self._settings.__exit__(None, None, None)
+            self._settings = None
+
+    def _start_cluster(self) -> None:
         if self.address:
             self._check_reachable(self.address)
             return
@@ -141,6 +153,4 @@ class DaskCluster:
                 self._cluster.close()
                 self._cluster = None
         finally:
-            if self._settings is not None:
-                self._settings.__exit__(None, None, None)
-                self._settings = None
+            self._restore_settings()
