@@ -7,6 +7,7 @@ one kills a worker with SIGKILL in the middle of a run.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
@@ -19,10 +20,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
 from prefect_pipeline.config import PipelineConfig
+from prefect_pipeline.jobs import JobA, JobB, JobC
+from prefect_pipeline.jobs.job_a import ProcessedDocument
+from prefect_pipeline.pipeline.definition import PipelineDefinition
 from prefect_pipeline.pipeline.parallel import run_parallel_from_files
 from tests.conftest import db_counts, files_under, query
 
@@ -451,3 +456,43 @@ def test_local_cluster_keeps_no_message_logs():  # type: ignore[no-untyped-def]
         log = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.transition_log)
         assert log.maxlen == 0
     assert [dask.config.get(key) for key in keys] == before
+
+
+class _CountingWriter(JobB):
+    """Job B that notes, for each input, how many of job A's documents are still alive."""
+
+    alive: ClassVar[list[int]] = []
+
+    def validate_input(self, input_data: Any) -> Any:
+        self.alive.append(sum(isinstance(o, ProcessedDocument) for o in gc.get_objects()))
+        return super().validate_input(input_data)
+
+
+def test_in_process_run_lets_each_groups_documents_go(config, tmp_path):  # type: ignore[no-untyped-def]
+    """Without Dask (``workers=0``), a finished task's future and its result sit in a
+    reference cycle that only the cyclic collector would free. Documents must go when their
+    group is written, not at the end of the run: with the collector off, at most the groups
+    in flight are alive at any time."""
+    for n in range(24):
+        (tmp_path / "in" / f"f{n:02d}.txt").parent.mkdir(exist_ok=True)
+        (tmp_path / "in" / f"f{n:02d}.txt").write_text(f"line {n}\n" * 50)
+    definition = (
+        PipelineDefinition().add_job("A", JobA).add_job("B", _CountingWriter).add_job("C", JobC)
+    )
+    _CountingWriter.alive.clear()
+    gc.disable()
+    try:
+        summary = run_parallel_from_files(
+            tmp_path / "in",
+            config,
+            definition=definition,
+            workers=0,
+            first_group_files=2,
+            max_group_files=2,
+        )
+    finally:
+        gc.enable()
+    assert summary.succeeded == 24
+    assert len(_CountingWriter.alive) == 24
+    # Two groups of two in flight, plus the one being written: never the whole run.
+    assert max(_CountingWriter.alive) <= 6, _CountingWriter.alive
