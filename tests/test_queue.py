@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,16 +22,18 @@ from typing import Any, ClassVar
 import pytest
 from click.testing import Result
 
+from prefect_pipeline.clock import SYSTEM_CLOCK, iso, iso_in
 from prefect_pipeline.config import PipelineConfig
-from prefect_pipeline.database.connection import get_database
-from prefect_pipeline.database.ledger import Ledger, later
+from prefect_pipeline.database.ledger import Ledger
 from prefect_pipeline.database.models import utcnow
 from prefect_pipeline.database.queue import enqueue as enqueue_inputs
+from prefect_pipeline.database.store import Finished
 from prefect_pipeline.exceptions import ClaimLostError
-from prefect_pipeline.jobs import BaseJob, JobA, JobB, JobC
+from prefect_pipeline.jobs import BaseJob, JobA, JobB, JobC, Kind
 from prefect_pipeline.pipeline.definition import PipelineDefinition
-from prefect_pipeline.pipeline.parallel import given_files, run_parallel_from_database
-from tests.conftest import CliInvoke, db_counts, query
+from prefect_pipeline.pipeline.discovery import given_files
+from prefect_pipeline.pipeline.parallel import run_parallel_from_database
+from tests.conftest import CliInvoke, ManualClock, db_counts, query, sqlite_store
 
 Invoke = Callable[..., Result]
 
@@ -165,7 +167,7 @@ def test_enqueue_a_tree_skips_hidden_files_and_mirrors_folders(
         path = Path(row["path"])
         assert row["status"] == "pending"
         assert row["attempts"] == 0
-        assert row["start_job"] == "A"
+        assert row["start_job"] is None  # the range is the drain's to choose
         assert row["size"] == path.stat().st_size
         assert row["mtime_ns"] == path.stat().st_mtime_ns
         assert row["output_path"] == str(mirrored_json(config, path))
@@ -186,7 +188,9 @@ def test_enqueue_a_tree_skips_hidden_files_and_mirrors_folders(
     assert again.stdout == "0 input(s) queued, 7 already there\n"
     as_json = pipeline("enqueue", tree, "--json")
     assert as_json.exit_code == 0, as_json.output
-    assert json.loads(as_json.stdout) == {"queued": 0, "already": 7}
+    assert json.loads(as_json.stdout) == {
+        "queued": 0, "already": 7, "ignored": 0, "ignored_paths": []
+    }
     assert rows(config) == queued  # untouched, updated_at included
 
 
@@ -252,7 +256,7 @@ def test_enqueue_a_missing_path_is_a_usage_error(
     assert result.exit_code == 2, result.output
     assert result.stdout == ""
     assert result.stderr.splitlines()[-1] == (
-        f"Error: Invalid value for 'PATHS': {missing}: no such file or directory"
+        f"Error: Invalid value for 'PATH...': {missing}: no such file or directory"
     )
     # Checked before anything is queued: the database was not even created.
     assert not config.db_path.exists()
@@ -317,14 +321,101 @@ def test_enqueue_after_draining_queues_only_changed_or_forced_inputs(
     outcomes = {r["path"]: r["outcome"] for r in rows(config)}
     assert outcomes.pop(str(changed)) == "processed"
     assert set(outcomes.values()) == {"unchanged"}
-    # One batch per content: the changed file has two, the others one.
+    # One batch per path: the changed file's new content replaced its earlier batch.
     assert db_counts(config.db_path) == {
         "pipeline_inputs": 7,
-        "processing_batches": 8,
-        "processed_records": total_records + 2,
+        "processing_batches": 7,
+        "processed_records": total_records - count_records(TREE["other/a.txt"]) + 2,
     }
     document = json.loads(Path(by_path(config)[str(changed)]["output_path"]).read_text())
     assert [r["content"] for r in document["records"]] == ["four", "and a new line"]
+
+
+class ChangedAfterFound(JobA):
+    """Job A on a file that changes after the run found (or queued) it and before job A
+    reads it, as a log that is being appended to does."""
+
+    def validate_input(self, input_data: Any) -> Any:
+        path = Path(input_data["path"])
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write("appended after it was found\n")
+        found = path.stat()
+        os.utime(path, ns=(found.st_atime_ns, found.st_mtime_ns + 7 * 10**9))
+        return super().validate_input(input_data)
+
+
+@pytest.mark.parametrize("source", ["run-parallel", "drain-db"])
+def test_the_ledger_records_the_version_that_was_read(
+    config: PipelineConfig, tmp_path: Path, source: str
+) -> None:
+    from prefect_pipeline.pipeline.parallel import run_parallel_from_files
+
+    path = write_files(tmp_path / "inputs", {"log.txt": "first\n"})["log.txt"]
+    found = path.stat()
+    changing = (
+        PipelineDefinition().add_job("A", ChangedAfterFound).add_job("B", JobB).add_job("C", JobC)
+    )
+    if source == "drain-db":
+        queue_files(config, path)
+        summary = run_parallel_from_database(config, definition=changing, workers=0)
+    else:
+        summary = run_parallel_from_files(path.parent, config, definition=changing, workers=0)
+    assert (summary.succeeded, summary.records) == (1, 2)
+
+    read = path.stat()
+    [row] = rows(config)
+    assert (row["size"], row["mtime_ns"]) == (read.st_size, read.st_mtime_ns)
+    assert (row["size"], row["mtime_ns"]) != (found.st_size, found.st_mtime_ns)
+    # So the next run knows it has this version already, without reading it again.
+    again = run_parallel_from_files(path.parent, config, workers=0)
+    assert again.skipped_inputs == [{"input": str(path), "reason": "unchanged since its last run"}]
+    assert db_counts(config.db_path)["processed_records"] == 2
+
+
+class SlowWrite(JobB):
+    """Job B whose writing takes 200 s on the run's clock (a large input). Before it writes,
+    it notes the run's inputs whose committed lease has run out (another command may take
+    them then)."""
+
+    clock: ClassVar[Any] = None
+    lapsed: ClassVar[list[str]] = []
+
+    def single_job(self, validated: Any) -> Any:
+        now = iso(self.clock.now())
+        with closing(sqlite3.connect(self.config.db_path)) as connection:
+            leases = connection.execute(
+                "SELECT path, lease_expires_at FROM pipeline_inputs WHERE status = 'processing'"
+            ).fetchall()
+        self.lapsed.extend(path for path, lease in leases if lease < now)
+        self.clock.advance(200)
+        return super().single_job(validated)
+
+
+def test_long_writes_do_not_let_the_runs_other_leases_run_out(
+    config: PipelineConfig, tmp_path: Path
+) -> None:
+    from prefect_pipeline.pipeline.parallel import run_parallel_from_files
+
+    paths = write_files(tmp_path / "inputs", {f"{n}.txt": f"{n}\n" for n in range(4)})
+    SlowWrite.clock = clock = ManualClock()
+    SlowWrite.lapsed = []
+    definition = PipelineDefinition().add_job("A", JobA).add_job("B", SlowWrite).add_job("C", JobC)
+
+    # Three groups of one claimed at once, each taking 200 s to write, leases of 300 s.
+    summary = run_parallel_from_files(
+        tmp_path / "inputs",
+        config,
+        definition=definition,
+        workers=0,
+        first_group_files=1,
+        max_group_files=1,
+        in_flight_per_worker=3,
+        lease_seconds=300,
+        clock=clock,
+    )
+
+    assert summary.succeeded == len(paths)
+    assert SlowWrite.lapsed == []
 
 
 def test_inputs_drained_from_the_queue_count_as_done_for_run_parallel(
@@ -395,19 +486,28 @@ def test_drain_with_a_limit_then_status_then_the_rest(
     status = pipeline("status", "--json")
     assert status.exit_code == 0, status.output
     fourth = rows(config, "id = 4")[0]
-    assert json.loads(status.stdout) == {
+    first_done = rows(config, "id = 1")[0]
+    reported = json.loads(status.stdout)
+    last_run = reported.pop("last_run")
+    assert reported == {
         "inputs": {"pending": 4, "processing": 0, "done": 3, "failed": 0, "total": 7, "stale": 0},
         "batches": {"pending": 0, "finalized": 3, "total": 3},
         "records": first_records,
         "oldest_pending": {"id": 4, "path": order[3], "queued_at": fourth["created_at"]},
         "last_errors": [],
     }
+    # The last run is the drain's, with its Prefect flow run (recorded on its inputs).
+    assert last_run["run_id"] == first_done["run_id"] == first_summary["run_id"]
+    assert last_run["flow_run_id"] == first_done["flow_run_id"] == first_summary["flow_run_id"]
+    assert last_run["flow_run_url"] == first_summary["flow_run_url"]
+    assert first_summary["flow_run_url"].endswith(f"/runs/flow-run/{last_run['flow_run_id']}")
     text = pipeline("status")
     assert text.exit_code == 0, text.output
     assert text.stdout == (
         "inputs:  4 pending, 0 processing (0 with an expired lease), 3 done, 0 failed\n"
         f"batches: 0 pending, 3 finalized; {first_records} record(s)\n"
         f"oldest pending: #4 {order[3]} (queued {fourth['created_at']})\n"
+        f"last run: {last_run['flow_run_url']} ({last_run['at']})\n"
     )
 
     rest = pipeline("drain-db", "--workers", "0", "--json")
@@ -458,13 +558,15 @@ def test_drain_with_a_limit_then_status_then_the_rest(
     assert_summary(summary_of(empty), total=0, succeeded=0, failed=0, records=0)
 
 
-def test_status_of_an_empty_database(pipeline: Invoke) -> None:
+def test_status_of_an_empty_database(pipeline: Invoke, config: PipelineConfig) -> None:
+    sqlite_store(config.db_path)  # created, nothing queued (a missing one is refused)
     result = pipeline("status", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {
         "inputs": {"pending": 0, "processing": 0, "done": 0, "failed": 0, "total": 0, "stale": 0},
         "batches": {"pending": 0, "finalized": 0, "total": 0},
         "records": 0,
+        "last_run": None,
         "oldest_pending": None,
         "last_errors": [],
     }
@@ -538,7 +640,8 @@ def test_bad_inputs_fail_at_once_without_stopping_the_drain(
         (2, latin1, "failed", "A", errors[latin1]),
     ]
     text = pipeline("status").stdout.splitlines()
-    assert text[2:] == [
+    assert text[2].startswith("last run: ")
+    assert text[3:] == [
         f"error: #4 {nul} (failed, job A): {errors[nul]}",
         f"error: #3 {missing} (failed, job A): {errors[missing]}",
         f"error: #2 {latin1} (failed, job A): {errors[latin1]}",
@@ -563,9 +666,10 @@ def test_bad_inputs_fail_at_once_without_stopping_the_drain(
     assert again.stdout.splitlines()[0] == (
         "1 succeeded, 2 failed, 0 skipped (of 3 input(s)); 2 record(s) written"
     )
-    assert again.stdout.splitlines()[2:] == [
-        f"FAILED {missing} (job A): {missing}: no such file",
-        f"FAILED {nul} (job A): {nul}: binary file (NUL byte at offset 7)",
+    assert again.stdout.splitlines()[2].startswith("Prefect flow run: ")
+    assert again.stdout.splitlines()[3:] == [
+        f"FAILED {missing} (job A): no such file",
+        f"FAILED {nul} (job A): binary file (NUL byte at offset 7)",
     ]
     state = by_path(config)
     assert (state[latin1]["status"], state[latin1]["attempts"]) == ("done", 1)
@@ -595,13 +699,17 @@ class FlakyRead(BaseJob):
     name = "F"
     description = "Job A, failing transiently"
     uses_database = False
+    takes = Kind.FILE
 
     calls: ClassVar[list[tuple[Any, float]]] = []
     lock: ClassVar[threading.Lock] = threading.Lock()
+    #: Where calls read the time: the run's clock in tests that give one.
+    clock: ClassVar[Any] = None
 
     def validate_input(self, input_data: Any) -> Any:
+        now = self.clock.now().timestamp() if self.clock is not None else time.monotonic()
         with self.lock:
-            self.calls.append((input_data, time.monotonic()))
+            self.calls.append((input_data, now))
         return JobA(self.config).validate_input(input_data)
 
     def single_job(self, validated: Any) -> Any:
@@ -615,9 +723,10 @@ class FlakyRead(BaseJob):
 
 
 @pytest.fixture
-def flaky_definition() -> PipelineDefinition:
+def flaky_definition() -> Iterator[PipelineDefinition]:
     FlakyRead.calls.clear()
-    return flaky_pipeline()
+    yield flaky_pipeline()
+    FlakyRead.clock = None
 
 
 def flaky_pipeline() -> PipelineDefinition:
@@ -626,7 +735,7 @@ def flaky_pipeline() -> PipelineDefinition:
 
 
 def queue_files(config: PipelineConfig, *paths: Path) -> None:
-    result = enqueue_inputs(get_database(config.db_path), given_files(paths, config))
+    result = enqueue_inputs(sqlite_store(config.db_path), given_files(paths, config.output_dir))
     assert (result.queued, result.already) == (len(paths), 0)
 
 
@@ -636,16 +745,17 @@ def test_a_transient_error_is_retried_after_a_delay(
     path = write_files(tmp_path / "inputs", {"flaky.txt": "r1\n\nr2\n"})["flaky.txt"]
     queue_files(config, path)
 
-    started = time.monotonic()
+    clock = ManualClock()
     summary = run_parallel_from_database(
         config,
         definition=flaky_definition,
         workers=0,
         max_attempts=3,
-        retry_base_seconds=0.2,
+        retry_base_seconds=5,
+        clock=clock,
     )
-    assert time.monotonic() - started >= 0.2
-    # The drain waited for the retry instead of ending with the input pending.
+    # The drain waited (on its clock) for the retry instead of ending with the input pending.
+    assert sum(clock.slept) >= 5
     assert (summary.total, summary.succeeded, summary.failed, summary.pending) == (1, 1, 0, 0)
     assert summary.records == 2
     row = rows(config)[0]
@@ -656,7 +766,6 @@ def test_a_transient_error_is_retried_after_a_delay(
     assert [data for data, _ in FlakyRead.calls] == [
         {"path": str(path), "output_path": row["output_path"]},
     ] * 2
-    assert FlakyRead.calls[1][1] - FlakyRead.calls[0][1] >= 0.2
     assert json.loads(Path(row["output_path"]).read_text())["record_count"] == 2
     assert db_counts(config.db_path) == {
         "pipeline_inputs": 1,
@@ -671,12 +780,14 @@ def test_an_input_that_always_fails_stops_after_max_attempts(
     paths = write_files(tmp_path / "inputs", {"always.txt": "a\n", "flaky.txt": "f\n"})
     queue_files(config, paths["always.txt"], paths["flaky.txt"])
 
+    clock = FlakyRead.clock = ManualClock()
     summary = run_parallel_from_database(
         config,
         definition=flaky_definition,
         workers=0,
         max_attempts=3,
-        retry_base_seconds=0.2,
+        retry_base_seconds=5,
+        clock=clock,
     )
     always = str(paths["always.txt"])
     error = f"{always}: OSError: transient failure reading always.txt"
@@ -687,11 +798,11 @@ def test_an_input_that_always_fails_stops_after_max_attempts(
     assert (state[always]["last_job"], state[always]["last_error"]) == ("F", error)
     assert state[str(paths["flaky.txt"])]["status"] == "done"
     assert state[str(paths["flaky.txt"])]["attempts"] == 2
-    # Exactly max_attempts tries, each delay doubling the one before (0.2 s, then 0.4 s).
+    # Exactly max_attempts tries, each delay doubling the one before (5 s, then 10 s).
     times = [t for data, t in FlakyRead.calls if data["path"] == always]
     assert len(times) == 3
-    assert times[1] - times[0] >= 0.2
-    assert times[2] - times[1] >= 0.4
+    assert times[1] - times[0] >= 5
+    assert times[2] - times[1] >= 10
     assert db_counts(config.db_path) == {
         "pipeline_inputs": 2,
         "processing_batches": 1,
@@ -753,7 +864,7 @@ def test_requeue_stale_and_by_id(pipeline: Invoke, config: PipelineConfig, tmp_p
     assert [r["status"] for r in rows(config)] == ["done", "pending", "pending"]
 
     # Input 2: claimed by a command that died (lease expired); input 3: held by a live one.
-    past, future = later(-60), later(600)
+    past, future = iso_in(SYSTEM_CLOCK, -60), iso_in(SYSTEM_CLOCK, 600)
     assert (
         execute(
             config,
@@ -828,7 +939,7 @@ def queued_db(config: PipelineConfig, tmp_path: Path) -> Any:
     """A database with three queued inputs (the files exist but are never read)."""
     paths = write_files(tmp_path / "inputs", {f"{n}.txt": f"{n}\n" for n in "abc"})
     queue_files(config, *paths.values())
-    return get_database(config.db_path)
+    return sqlite_store(config.db_path)
 
 
 def test_a_claim_stops_at_the_byte_cap(config: PipelineConfig, tmp_path: Path) -> None:
@@ -836,7 +947,7 @@ def test_a_claim_stops_at_the_byte_cap(config: PipelineConfig, tmp_path: Path) -
     sizes = {"a.txt": 100, "b.txt": 300, "c.txt": 50, "d.txt": 500, "e.txt": 10}
     paths = write_files(tmp_path / "inputs", {n: "x" * (k - 1) + "\n" for n, k in sizes.items()})
     queue_files(config, *paths.values())
-    ledger = Ledger(get_database(config.db_path))
+    ledger = Ledger(sqlite_store(config.db_path), lease_seconds=300)
 
     claims = [ledger.claim_pending(10, max_attempts=3, max_bytes=350) for _ in range(4)]
 
@@ -845,7 +956,8 @@ def test_a_claim_stops_at_the_byte_cap(config: PipelineConfig, tmp_path: Path) -
 
 
 def test_claims_of_two_commands_never_overlap(config: PipelineConfig, queued_db: Any) -> None:
-    first, second = Ledger(queued_db), Ledger(queued_db)
+    first = Ledger(queued_db, lease_seconds=300)
+    second = Ledger(queued_db, lease_seconds=300)
     mine = first.claim_pending(2, max_attempts=3)
     theirs = second.claim_pending(10, max_attempts=3)
     assert [c.input_id for c in mine] == [1, 2]
@@ -868,13 +980,14 @@ def test_claims_of_two_commands_never_overlap(config: PipelineConfig, queued_db:
 def test_a_claim_taken_over_after_its_lease_expired_is_rejected(
     config: PipelineConfig, queued_db: Any
 ) -> None:
-    slow = Ledger(queued_db, lease_seconds=0.01)
+    clock = ManualClock()
+    slow = Ledger(queued_db, lease_seconds=60, clock=clock)
     claimed = slow.claim_pending(1, max_attempts=3)
     assert [(c.input_id, c.attempts) for c in claimed] == [(1, 1)]
-    time.sleep(0.05)
+    clock.advance(61)
 
     # Another command finds the lease expired and takes the input over.
-    fast = Ledger(queued_db, lease_seconds=300)
+    fast = Ledger(queued_db, lease_seconds=300, clock=clock)
     taken = fast.claim_pending(1, max_attempts=3)
     assert [(c.input_id, c.attempts) for c in taken] == [(1, 2)]
     before = rows(config, "id = 1")[0]
@@ -884,16 +997,17 @@ def test_a_claim_taken_over_after_its_lease_expired_is_rejected(
     # transaction, and the lost claim rolls both back.
     with (
         pytest.raises(ClaimLostError, match=r"^input 1: claim lost \(lease expired\)$"),
-        queued_db.atomic("IMMEDIATE"),
+        queued_db.transaction(),
     ):
-        queued_db.execute_sql(
-            "INSERT INTO processing_batches (source_path, sha256, record_count, status,"
-            " created_at) VALUES (?, ?, 0, 'pending', ?)",
-            (claimed[0].path, "0" * 64, utcnow()),
+        queued_db.insert_batch(
+            source_path=claimed[0].path,
+            sha256="0" * 64,
+            record_count=0,
+            created_at=utcnow(),
+            output_path=None,
         )
-        slow.mark_done(
-            1, last_job="C", batch_id=1, sha256="0" * 64, records_written=0, unchanged=False
-        )
+        slow.mark_done(1, Finished("C", batch_id=1, sha256="0" * 64, records_written=0,
+                                   unchanged=False))
     assert rows(config, "id = 1")[0] == before
     assert db_counts(config.db_path) == {
         "pipeline_inputs": 3,
@@ -907,10 +1021,9 @@ def test_a_claim_taken_over_after_its_lease_expired_is_rejected(
     assert rows(config, "id = 1")[0] == before
 
     # The command that holds the claim can finish it.
-    with queued_db.atomic("IMMEDIATE"):
-        fast.mark_done(
-            1, last_job="C", batch_id=None, sha256=None, records_written=0, unchanged=False
-        )
+    with queued_db.transaction():
+        fast.mark_done(1, Finished("C", batch_id=None, sha256=None, records_written=0,
+                                   unchanged=False))
     after = rows(config, "id = 1")[0]
     assert (after["status"], after["attempts"], after["claim_token"]) == ("done", 2, None)
 
@@ -918,10 +1031,11 @@ def test_a_claim_taken_over_after_its_lease_expired_is_rejected(
 def test_an_expired_lease_on_the_last_attempt_fails_the_input(
     config: PipelineConfig, queued_db: Any
 ) -> None:
-    dead = Ledger(queued_db, lease_seconds=0.01)
+    clock = ManualClock()
+    dead = Ledger(queued_db, lease_seconds=60, clock=clock)
     assert len(dead.claim_pending(1, max_attempts=1)) == 1
-    time.sleep(0.05)
-    other = Ledger(queued_db)
+    clock.advance(61)
+    other = Ledger(queued_db, lease_seconds=300, clock=clock)
     assert [c.input_id for c in other.claim_pending(1, max_attempts=1)] == [2]
     row = rows(config, "id = 1")[0]
     assert (row["status"], row["attempts"], row["claim_token"]) == ("failed", 1, None)

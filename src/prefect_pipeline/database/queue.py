@@ -1,6 +1,7 @@
 """Queue administration: enqueue inputs, report status, requeue failed or stale ones.
 
-Claims and outcomes live in ``ledger.py``; these are the commands a person runs.
+Claims and outcomes live in ``ledger.py``; these are the commands a person runs. The rules
+are here, the statements are the store's.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from peewee import SqliteDatabase
-
-from prefect_pipeline.database.models import DONE, FAILED, PENDING, PROCESSING, utcnow
+from prefect_pipeline.clock import SYSTEM_CLOCK, Clock, iso
+from prefect_pipeline.database.ledger import FoundInput
+from prefect_pipeline.database.models import DONE, PENDING, PROCESSING
+from prefect_pipeline.database.store import Store
 
 
 @dataclass
@@ -21,8 +23,6 @@ class EnqueueResult:
 
     queued: int = 0
     already: int = 0
-    #: (path, reason) of inputs not queued again.
-    kept: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _sha256(path: str) -> str | None:
@@ -37,120 +37,72 @@ def _sha256(path: str) -> str | None:
 
 
 def enqueue(
-    db: SqliteDatabase, found: Iterable[Any], *, force: bool = False, chunk: int = 500
+    store: Store,
+    found: Iterable[FoundInput],
+    *,
+    force: bool = False,
+    chunk: int = 500,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> EnqueueResult:
-    """Make ``Found`` entries pending. A path already pending or processing is not queued
+    """Make found files pending. A path already pending or processing is not queued
     twice; a done path is queued again only if its content changed (or with ``force``)."""
     result = EnqueueResult()
     seen: set[str] = set()
-    batch: list[Any] = []
+    batch: list[FoundInput] = []
     for entry in found:
         batch.append(entry)
         if len(batch) >= chunk:
-            _enqueue_chunk(db, batch, force, result, seen)
+            _enqueue_chunk(store, batch, force, result, seen, clock)
             batch = []
     if batch:
-        _enqueue_chunk(db, batch, force, result, seen)
+        _enqueue_chunk(store, batch, force, result, seen, clock)
     return result
 
 
 def _enqueue_chunk(
-    db: SqliteDatabase,
-    entries: Sequence[Any],
+    store: Store,
+    entries: Sequence[FoundInput],
     force: bool,
     result: EnqueueResult,
     seen: set[str],
+    clock: Clock,
 ) -> None:
-    now = utcnow()
-    placeholders = ", ".join("?" * len(entries))
-    with db.atomic("IMMEDIATE"):
-        rows = {
-            row[0]: row[1:]
-            for row in db.execute_sql(
-                "SELECT path, status, size, mtime_ns, sha256 FROM pipeline_inputs"
-                f" WHERE path IN ({placeholders})",
-                [e.path for e in entries],
-            ).fetchall()
-        }
+    now = iso(clock.now())
+    with store.transaction():
+        rows = store.inputs_by_path([e.path for e in entries])
         for entry in entries:
             if entry.path in seen:  # found twice in one command (a folder and its sub-folder)
                 result.already += 1
-                result.kept.append((entry.path, "already pending"))
                 continue
             seen.add(entry.path)
             row = rows.get(entry.path)
             if row is not None:
-                status, size, mtime_ns, sha256 = row
-                if status in (PENDING, PROCESSING):
+                if row.status in (PENDING, PROCESSING):
                     result.already += 1
-                    result.kept.append((entry.path, f"already {status}"))
                     continue
                 if (
-                    status == DONE
+                    row.status == DONE
                     and not force
                     and (
-                        (size == entry.size and mtime_ns == entry.mtime_ns)
-                        or (sha256 is not None and _sha256(entry.path) == sha256)
+                        (row.size == entry.size and row.mtime_ns == entry.mtime_ns)
+                        or (row.sha256 is not None and _sha256(entry.path) == row.sha256)
                     )
                 ):
                     result.already += 1
-                    result.kept.append((entry.path, "done and unchanged"))
                     continue
-            db.execute_sql(
-                "INSERT INTO pipeline_inputs (path, status, output_path, start_job, size,"
-                " mtime_ns, attempts, created_at, updated_at)"
-                " VALUES (?, 'pending', ?, 'A', ?, ?, 0, ?, ?)"
-                " ON CONFLICT(path) DO UPDATE SET status = 'pending',"
-                " output_path = excluded.output_path, size = excluded.size,"
-                " mtime_ns = excluded.mtime_ns, attempts = 0, not_before = NULL,"
-                " claim_token = NULL, lease_expires_at = NULL, finished_at = NULL,"
-                " updated_at = excluded.updated_at",
-                (entry.path, entry.output_path, entry.size, entry.mtime_ns, now, now),
+            store.queue(
+                path=entry.path,
+                output_path=entry.output_path,
+                size=entry.size,
+                mtime_ns=entry.mtime_ns,
+                now=now,
             )
             result.queued += 1
 
 
-def status(db: SqliteDatabase, *, errors: int = 5) -> dict[str, Any]:
+def status(store: Store, *, errors: int = 5, clock: Clock = SYSTEM_CLOCK) -> dict[str, Any]:
     """Inputs and batches by status, record count, the oldest pending input, last errors."""
-    inputs = {s: 0 for s in (PENDING, PROCESSING, DONE, FAILED)}
-    for state, count in db.execute_sql(
-        "SELECT status, count(*) FROM pipeline_inputs GROUP BY status"
-    ).fetchall():
-        inputs[state] = count
-    now = utcnow()
-    stale = db.execute_sql(
-        "SELECT count(*) FROM pipeline_inputs WHERE status = 'processing' AND lease_expires_at < ?",
-        (now,),
-    ).fetchone()[0]
-    batches = dict(
-        db.execute_sql("SELECT status, count(*) FROM processing_batches GROUP BY status").fetchall()
-    )
-    records = db.execute_sql("SELECT count(*) FROM processed_records").fetchone()[0]
-    oldest = db.execute_sql(
-        "SELECT id, path, created_at FROM pipeline_inputs WHERE status = 'pending'"
-        " ORDER BY created_at, id LIMIT 1"
-    ).fetchone()
-    last_errors = db.execute_sql(
-        "SELECT id, path, status, last_job, last_error, updated_at FROM pipeline_inputs"
-        " WHERE last_error IS NOT NULL ORDER BY updated_at DESC, id DESC LIMIT ?",
-        (errors,),
-    ).fetchall()
-    return {
-        "inputs": {**inputs, "total": sum(inputs.values()), "stale": stale},
-        "batches": {
-            "pending": batches.get("pending", 0),
-            "finalized": batches.get("finalized", 0),
-            "total": sum(batches.values()),
-        },
-        "records": records,
-        "oldest_pending": (
-            {"id": oldest[0], "path": oldest[1], "queued_at": oldest[2]} if oldest else None
-        ),
-        "last_errors": [
-            {"id": r[0], "path": r[1], "status": r[2], "job": r[3], "error": r[4], "at": r[5]}
-            for r in last_errors
-        ],
-    }
+    return store.status(iso(clock.now()), errors=errors)
 
 
 @dataclass
@@ -161,44 +113,37 @@ class RequeueResult:
 
 
 def requeue(
-    db: SqliteDatabase,
+    store: Store,
     *,
     failed: bool = False,
     stale: bool = False,
     ids: Sequence[int] = (),
     force: bool = False,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> RequeueResult:
     """Put inputs back to pending with attempts reset: failed ones, ones whose lease
     expired (their command died), or the given ids (a done one only with ``force``)."""
     result = RequeueResult()
-    now = utcnow()
-    reset = (
-        "UPDATE pipeline_inputs SET status = 'pending', attempts = 0, not_before = NULL,"
-        " claim_token = NULL, lease_expires_at = NULL, finished_at = NULL, updated_at = ?"
-    )
-    with db.atomic("IMMEDIATE"):
+    now = iso(clock.now())
+    with store.transaction():
         if failed:
-            result.requeued += db.execute_sql(f"{reset} WHERE status = 'failed'", (now,)).rowcount
+            result.requeued += store.requeue_failed(now)
         if stale:
-            result.requeued += db.execute_sql(
-                f"{reset} WHERE status = 'processing' AND lease_expires_at < ?", (now, now)
-            ).rowcount
+            result.requeued += store.requeue_stale(now)
         for input_id in ids:
-            row = db.execute_sql(
-                "SELECT status, lease_expires_at FROM pipeline_inputs WHERE id = ?", (input_id,)
-            ).fetchone()
-            if row is None:
+            state = store.input_state(input_id)
+            if state is None:
                 result.refused.append((input_id, "no such input"))
                 continue
-            state, lease = row
-            if state == PROCESSING and (lease or "") >= now:
+            status_, lease = state
+            if status_ == PROCESSING and (lease or "") >= now:
                 result.refused.append((input_id, "being processed (its lease has not expired)"))
                 continue
-            if state == DONE and not force:
+            if status_ == DONE and not force:
                 result.refused.append((input_id, "done (use --force to run it again)"))
                 continue
-            if state == PENDING:
+            if status_ == PENDING:
                 result.refused.append((input_id, "already pending"))
                 continue
-            result.requeued += db.execute_sql(f"{reset} WHERE id = ?", (now, input_id)).rowcount
+            result.requeued += store.requeue_one(input_id, now)
     return result

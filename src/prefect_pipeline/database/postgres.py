@@ -1,0 +1,226 @@
+"""The PostgreSQL backend: one database shared by commands on many machines.
+
+What it does differently from the statements in ``store.py``, and why:
+
+- **Claims** take rows with ``SELECT ... FOR UPDATE SKIP LOCKED`` (the idiom of
+  procrastinate, Oban and solid_queue): drainers claiming at the same moment each lock
+  different rows instead of waiting for each other, and none takes a row twice.
+- **Writes run in parallel.** There is no single writer: each command writes its own
+  groups, in one transaction per group as on SQLite, and the claim check before the first
+  write locks the rows it confirms (``FOR UPDATE``), so no other command can take them over
+  until the group commits.
+- **Registration** (``run-parallel``) locks the rows it reads, and a path that another
+  command registered a moment earlier is not overwritten: the upsert only takes a row that
+  no live claim holds.
+- **Records** go in from the document's JSON text through ``json_array_elements``.
+- **The schema version** lives in a table of its own, ``pipeline_schema``; the schema is
+  created (or upgraded) under an advisory lock, so drainers starting together do not race.
+- **A lost server never hangs a command**: connections have a connect timeout and TCP
+  keepalives, and lock waits and unacknowledged writes are bounded by the store's timeout
+  (``PIPELINE_DB_TIMEOUT``), as SQLite's busy timeout bounds its lock waits.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import peewee
+import psycopg
+from peewee import PostgresqlDatabase
+
+from prefect_pipeline.database.models import MODELS
+from prefect_pipeline.database.store import (
+    OWNER_COLUMNS,
+    SCHEMA_VERSION,
+    Claim,
+    ClaimedRow,
+    Store,
+    check_tables,
+    refuse_missing,
+    schema_columns,
+)
+from prefect_pipeline.database.url import POSTGRESQL
+from prefect_pipeline.exceptions import UsageError
+
+#: Seconds a connection attempt may take before the database counts as unreachable.
+CONNECT_TIMEOUT = 10
+#: A dead peer is noticed after about idle + interval x count seconds of silence.
+KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+#: The advisory lock key that serializes schema creation and upgrades (any constant).
+_SCHEMA_LOCK = 0x70697065  # "pipe"
+
+_INSERT_RECORDS = (
+    "INSERT INTO processed_records (batch_id, record_index, line_number, content, status)"
+    " SELECT %s, (r.value->>'index')::bigint, (r.value->>'line_number')::bigint,"
+    " r.value->>'content', 'pending'"
+    " FROM json_array_elements((%s::json) #> %s::text[]) WITH ORDINALITY AS r(value, n)"
+    " ORDER BY r.n"
+)
+
+_CLAIM_DUE = (
+    "WITH due AS ("
+    "   SELECT id, coalesce(size, 0) AS size FROM pipeline_inputs"
+    "   WHERE (status = 'pending' AND (not_before IS NULL OR not_before <= %s))"
+    "      OR (status = 'processing' AND lease_expires_at < %s)"
+    "   ORDER BY id LIMIT %s"
+    "   FOR UPDATE SKIP LOCKED"
+    "), capped AS ("
+    "   SELECT id FROM (SELECT id, size, sum(size) OVER (ORDER BY id) AS upto FROM due) d"
+    "   WHERE upto - size < %s"  # those that start below the byte cap
+    ")"
+    " UPDATE pipeline_inputs p SET status = 'processing', claim_token = %s, run_id = %s,"
+    " lease_expires_at = %s, attempts = p.attempts + 1, updated_at = %s,"
+    " start_job = coalesce(%s, p.start_job), stop_job = coalesce(%s, p.stop_job),"
+    f" ({OWNER_COLUMNS}) = (%s, %s, %s, %s, %s, %s)"
+    " FROM capped WHERE p.id = capped.id"
+    " RETURNING p.id, p.path, p.output_path, p.attempts"
+)
+
+#: ``?`` placeholders (the store's statements) to psycopg's ``%s``; none of the
+#: statements holds a ``?`` or ``%`` of its own.
+_PLACEHOLDER = re.compile(r"\?")
+
+
+def _connect_params(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    database = unquote(parts.path.lstrip("/"))
+    if not database:
+        raise UsageError(f"{url}: the URL names no database (postgresql://USER:PASS@HOST/DB)")
+    params: dict[str, Any] = {"database": database}
+    if parts.hostname:
+        params["host"] = parts.hostname
+    if parts.port:
+        params["port"] = parts.port
+    if parts.username:
+        params["user"] = unquote(parts.username)
+    if parts.password is not None:
+        params["password"] = unquote(parts.password)
+    for pair in filter(None, parts.query.split("&")):  # e.g. ?sslmode=require
+        key, _, value = pair.partition("=")
+        params[unquote(key)] = unquote(value)
+    return params
+
+
+class PostgresStore(Store):
+    """A PostgreSQL database (``postgresql://USER:PASS@HOST:PORT/DB``)."""
+
+    backend = POSTGRESQL
+    unavailable_errors = (
+        psycopg.OperationalError,
+        psycopg.InterfaceError,
+        peewee.OperationalError,
+        peewee.InterfaceError,
+    )
+
+    # The rows a transaction decides on stay its own until it ends (registration, and the
+    # claim check before a group's first write); a registered path another command holds
+    # is left to it.
+    lock_rows = " FOR UPDATE"
+    register_guard = (
+        " WHERE pipeline_inputs.status <> 'processing'"
+        " OR pipeline_inputs.lease_expires_at < excluded.updated_at"
+        " OR pipeline_inputs.claim_token = excluded.claim_token"
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._translated: dict[str, str] = {}
+
+    def _open_database(self) -> PostgresqlDatabase:
+        params = _connect_params(self.location.url)
+        lock_ms = int(self.timeout * 1000)
+        return PostgresqlDatabase(
+            params.pop("database"),
+            autoconnect=True,
+            connect_timeout=CONNECT_TIMEOUT,
+            application_name="prefect-pipeline",
+            # Unacknowledged data waits no longer than a lock would (a server gone without
+            # a word: a cut network, a machine switched off).
+            tcp_user_timeout=lock_ms,
+            # Bounded lock waits, like SQLite's busy timeout; a statement is otherwise free
+            # to run as long as it needs.
+            options=f"-c lock_timeout={lock_ms}",
+            **KEEPALIVES,
+            **params,
+        )
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        translated = self._translated.get(sql)
+        if translated is None:
+            translated = self._translated[sql] = _PLACEHOLDER.sub("%s", sql)
+        try:
+            return self.db.connection().execute(translated, params)
+        except self.unavailable_errors as exc:
+            if not self.cannot_serve(exc):
+                raise
+            raise self.unavailable(exc) from exc
+
+    # Schema --------------------------------------------------------------------------------
+
+    def _read_schema(self) -> tuple[dict[str, set[str]], int | None]:
+        tables = schema_columns()
+        found: dict[str, set[str]] = {}
+        for table, column in self.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = ANY(?)",
+            (list(tables),),
+        ):
+            found.setdefault(table, set()).add(column)
+        version = None
+        if self.execute("SELECT to_regclass('pipeline_schema')").fetchone()[0] is not None:
+            row = self.execute("SELECT max(version) FROM pipeline_schema").fetchone()
+            version = row[0] if row else None
+        return found, version
+
+    def ensure_schema(self, *, create: bool = True) -> None:
+        with self.transaction():
+            found, version = self._read_schema()
+            if version == SCHEMA_VERSION and len(found) == len(schema_columns()):
+                return  # the usual case: read only, no lock taken
+            check_tables(self.location.display, found, version)
+            if not create and not found:
+                raise refuse_missing(self.location.display)
+        with self.transaction():
+            # One command at a time creates or upgrades; the others then find it done.
+            self.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
+            found, version = self._read_schema()
+            check_tables(self.location.display, found, version)
+            # Version 2 is the first PostgreSQL schema: there is nothing to upgrade yet.
+            with self.db.bind_ctx(MODELS):
+                self.db.create_tables(MODELS, safe=True)
+            self.execute("CREATE TABLE IF NOT EXISTS pipeline_schema (version integer NOT NULL)")
+            self.execute("DELETE FROM pipeline_schema")
+            self.execute("INSERT INTO pipeline_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+
+    # What PostgreSQL does differently ------------------------------------------------------
+
+    def insert_records(self, batch_id: int, records_json: str, json_path: str = "$") -> None:
+        path = [part for part in json_path.removeprefix("$").split(".") if part]
+        self.execute(_INSERT_RECORDS, (batch_id, records_json, path))
+
+    def claim_due(self, claim: Claim, *, limit: int, max_bytes: int) -> list[ClaimedRow]:
+        rows = self.execute(
+            _CLAIM_DUE,
+            (
+                claim.now,
+                claim.now,
+                limit,
+                max_bytes,
+                claim.token,
+                claim.run_id,
+                claim.lease_until,
+                claim.now,
+                claim.start_job,
+                claim.stop_job,
+                *claim.owner_values(),
+            ),
+        ).fetchall()
+        return sorted((ClaimedRow(*row) for row in rows), key=lambda c: c.input_id)

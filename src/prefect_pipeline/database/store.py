@@ -1,0 +1,719 @@
+"""The storage seam: everything the pipeline asks of a database, in one interface.
+
+Jobs B and C, the ledger, the queue commands and the CLI write no SQL of their own: they
+call a ``Store``. This class holds the statements that every SQL backend understands,
+written with ``?`` placeholders; a backend (``sqlite.py``; a server database in a module of
+its own) opens the connection, creates and checks the schema, and supplies what its
+database does differently: how a write transaction starts, how a document's records go
+in, and how a claim takes rows that no other command holds.
+
+A store belongs to one process (``backends.open_store`` keeps one per location and
+process; Peewee gives each thread its own connection). What crosses a process boundary is
+the location, never a store.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from peewee import Database
+
+from prefect_pipeline.database.models import (
+    DONE,
+    FAILED,
+    FINALIZED,
+    MODELS,
+    PENDING,
+    PROCESSING,
+)
+from prefect_pipeline.database.owners import Owner
+from prefect_pipeline.database.url import DatabaseUrl
+from prefect_pipeline.exceptions import DatabaseMismatch, DatabaseUnavailable, MissingDatabase
+
+#: Bump when the schema changes, add what it adds to ``ADDED_COLUMNS`` and the step that
+#: upgrades the previous version to each backend's migrations.
+SCHEMA_VERSION = 2
+
+#: Columns each schema version added to existing tables (version 1 has the models' columns
+#: without every later addition).
+ADDED_COLUMNS: Mapping[int, Mapping[str, tuple[str, ...]]] = {
+    2: {
+        "pipeline_inputs": (
+            "owner_host",
+            "owner_namespace",
+            "owner_pid",
+            "owner_started_at",
+            "flow_run_id",
+            "flow_run_url",
+        )
+    },
+}
+
+
+def schema_columns(version: int = SCHEMA_VERSION) -> dict[str, set[str]]:
+    """The pipeline's tables and their columns at a schema version."""
+    tables = {
+        model._meta.table_name: {field.column_name for field in model._meta.sorted_fields}
+        for model in MODELS
+    }
+    for later, added in ADDED_COLUMNS.items():
+        if later > version:
+            for table, columns in added.items():
+                tables[table] -= set(columns)
+    return tables
+
+
+def refuse_missing(display: str) -> MissingDatabase:
+    """The error of a command that only reads, pointed at a database without our tables."""
+    return MissingDatabase(
+        f"{display}: holds no pipeline tables (check the database location; enqueue, run, "
+        "run-all and run-parallel create them)"
+    )
+
+
+def check_tables(display: str, found: Mapping[str, set[str]], version: int | None) -> None:
+    """Refuse a database whose tables named like the pipeline's are not its own: ``found``
+    maps each such table that exists to its columns; ``version`` is the schema version the
+    database records (None: it records none, so any such table belongs to someone else).
+    Raises ``DatabaseMismatch`` naming the database and the table; changes nothing."""
+    if version is not None and version > SCHEMA_VERSION:
+        raise DatabaseMismatch(
+            f"{display}: database schema version {version} is newer than this version of "
+            f"the pipeline supports ({SCHEMA_VERSION}); upgrade the pipeline"
+        )
+    expected = schema_columns(version or SCHEMA_VERSION)
+    for table, columns in sorted(found.items()):
+        if version is None or columns != expected[table]:
+            raise DatabaseMismatch(
+                f"{display}: table {table} ({', '.join(sorted(columns))}) is not the "
+                "pipeline's; use another database (nothing was changed)"
+            )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a claim stamps on the inputs it takes: whose they are and until when."""
+
+    token: str
+    run_id: str
+    #: ISO-8601 UTC: when the lease runs out unless renewed.
+    lease_until: str
+    #: ISO-8601 UTC: the time of the claim.
+    now: str
+    #: The job range the claimer will run (None: keep what the row says).
+    start_job: str | None
+    stop_job: str | None
+    #: The process that claims.
+    owner: Owner
+    #: The claimer's Prefect flow run (and its page), once it has one.
+    flow_run_id: str | None = None
+    flow_run_url: str | None = None
+
+    def owner_values(self) -> tuple[Any, ...]:
+        """The owner and flow run columns, in the order the claim statements list them."""
+        owner = self.owner
+        return (
+            owner.host,
+            owner.namespace,
+            owner.pid,
+            owner.started_at,
+            self.flow_run_id,
+            self.flow_run_url,
+        )
+
+
+@dataclass(frozen=True)
+class InputRow:
+    """The ledger's view of one input, as registration needs it."""
+
+    id: int
+    path: str
+    status: str
+    size: int | None
+    mtime_ns: int | None
+    sha256: str | None
+    start_job: str | None
+    stop_job: str | None
+    lease_expires_at: str | None
+    owner_host: str | None = None
+    owner_namespace: str | None = None
+    owner_pid: int | None = None
+    owner_started_at: float | None = None
+
+    @property
+    def owner(self) -> Owner | None:
+        """Who holds (or last held) its claim, when that was recorded."""
+        if self.owner_host is None or self.owner_pid is None or self.owner_started_at is None:
+            return None
+        return Owner(
+            self.owner_host, self.owner_namespace or "", self.owner_pid, self.owner_started_at
+        )
+
+
+@dataclass(frozen=True)
+class ClaimedRow:
+    """An input a claim took."""
+
+    input_id: int
+    path: str
+    output_path: str | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What the ledger records of an input whose chain is done."""
+
+    last_job: str
+    batch_id: int | None
+    sha256: str | None
+    records_written: int
+    unchanged: bool
+    #: The size and mtime of the version of the input that was read (None: keep the ones
+    #: recorded when it was found or queued).
+    size: int | None = None
+    mtime_ns: int | None = None
+
+
+_SELECT_INPUTS = (
+    "SELECT id, path, status, size, mtime_ns, sha256, start_job, stop_job, lease_expires_at,"
+    " owner_host, owner_namespace, owner_pid, owner_started_at"
+    " FROM pipeline_inputs WHERE path IN ({marks})"
+)
+#: The columns a claim stamps besides its token and lease (``Claim.owner_values``).
+OWNER_COLUMNS = (
+    "owner_host, owner_namespace, owner_pid, owner_started_at, flow_run_id, flow_run_url"
+)
+_OWNERS = (
+    "SELECT DISTINCT owner_host, owner_namespace, owner_pid, owner_started_at"
+    " FROM pipeline_inputs WHERE status = 'processing' AND lease_expires_at >= ?"
+    " AND owner_host = ? AND owner_namespace = ?"
+)
+_EXPIRE_OWNER = (
+    "UPDATE pipeline_inputs SET lease_expires_at = ? WHERE status = 'processing'"
+    " AND owner_host = ? AND owner_namespace = ? AND owner_pid = ? AND owner_started_at = ?"
+)
+_REGISTER = (
+    "INSERT INTO pipeline_inputs (path, status, output_path, start_job, stop_job, size,"
+    " mtime_ns, attempts, claim_token, run_id, lease_expires_at, created_at, updated_at,"
+    f" {OWNER_COLUMNS})"
+    " VALUES (?, 'processing', ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (path) DO UPDATE SET status = 'processing',"
+    " output_path = excluded.output_path, start_job = excluded.start_job,"
+    " stop_job = excluded.stop_job, size = excluded.size, mtime_ns = excluded.mtime_ns,"
+    " attempts = 1, last_error = NULL, last_job = NULL, not_before = NULL,"
+    " finished_at = NULL, claim_token = excluded.claim_token, run_id = excluded.run_id,"
+    " lease_expires_at = excluded.lease_expires_at, updated_at = excluded.updated_at,"
+    " owner_host = excluded.owner_host, owner_namespace = excluded.owner_namespace,"
+    " owner_pid = excluded.owner_pid, owner_started_at = excluded.owner_started_at,"
+    " flow_run_id = excluded.flow_run_id, flow_run_url = excluded.flow_run_url"
+    "{guard} RETURNING id"
+)
+_HELD = "SELECT id FROM pipeline_inputs WHERE claim_token = ? AND id IN ({marks})"
+_EXPIRE_EXHAUSTED = (
+    "UPDATE pipeline_inputs SET status = 'failed', claim_token = NULL,"
+    " lease_expires_at = NULL, finished_at = ?, updated_at = ?,"
+    " last_error = 'lease expired on its last attempt (the command running it stopped or died)'"
+    " WHERE status = 'processing' AND lease_expires_at < ? AND attempts >= ?"
+)
+_NEXT_DUE = (
+    "SELECT min(not_before) FROM pipeline_inputs WHERE status = 'pending'"
+    " AND not_before IS NOT NULL"
+)
+_MARK_DONE = (
+    "UPDATE pipeline_inputs SET status = 'done', batch_id = ?, sha256 = ?,"
+    " records_written = ?, outcome = ?, last_job = ?, last_error = NULL,"
+    " size = coalesce(?, size), mtime_ns = coalesce(?, mtime_ns),"
+    " claim_token = NULL, lease_expires_at = NULL, not_before = NULL,"
+    " finished_at = ?, updated_at = ?"
+    " WHERE id = ? AND claim_token = ?"
+)
+_MARK_FAILED = (
+    "UPDATE pipeline_inputs SET status = 'failed', last_job = ?, last_error = ?,"
+    " claim_token = NULL, lease_expires_at = NULL, finished_at = ?,"
+    " updated_at = ? WHERE id = ? AND claim_token = ?"
+)
+_MARK_RETRY = (
+    "UPDATE pipeline_inputs SET status = 'pending', last_job = ?, last_error = ?,"
+    " claim_token = NULL, lease_expires_at = NULL, not_before = ?,"
+    " updated_at = ? WHERE id = ? AND claim_token = ?"
+)
+_RENEW = (
+    "UPDATE pipeline_inputs SET lease_expires_at = ? WHERE claim_token = ?"
+    " AND status = 'processing'"
+)
+_RELEASE = (
+    "UPDATE pipeline_inputs SET status = 'pending', claim_token = NULL,"
+    " lease_expires_at = NULL,"
+    " attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated_at = ?"
+    " WHERE claim_token = ? AND status = 'processing'"
+)
+_RUN_COUNTS = (
+    "SELECT status, count(*), CAST(coalesce(sum(records_written), 0) AS BIGINT),"
+    " coalesce(sum(CASE WHEN outcome = 'unchanged' THEN 1 ELSE 0 END), 0)"
+    " FROM pipeline_inputs WHERE run_id = ? GROUP BY status"
+)
+_RUN_FAILURES = (
+    "SELECT path, last_job, last_error FROM pipeline_inputs"
+    " WHERE run_id = ? AND status = 'failed' ORDER BY path"
+)
+_QUEUE = (
+    "INSERT INTO pipeline_inputs (path, status, output_path, size, mtime_ns, attempts,"
+    " created_at, updated_at) VALUES (?, 'pending', ?, ?, ?, 0, ?, ?)"
+    " ON CONFLICT (path) DO UPDATE SET status = 'pending',"
+    " output_path = excluded.output_path, size = excluded.size,"
+    " mtime_ns = excluded.mtime_ns, attempts = 0, not_before = NULL,"
+    " claim_token = NULL, lease_expires_at = NULL, finished_at = NULL,"
+    " updated_at = excluded.updated_at"
+)
+_REQUEUE = (
+    "UPDATE pipeline_inputs SET status = 'pending', attempts = 0, not_before = NULL,"
+    " claim_token = NULL, lease_expires_at = NULL, finished_at = NULL, updated_at = ?"
+)
+
+# Jobs B and C run these once per input, tens of thousands of times in a large run: plain
+# statements on the driver's connection, not Peewee query objects, whose SQL is built in
+# Python for every call (about 0.3 ms each: most of the writer's time on small files).
+_FIND_BATCH = "SELECT id, status FROM processing_batches WHERE source_path = ? AND sha256 = ?"
+_DELETE_BATCH = "DELETE FROM processing_batches WHERE id = ?"
+_DELETE_BATCHES_OF = "DELETE FROM processing_batches WHERE source_path = ?"
+_INSERT_BATCH = (
+    "INSERT INTO processing_batches (source_path, sha256, record_count, status, created_at,"
+    " output_path) VALUES (?, ?, ?, 'pending', ?, ?) RETURNING id"
+)
+_GET_BATCH = "SELECT status, record_count FROM processing_batches WHERE id = ?"
+_FINALIZE_BATCH = (
+    "UPDATE processing_batches SET status = 'finalized', finalized_at = ? WHERE id = ?"
+)
+_FINALIZE_RECORDS = (
+    "UPDATE processed_records SET status = 'finalized' WHERE batch_id = ? AND status != 'finalized'"
+)
+
+#: Bound parameters per statement, below every backend's limit (SQLite: 32,766).
+_IN_CHUNK = 900
+
+
+class Store(ABC):
+    """What the pipeline asks of a database: batches and records (jobs B and C), the input
+    ledger (claims, leases, outcomes) and the queue (``enqueue``, ``status``, ``requeue``).
+
+    Methods that write must be called inside ``transaction()`` unless they say otherwise;
+    times are ISO-8601 UTC text made by the caller's clock.
+    """
+
+    #: The backend's name, as in ``DatabaseUrl.backend``.
+    backend: ClassVar[str]
+    #: The driver's errors that mean the database cannot serve (rather than a statement
+    #: or an input being wrong): they become ``DatabaseUnavailable``.
+    unavailable_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: Appended to the statements that read the rows a transaction is about to decide on
+    #: (the ledger rows of found paths, a group's claims): a backend whose writers run
+    #: side by side locks them (``FOR UPDATE``); SQLite's one writer needs nothing.
+    lock_rows: ClassVar[str] = ""
+    #: Where registering a found path may overwrite its row: a backend whose writers run
+    #: side by side must not take a row that another command claimed a moment earlier.
+    register_guard: ClassVar[str] = ""
+
+    def __init__(self, location: DatabaseUrl, *, timeout: float) -> None:
+        self.location = location
+        self.timeout = timeout
+        self.db: Database = self._open_database()
+
+    def cannot_serve(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (one of ``unavailable_errors``) means the database cannot serve,
+        rather than that one statement failed on its data (a backend may narrow it)."""
+        return True
+
+    def unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+        """``exc`` as one line naming the database and the first cause in its chain: a
+        failed statement's rollback can fail in turn ("cannot rollback - no transaction is
+        active" after SQLite rolled back a full disk's transaction itself), which must not
+        hide why."""
+        cause = exc
+        current: BaseException | None = exc
+        while current is not None:
+            if isinstance(current, self.unavailable_errors):
+                cause = current
+            current = current.__context__
+        # A server's error without its CONTEXT and DETAIL lines (psycopg's ``diag``).
+        primary = getattr(getattr(cause, "diag", None), "message_primary", None)
+        text = re.sub(r"\s+", " ", primary or str(cause)).strip() or type(cause).__name__
+        return DatabaseUnavailable(f"{self.location.display}: {text}")
+
+    # Lifecycle -------------------------------------------------------------------------
+
+    @abstractmethod
+    def _open_database(self) -> Database:
+        """The Peewee database object (connections open lazily, one per thread)."""
+
+    @abstractmethod
+    def ensure_schema(self, *, create: bool = True) -> None:
+        """Create the tables on first use, upgrade an older schema in place, and refuse
+        (untouched) a database whose tables are not ours or are newer than this code. With
+        ``create=False`` (a command that only reads), a database without the pipeline's
+        tables is refused (``MissingDatabase``) instead of set up."""
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        if not self.db.is_closed():
+            self.db.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.location.display}>"
+
+    @contextmanager
+    def bind_models(self) -> Iterator[Database]:
+        """Bind the Peewee models to this store's database for the block (for code that
+        queries through Peewee, such as a user's own job)."""
+        with self.db.bind_ctx(MODELS):
+            yield self.db
+
+    # Statements ------------------------------------------------------------------------
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement (``?`` placeholders) on this thread's connection; returns the
+        DB-API cursor. A database that cannot serve raises ``DatabaseUnavailable``."""
+        try:
+            return self.db.connection().execute(sql, params)
+        except self.unavailable_errors as exc:
+            if not self.cannot_serve(exc):
+                raise
+            raise self.unavailable(exc) from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A write transaction; inside one already open, a savepoint of it.
+
+        The writer runs every job of a group in one transaction and each input's writes in
+        a savepoint, so a failing input rolls back alone. Peewee's own savepoints (a uuid
+        name, its own bookkeeping) cost more than a small input's statements; the backends
+        used here match a savepoint name to the latest one, so a fixed name nests.
+        """
+        if not self.db.in_transaction():
+            try:
+                with self._begin():
+                    yield
+            except DatabaseUnavailable:
+                raise
+            except self.unavailable_errors as exc:  # the begin, commit or rollback failed
+                if not self.cannot_serve(exc):
+                    raise
+                raise self.unavailable(exc) from exc
+            return
+        self.execute("SAVEPOINT pipeline_step")
+        try:
+            yield
+        except BaseException:
+            self.execute("ROLLBACK TO SAVEPOINT pipeline_step")
+            self.execute("RELEASE SAVEPOINT pipeline_step")
+            raise
+        self.execute("RELEASE SAVEPOINT pipeline_step")
+
+    def abandon_transaction(self) -> None:
+        """Roll back whatever transaction is open on this thread's connection, and forget
+        it: a Ctrl-C or SIGTERM can land between a transaction's BEGIN and Peewee's record
+        of it (or between its end and that record), leaving the two out of step, and the
+        next BEGIN would fail with "cannot start a transaction within a transaction". For
+        the clean-up after an interrupt; a no-op when nothing is open."""
+        if self.db.is_closed():
+            return
+        while self.db.transaction_depth():
+            self.db.pop_transaction()
+        try:
+            self.db.connection().rollback()
+        except self.unavailable_errors as exc:
+            if not self.cannot_serve(exc):
+                raise
+            raise self.unavailable(exc) from exc
+
+    def _begin(self) -> Any:
+        """The context manager of an outermost write transaction."""
+        return self.db.atomic()
+
+    def in_transaction(self) -> bool:
+        return bool(self.db.in_transaction())
+
+    # Batches and records (jobs B and C) --------------------------------------------------
+
+    def find_batch(self, source_path: str, sha256: str) -> tuple[int, str] | None:
+        """The stored batch of this content of this file: ``(id, status)``, or None."""
+        row = self.execute(_FIND_BATCH, (source_path, sha256)).fetchone()
+        return (row[0], row[1]) if row is not None else None
+
+    def delete_batch(self, batch_id: int) -> None:
+        """Delete a batch and (through the foreign key) its records."""
+        self.execute(_DELETE_BATCH, (batch_id,))
+
+    def delete_batches_of(self, source_path: str, *, keep_sha256: str | None) -> int:
+        """Delete the batches of ``source_path`` (and their records) but the one of the
+        content ``keep_sha256`` (None: all of them); returns how many went."""
+        if keep_sha256 is None:
+            return int(self.execute(_DELETE_BATCHES_OF, (source_path,)).rowcount)
+        sql = f"{_DELETE_BATCHES_OF} AND sha256 <> ?"
+        return int(self.execute(sql, (source_path, keep_sha256)).rowcount)
+
+    def insert_batch(
+        self,
+        *,
+        source_path: str,
+        sha256: str,
+        record_count: int,
+        created_at: str,
+        output_path: str | None,
+    ) -> int:
+        """A new pending batch; returns its id."""
+        cursor = self.execute(
+            _INSERT_BATCH, (source_path, sha256, record_count, created_at, output_path)
+        )
+        return int(cursor.fetchone()[0])
+
+    @abstractmethod
+    def insert_records(self, batch_id: int, records_json: str, json_path: str = "$") -> None:
+        """Insert the records held at ``json_path`` of a JSON text (an array of
+        ``{"index", "line_number", "content"}``) as pending rows of ``batch_id``."""
+
+    def batch(self, batch_id: int) -> tuple[str, int] | None:
+        """A batch's ``(status, record_count)``, or None if there is no such batch."""
+        row = self.execute(_GET_BATCH, (batch_id,)).fetchone()
+        return (row[0], row[1]) if row is not None else None
+
+    def finalize_batch(self, batch_id: int, at: str) -> None:
+        """Mark a batch and its records finalized."""
+        self.execute(_FINALIZE_BATCH, (at, batch_id))
+        self.execute(_FINALIZE_RECORDS, (batch_id,))
+
+    # The ledger --------------------------------------------------------------------------
+
+    def inputs_by_path(self, paths: Sequence[str]) -> dict[str, InputRow]:
+        """The ledger rows of these paths (those that have one). Inside a transaction, a
+        backend with row locks holds them until it ends."""
+        rows: dict[str, InputRow] = {}
+        for start in range(0, len(paths), _IN_CHUNK):
+            chunk = paths[start : start + _IN_CHUNK]
+            sql = _SELECT_INPUTS.format(marks=", ".join("?" * len(chunk))) + self.lock_rows
+            for values in self.execute(sql, chunk).fetchall():
+                row = InputRow(*values)
+                rows[row.path] = row
+        return rows
+
+    def register_claimed(
+        self, *, path: str, output_path: str, size: int, mtime_ns: int, claim: Claim
+    ) -> ClaimedRow | None:
+        """Record a found input as claimed by ``claim`` (a new row, or the path's row
+        reset); its first attempt. None if another command holds it."""
+        cursor = self.execute(
+            _REGISTER.format(guard=self.register_guard),
+            (
+                path,
+                output_path,
+                claim.start_job,
+                claim.stop_job,
+                size,
+                mtime_ns,
+                claim.token,
+                claim.run_id,
+                claim.lease_until,
+                claim.now,
+                claim.now,
+                *claim.owner_values(),
+            ),
+        )
+        row = cursor.fetchone()
+        return ClaimedRow(int(row[0]), path, output_path, 1) if row is not None else None
+
+    def held_claims(self, input_ids: Sequence[int], token: str) -> set[int]:
+        """Which of these inputs ``token`` still holds. Inside a transaction the answer
+        stands until it ends: no other command can take them meanwhile (SQLite's writer
+        lock; a server backend locks the rows)."""
+        held: set[int] = set()
+        for start in range(0, len(input_ids), _IN_CHUNK):
+            chunk = list(input_ids[start : start + _IN_CHUNK])
+            sql = _HELD.format(marks=", ".join("?" * len(chunk))) + self.lock_rows
+            held.update(row[0] for row in self.execute(sql, [token, *chunk]))
+        return held
+
+    def live_owners(self, host: str, namespace: str, now: str) -> list[Owner]:
+        """The owners, on this host and process namespace, of claims whose lease has not
+        run out."""
+        return [
+            Owner(*row) for row in self.execute(_OWNERS, (now, host, namespace)).fetchall()
+        ]
+
+    def expire_claims_of(self, owner: Owner, at: str) -> int:
+        """End the leases of ``owner``'s claims at ``at`` (its process is gone): other
+        commands may take them over as if the lease had run out."""
+        return int(
+            self.execute(
+                _EXPIRE_OWNER,
+                (at, owner.host, owner.namespace, owner.pid, owner.started_at),
+            ).rowcount
+        )
+
+    def fail_exhausted_leases(self, now: str, max_attempts: int) -> int:
+        """Fail the inputs whose lease expired on their last allowed attempt."""
+        return int(self.execute(_EXPIRE_EXHAUSTED, (now, now, now, max_attempts)).rowcount)
+
+    @abstractmethod
+    def claim_due(self, claim: Claim, *, limit: int, max_bytes: int) -> list[ClaimedRow]:
+        """Claim, in id order, up to ``limit`` inputs that are due (pending and not waiting
+        for a retry, or processing with an expired lease), taking no more than
+        ``max_bytes`` by their queued size (always at least one). Rows another command is
+        claiming at the same moment are never taken twice."""
+
+    def next_due(self) -> str | None:
+        """When the earliest waiting retry falls due (None if none is waiting)."""
+        row = self.execute(_NEXT_DUE).fetchone()
+        return row[0] if row else None
+
+    def mark_done(self, input_id: int, token: str, finished: Finished, now: str) -> bool:
+        """Mark a claimed input done; False if ``token`` no longer holds its claim."""
+        cursor = self.execute(
+            _MARK_DONE,
+            (
+                finished.batch_id,
+                finished.sha256,
+                finished.records_written,
+                "unchanged" if finished.unchanged else "processed",
+                finished.last_job,
+                finished.size,
+                finished.mtime_ns,
+                now,
+                now,
+                input_id,
+                token,
+            ),
+        )
+        return bool(cursor.rowcount == 1)
+
+    def mark_failed(
+        self, input_id: int, token: str, *, job: str, error: str, now: str, retry_at: str | None
+    ) -> bool:
+        """Record a failure: pending again from ``retry_at``, or failed for good (None).
+        False if ``token`` no longer holds the claim."""
+        if retry_at is None:
+            cursor = self.execute(_MARK_FAILED, (job, error, now, now, input_id, token))
+        else:
+            cursor = self.execute(_MARK_RETRY, (job, error, retry_at, now, input_id, token))
+        return bool(cursor.rowcount == 1)
+
+    def stamp_flow_run(self, run_id: str, flow_run_id: str, url: str | None) -> int:
+        """Record the Prefect flow run (and its page) of a run on the rows it touched."""
+        return int(
+            self.execute(
+                "UPDATE pipeline_inputs SET flow_run_id = ?, flow_run_url = ? WHERE run_id = ?",
+                (flow_run_id, url, run_id),
+            ).rowcount
+        )
+
+    def renew(self, token: str, lease_until: str) -> int:
+        """Extend the lease of every input ``token`` holds."""
+        return int(self.execute(_RENEW, (lease_until, token)).rowcount)
+
+    def release(self, token: str, now: str) -> int:
+        """Give back every input ``token`` still holds: pending again, the attempt not
+        counted. Returns how many."""
+        return int(self.execute(_RELEASE, (now, token)).rowcount)
+
+    def run_counts(self, run_id: str) -> dict[str, int]:
+        """One run's inputs by status, the records it wrote, and how many of its done
+        inputs were already stored (``unchanged``). No transaction needed."""
+        counts = dict.fromkeys((PENDING, PROCESSING, DONE, FAILED, "records", "unchanged"), 0)
+        for status, count, records, unchanged in self.execute(_RUN_COUNTS, (run_id,)):
+            counts[status] = count
+            counts["records"] += records
+            counts["unchanged"] += unchanged
+        return counts
+
+    def run_failures(self, run_id: str) -> list[dict[str, str]]:
+        """One run's failed inputs with their job and error, by path."""
+        return [
+            {"input": path, "job": job or "", "error": error or ""}
+            for path, job, error in self.execute(_RUN_FAILURES, (run_id,))
+        ]
+
+    # The queue -----------------------------------------------------------------------------
+
+    def queue(self, *, path: str, output_path: str, size: int, mtime_ns: int, now: str) -> None:
+        """Make ``path`` pending (a new row, or its row reset with attempts at zero)."""
+        self.execute(_QUEUE, (path, output_path, size, mtime_ns, now, now))
+
+    def requeue_failed(self, now: str) -> int:
+        return int(self.execute(f"{_REQUEUE} WHERE status = 'failed'", (now,)).rowcount)
+
+    def requeue_stale(self, now: str) -> int:
+        """Inputs whose lease expired: their command died."""
+        sql = f"{_REQUEUE} WHERE status = 'processing' AND lease_expires_at < ?"
+        return int(self.execute(sql, (now, now)).rowcount)
+
+    def requeue_one(self, input_id: int, now: str) -> int:
+        return int(self.execute(f"{_REQUEUE} WHERE id = ?", (now, input_id)).rowcount)
+
+    def input_state(self, input_id: int) -> tuple[str, str | None] | None:
+        """An input's ``(status, lease_expires_at)``, or None if there is no such input."""
+        row = self.execute(
+            "SELECT status, lease_expires_at FROM pipeline_inputs WHERE id = ?", (input_id,)
+        ).fetchone()
+        return (row[0], row[1]) if row is not None else None
+
+    def status(self, now: str, *, errors: int = 5) -> dict[str, Any]:
+        """Inputs and batches by status, record count, the oldest pending input, and the
+        last errors."""
+        inputs = dict.fromkeys((PENDING, PROCESSING, DONE, FAILED), 0)
+        for state, count in self.execute(
+            "SELECT status, count(*) FROM pipeline_inputs GROUP BY status"
+        ):
+            inputs[state] = count
+        stale = self.execute(
+            "SELECT count(*) FROM pipeline_inputs WHERE status = 'processing'"
+            " AND lease_expires_at < ?",
+            (now,),
+        ).fetchone()[0]
+        batches = dict(
+            self.execute("SELECT status, count(*) FROM processing_batches GROUP BY status")
+        )
+        records = self.execute("SELECT count(*) FROM processed_records").fetchone()[0]
+        oldest = self.execute(
+            "SELECT id, path, created_at FROM pipeline_inputs WHERE status = 'pending'"
+            " ORDER BY created_at, id LIMIT 1"
+        ).fetchone()
+        last_run = self.execute(
+            "SELECT run_id, flow_run_id, flow_run_url, max(updated_at) FROM pipeline_inputs"
+            " WHERE run_id IS NOT NULL GROUP BY run_id, flow_run_id, flow_run_url"
+            " ORDER BY max(updated_at) DESC LIMIT 1"
+        ).fetchone()
+        last_errors = self.execute(
+            "SELECT id, path, status, last_job, last_error, updated_at FROM pipeline_inputs"
+            " WHERE last_error IS NOT NULL ORDER BY updated_at DESC, id DESC LIMIT ?",
+            (errors,),
+        ).fetchall()
+        return {
+            "inputs": {**inputs, "total": sum(inputs.values()), "stale": stale},
+            "batches": {
+                PENDING: batches.get(PENDING, 0),
+                FINALIZED: batches.get(FINALIZED, 0),
+                "total": sum(batches.values()),
+            },
+            "records": records,
+            "last_run": (
+                {
+                    "run_id": last_run[0],
+                    "flow_run_id": last_run[1],
+                    "flow_run_url": last_run[2],
+                    "at": last_run[3],
+                }
+                if last_run
+                else None
+            ),
+            "oldest_pending": (
+                {"id": oldest[0], "path": oldest[1], "queued_at": oldest[2]} if oldest else None
+            ),
+            "last_errors": [
+                {"id": r[0], "path": r[1], "status": r[2], "job": r[3], "error": r[4], "at": r[5]}
+                for r in last_errors
+            ],
+        }

@@ -1,0 +1,49 @@
+"""Database locations: parsing, and names that never show a password."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from prefect_pipeline.database.url import POSTGRESQL, SQLITE, DatabaseUrl
+from prefect_pipeline.exceptions import UsageError
+
+
+@pytest.mark.parametrize(
+    "text", ["data/p.db", "sqlite:///data/p.db", "sqlite:////abs/p.db", "sqlite:///~/p.db"]
+)
+def test_sqlite_locations(text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    location = DatabaseUrl.parse(text)
+    assert location.backend == SQLITE
+    assert location.path is not None and location.path.is_absolute()
+    assert location.url == f"sqlite:///{location.path}"
+    assert location.display == str(location.path)
+    assert location.local_files()[1:] == [
+        Path(f"{location.path}-wal"), Path(f"{location.path}-shm"),
+        Path(f"{location.path}-journal"),
+    ]
+
+
+def test_a_postgresql_password_is_never_shown() -> None:
+    location = DatabaseUrl.parse("postgres://ingest:s3cret@db.example:5433/queue")
+    assert location.backend == POSTGRESQL
+    assert location.url == "postgresql://ingest:s3cret@db.example:5433/queue"
+    assert location.display == "postgresql://ingest:***@db.example:5433/queue"
+    assert "s3cret" not in repr(location) and "s3cret" not in str(location)
+    assert location.local_files() == []
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "the database location is empty"),
+        ("mysql://u:pw@h/db", "mysql://u:***@h/db: unknown database scheme 'mysql'"),
+        ("sqlite://", "expected sqlite:///PATH"),
+    ],
+)
+def test_bad_locations(text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
+        DatabaseUrl.parse(text)

@@ -1,0 +1,226 @@
+"""Claims record their owner; a command takes over at once the claims of a process of its
+host that is gone, and reports the claims of a live or remote one as held."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+import pytest
+
+from prefect_pipeline.config import PipelineConfig
+from prefect_pipeline.database.ledger import Ledger
+from prefect_pipeline.database.owners import Owner, is_gone, this_process
+from prefect_pipeline.database.queue import enqueue
+from prefect_pipeline.pipeline.discovery import given_files
+from tests.conftest import CliInvoke, ManualClock, query, sqlite_store
+
+
+@pytest.fixture
+def live_process() -> Iterator[Owner]:
+    """Another process of this host that stays alive for the test."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        started = psutil.Process(child.pid).create_time()
+        yield replace(this_process(), pid=child.pid, started_at=started)
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.fixture
+def dead_process() -> Owner:
+    """A process of this host that has ended (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = psutil.Process(child.pid).create_time()
+    child.wait()
+    return replace(this_process(), pid=child.pid, started_at=started)
+
+
+def test_a_process_is_gone_when_its_id_is_free_or_taken_by_a_later_one(
+    live_process: Owner, dead_process: Owner
+) -> None:
+    assert not is_gone(this_process())
+    assert not is_gone(live_process)
+    assert is_gone(dead_process)
+    # The same id started at another time: another program reused it.
+    assert is_gone(replace(live_process, started_at=live_process.started_at - 3600))
+
+
+def test_a_zombie_is_gone() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    process = psutil.Process(child.pid)
+    owner = replace(this_process(), pid=child.pid, started_at=process.create_time())
+    deadline = time.monotonic() + 30
+    while process.status() != psutil.STATUS_ZOMBIE:  # exited, not yet reaped by this process
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert is_gone(owner)
+    child.wait()
+
+
+def _files(tmp_path: Path, count: int) -> list[Path]:
+    root = tmp_path / "inputs"
+    root.mkdir()
+    paths = []
+    for number in range(count):
+        path = root / f"f{number}.txt"
+        path.write_text(f"line {number}\n")
+        paths.append(path)
+    return paths
+
+
+def _found(config: PipelineConfig, paths: list[Path]) -> list:  # type: ignore[type-arg]
+    return list(given_files(paths, config.output_dir))
+
+
+def test_a_dead_owners_files_are_taken_over_at_once(
+    config: PipelineConfig, tmp_path: Path, dead_process: Owner, live_process: Owner
+) -> None:
+    store = sqlite_store(config.db_path)
+    clock = ManualClock()
+    found = _found(config, _files(tmp_path, 4))
+    dead = Ledger(store, lease_seconds=300, clock=clock, owner=dead_process)
+    alive = Ledger(store, lease_seconds=300, clock=clock, owner=live_process)
+    assert len(dead.register_and_claim(found[:2], start_job="A", stop_job="C").claimed) == 2
+    assert len(alive.register_and_claim(found[2:], start_job="A", stop_job="C").claimed) == 2
+    owners = query(config.db_path, "SELECT owner_pid, owner_host FROM pipeline_inputs ORDER BY id")
+    assert [tuple(row) for row in owners] == [(dead_process.pid, dead_process.host)] * 2 + [
+        (live_process.pid, live_process.host)
+    ] * 2
+
+    # A later command, long before the leases run out.
+    clock.advance(1)
+    mine = Ledger(store, lease_seconds=300, clock=clock)
+    registration = mine.register_and_claim(found, start_job="A", stop_job="C")
+
+    assert sorted(c.path for c in registration.claimed) == [f.path for f in found[:2]]
+    assert [(h.path, h.owner) for h in registration.held] == [
+        (f.path, live_process.describe()) for f in found[2:]
+    ]
+    until = {h.until for h in registration.held}
+    assert until == set(
+        row[0]
+        for row in query(
+            config.db_path, "SELECT lease_expires_at FROM pipeline_inputs WHERE id > 2"
+        )
+    )
+    assert registration.skipped == []
+    assert {
+        row[0]
+        for row in query(config.db_path, "SELECT owner_pid FROM pipeline_inputs WHERE id <= 2")
+    } == {this_process().pid}
+
+
+def test_a_remote_owners_claims_wait_for_their_lease(
+    config: PipelineConfig, tmp_path: Path, dead_process: Owner
+) -> None:
+    """A process id means nothing on another host (or in another pid namespace): its claims
+    are held until the lease runs out, even if no process here has that id."""
+    store = sqlite_store(config.db_path)
+    clock = ManualClock()
+    assert enqueue(store, _found(config, _files(tmp_path, 3))).queued == 3
+    elsewhere = [
+        replace(dead_process, host="another-host"),
+        replace(dead_process, namespace=f"{dead_process.namespace}-other"),
+    ]
+    for owner in elsewhere:
+        other = Ledger(store, lease_seconds=60, clock=clock, owner=owner)
+        assert len(other.claim_pending(1, max_attempts=3)) == 1
+
+    mine = Ledger(store, lease_seconds=60, clock=clock)
+    claimed = mine.claim_pending(10, max_attempts=3)
+    assert [c.input_id for c in claimed] == [3]
+
+    clock.advance(61)  # every lease ran out: taken over, the attempt counted
+    later = Ledger(store, lease_seconds=60, clock=clock)
+    claimed = later.claim_pending(10, max_attempts=3)
+    assert [(c.input_id, c.attempts) for c in claimed] == [(1, 2), (2, 2), (3, 2)]
+
+
+def test_a_drain_takes_a_dead_drainers_inputs_at_once_counting_the_attempt(
+    config: PipelineConfig, tmp_path: Path, dead_process: Owner, live_process: Owner
+) -> None:
+    store = sqlite_store(config.db_path)
+    clock = ManualClock()
+    assert enqueue(store, _found(config, _files(tmp_path, 4))).queued == 4
+    dead = Ledger(store, lease_seconds=300, clock=clock, owner=dead_process)
+    alive = Ledger(store, lease_seconds=300, clock=clock, owner=live_process)
+    assert [c.input_id for c in alive.claim_pending(1, max_attempts=3)] == [1]
+    assert [c.input_id for c in dead.claim_pending(2, max_attempts=3)] == [2, 3]
+
+    mine = Ledger(store, lease_seconds=300, clock=clock)
+    claimed = mine.claim_pending(10, max_attempts=3)
+
+    assert [(c.input_id, c.attempts) for c in claimed] == [(2, 2), (3, 2), (4, 1)]
+
+
+def test_a_dead_owner_on_its_last_attempt_fails_its_input(
+    config: PipelineConfig, tmp_path: Path, dead_process: Owner
+) -> None:
+    store = sqlite_store(config.db_path)
+    clock = ManualClock()
+    assert enqueue(store, _found(config, _files(tmp_path, 1))).queued == 1
+    dead = Ledger(store, lease_seconds=300, clock=clock, owner=dead_process)
+    assert len(dead.claim_pending(1, max_attempts=1)) == 1
+
+    assert Ledger(store, lease_seconds=300, clock=clock).claim_pending(5, max_attempts=1) == []
+    [row] = query(config.db_path, "SELECT status, last_error FROM pipeline_inputs")
+    assert tuple(row) == (
+        "failed",
+        "lease expired on its last attempt (the command running it stopped or died)",
+    )
+
+
+def test_run_parallel_reports_inputs_a_live_command_holds(
+    cli_runner: CliInvoke, config: PipelineConfig, tmp_path: Path, live_process: Owner
+) -> None:
+    paths = _files(tmp_path, 3)
+    store = sqlite_store(config.db_path)
+    other = Ledger(store, lease_seconds=600, owner=live_process)
+    assert (
+        len(
+            other.register_and_claim(_found(config, paths[:1]), start_job="A", stop_job="C").claimed
+        )
+        == 1
+    )
+    until = query(config.db_path, "SELECT lease_expires_at FROM pipeline_inputs")[0][0]
+    base = [
+        "--log-level",
+        "OFF",
+        "--db-path",
+        str(config.db_path),
+        "--output-dir",
+        str(config.output_dir),
+    ]
+
+    result = cli_runner(*base, "run-parallel", tmp_path / "inputs", "--workers", "0", "--json")
+
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["total"], summary["succeeded"], summary["skipped"], summary["held"]) == (
+        3,
+        2,
+        0,
+        1,
+    )
+    assert summary["held_inputs"] == [
+        {"input": str(paths[0]), "owner": live_process.describe(), "until": until}
+    ]
+
+    text = cli_runner(*base, "run-parallel", tmp_path / "inputs", "--workers", "0")
+    assert text.exit_code == 1, text.output
+    assert text.stdout.splitlines()[0] == (
+        "0 succeeded, 0 failed, 2 skipped, 1 held by another command (of 3 input(s)); "
+        "0 record(s) written"
+    )
+    assert (
+        f"1 input(s) held by {live_process.describe()} until {until} (its lease, renewed "
+        "while it runs): not run; run again once it has finished"
+    ) in text.stdout.splitlines()

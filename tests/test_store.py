@@ -1,0 +1,322 @@
+"""The storage seam: what every backend must do, checked through ``Store`` alone.
+
+Each test runs against every backend in ``BACKENDS``; a new backend adds itself there and
+must pass the same tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from prefect_pipeline.clock import iso, iso_in
+from prefect_pipeline.database.backends import open_store
+from prefect_pipeline.database.ledger import Ledger
+from prefect_pipeline.database.owners import this_process
+from prefect_pipeline.database.store import Claim, Finished, Store
+from prefect_pipeline.exceptions import ClaimLostError
+from tests.conftest import ManualClock, sqlite_store
+
+BACKENDS = ["sqlite", "postgresql"]
+
+NOW = "2026-01-01T00:00:00.000000+00:00"
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        yield sqlite_store(tmp_path / "store.db")
+    else:
+        yield open_store(request.getfixturevalue("postgres_url"), timeout=10)
+
+
+def records_json(*contents: str) -> str:
+    import json
+
+    return json.dumps(
+        [{"index": i, "line_number": i + 1, "content": c} for i, c in enumerate(contents)]
+    )
+
+
+def count(store: Store, table: str) -> int:
+    return int(store.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def new_batch(store: Store, source: str = "/in/a.txt", sha: str = "a" * 64) -> int:
+    return store.insert_batch(
+        source_path=source, sha256=sha, record_count=2, created_at=NOW, output_path=None
+    )
+
+
+# Batches and records ----------------------------------------------------------------------
+
+
+def test_a_batch_and_its_records(store: Store) -> None:
+    with store.transaction():
+        batch = new_batch(store)
+        store.insert_records(batch, records_json("one", "two"))
+        nested = new_batch(store, "/in/b.txt")
+        store.insert_records(nested, '{"records": ' + records_json("x") + "}", "$.records")
+
+    assert store.find_batch("/in/a.txt", "a" * 64) == (batch, "pending")
+    assert store.find_batch("/in/a.txt", "b" * 64) is None
+    assert store.batch(batch) == ("pending", 2)
+    assert store.batch(batch + 1000) is None
+    rows = store.execute(
+        "SELECT batch_id, record_index, line_number, content, status FROM processed_records"
+        " ORDER BY id"
+    ).fetchall()
+    assert [tuple(r) for r in rows] == [
+        (batch, 0, 1, "one", "pending"),
+        (batch, 1, 2, "two", "pending"),
+        (nested, 0, 1, "x", "pending"),
+    ]
+
+    with store.transaction():
+        store.finalize_batch(batch, NOW)
+    assert store.batch(batch) == ("finalized", 2)
+    statuses = store.execute(
+        "SELECT status FROM processed_records WHERE batch_id = ?", (batch,)
+    ).fetchall()
+    assert [r[0] for r in statuses] == ["finalized", "finalized"]
+
+    with store.transaction():
+        store.delete_batch(batch)
+    assert count(store, "processed_records") == 1  # the records went with their batch
+
+
+def test_records_go_in_a_chunk_at_a_time_in_one_transaction(store: Store) -> None:
+    # How job B stores a large document: one insert_records call per chunk of records.
+    with store.transaction():
+        batch = new_batch(store)
+        store.insert_records(batch, records_json("one", "two"))
+        store.insert_records(batch, '[{"index": 2, "line_number": 5, "content": "three"}]')
+    with pytest.raises(RuntimeError), store.transaction():
+        undone = new_batch(store, "/in/b.txt")
+        store.insert_records(undone, records_json("kept?"))
+        raise RuntimeError("a later chunk fails")
+
+    rows = store.execute("SELECT batch_id, record_index, content FROM processed_records").fetchall()
+    assert sorted(tuple(r) for r in rows) == [
+        (batch, 0, "one"), (batch, 1, "two"), (batch, 2, "three"),
+    ]
+
+
+def test_the_batches_of_a_path_but_one_content_are_deleted(store: Store) -> None:
+    with store.transaction():
+        old = new_batch(store, "/in/a.txt", "a" * 64)
+        store.insert_records(old, records_json("old"))
+        current = new_batch(store, "/in/a.txt", "b" * 64)
+        store.insert_records(current, records_json("new"))
+        other = new_batch(store, "/in/other.txt", "a" * 64)
+        store.insert_records(other, records_json("other"))
+
+    with store.transaction():
+        assert store.delete_batches_of("/in/a.txt", keep_sha256="b" * 64) == 1
+        assert store.delete_batches_of("/in/a.txt", keep_sha256="b" * 64) == 0
+    ids = sorted(r[0] for r in store.execute("SELECT id FROM processing_batches"))
+    assert ids == sorted([current, other])
+    assert count(store, "processed_records") == 2  # the old batch's records went with it
+
+    with store.transaction():
+        assert store.delete_batches_of("/in/a.txt", keep_sha256=None) == 1
+    assert [r[0] for r in store.execute("SELECT id FROM processing_batches")] == [other]
+
+
+def test_a_savepoint_rolls_back_alone(store: Store) -> None:
+    with store.transaction():
+        kept = new_batch(store, "/in/kept.txt")
+        with pytest.raises(RuntimeError), store.transaction():
+            new_batch(store, "/in/undone.txt")
+            raise RuntimeError("this input fails")
+        with store.transaction():
+            new_batch(store, "/in/after.txt")
+
+    sources = [r[0] for r in store.execute("SELECT source_path FROM processing_batches")]
+    assert sorted(sources) == ["/in/after.txt", "/in/kept.txt"]
+    assert store.batch(kept) == ("pending", 2)
+
+
+def test_a_failed_transaction_writes_nothing(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.transaction():
+        new_batch(store)
+        raise RuntimeError("the group fails")
+
+    assert count(store, "processing_batches") == 0
+
+
+# The ledger -------------------------------------------------------------------------------
+
+
+def queue(store: Store, *names: str, size: int = 10) -> None:
+    with store.transaction():
+        for name in names:
+            store.queue(
+                path=f"/in/{name}", output_path=f"/out/{name}.json", size=size, mtime_ns=1,
+                now=NOW,
+            )
+
+
+def test_claims_take_due_inputs_once_and_in_order(store: Store) -> None:
+    queue(store, "a", "b", "c", "d")
+    clock = ManualClock()
+    first = Ledger(store, lease_seconds=60, clock=clock)
+    second = Ledger(store, lease_seconds=60, clock=clock)
+
+    mine = first.claim_pending(2, max_attempts=3, start_job="A", stop_job="C")
+    theirs = second.claim_pending(10, max_attempts=3, start_job="A", stop_job="C")
+
+    assert [Path(c.path).name for c in mine] == ["a", "b"]
+    assert [Path(c.path).name for c in theirs] == ["c", "d"]
+    assert all(c.attempts == 1 for c in mine + theirs)
+    assert second.claim_pending(10, max_attempts=3) == []
+
+
+def test_a_claim_respects_the_byte_cap(store: Store) -> None:
+    queue(store, "a", "b", "c", size=100)
+    ledger = Ledger(store, lease_seconds=60, clock=ManualClock())
+
+    assert len(ledger.claim_pending(10, max_attempts=3, max_bytes=150)) == 2  # starts below
+    assert len(ledger.claim_pending(10, max_attempts=3, max_bytes=1)) == 1  # at least one
+
+
+def test_done_only_while_the_claim_holds(store: Store) -> None:
+    queue(store, "a")
+    clock = ManualClock()
+    slow = Ledger(store, lease_seconds=60, clock=clock)
+    [claimed] = slow.claim_pending(1, max_attempts=3)
+    clock.advance(61)
+    fast = Ledger(store, lease_seconds=60, clock=clock)
+    [taken] = fast.claim_pending(1, max_attempts=3)
+    assert (taken.input_id, taken.attempts) == (claimed.input_id, 2)
+    finished = Finished("C", batch_id=None, sha256=None, records_written=0, unchanged=False)
+
+    with pytest.raises(ClaimLostError), store.transaction():
+        slow.mark_done(claimed.input_id, finished)
+    assert slow.mark_failed(claimed.input_id, job="A", error="late") is False
+    assert slow.release() == 0
+
+    with store.transaction():
+        fast.mark_done(taken.input_id, finished)
+    assert fast.run_counts()["done"] == 1
+    assert slow.run_counts()["done"] == 0
+
+
+def test_done_records_the_version_read_when_given(store: Store) -> None:
+    queue(store, "a", "b")  # queued with size 10, mtime 1
+    ledger = Ledger(store, lease_seconds=60, clock=ManualClock())
+    a, b = ledger.claim_pending(2, max_attempts=3)
+
+    with store.transaction():
+        ledger.mark_done(
+            a.input_id,
+            Finished("C", 1, "a" * 64, 3, False, size=12, mtime_ns=99),
+        )
+        ledger.mark_done(b.input_id, Finished("C", 2, "b" * 64, 1, False))
+
+    rows = store.inputs_by_path(["/in/a", "/in/b"])
+    assert (rows["/in/a"].size, rows["/in/a"].mtime_ns) == (12, 99)
+    assert (rows["/in/b"].size, rows["/in/b"].mtime_ns) == (10, 1)  # as queued
+
+
+def test_retry_then_failure_then_requeue(store: Store) -> None:
+    queue(store, "a")
+    clock = ManualClock()
+    ledger = Ledger(store, lease_seconds=60, clock=clock)
+    [claimed] = ledger.claim_pending(1, max_attempts=2)
+
+    assert ledger.mark_failed(claimed.input_id, job="A", error="flaky", retry_in=30)
+    assert ledger.claim_pending(1, max_attempts=2) == []  # not due yet
+    due = ledger.next_due()
+    assert due is not None and (due - clock.now()).total_seconds() == pytest.approx(30)
+    clock.advance(30)
+    [again] = ledger.claim_pending(1, max_attempts=2)
+    assert again.attempts == 2
+    assert ledger.mark_failed(again.input_id, job="A", error="for good")
+
+    assert ledger.run_failures() == [{"input": "/in/a", "job": "A", "error": "for good"}]
+    report = store.status(iso(clock.now()))
+    assert (report["inputs"]["failed"], report["inputs"]["total"]) == (1, 1)
+    assert report["last_errors"][0]["error"] == "for good"
+    with store.transaction():
+        assert store.requeue_failed(iso(clock.now())) == 1
+    assert store.input_state(again.input_id) == ("pending", None)
+
+
+def test_an_expired_lease_on_the_last_attempt_fails_the_input(store: Store) -> None:
+    queue(store, "a")
+    clock = ManualClock()
+    Ledger(store, lease_seconds=60, clock=clock).claim_pending(1, max_attempts=1)
+    clock.advance(61)
+
+    assert Ledger(store, lease_seconds=60, clock=clock).claim_pending(1, max_attempts=1) == []
+    [row] = store.execute("SELECT status, last_error FROM pipeline_inputs").fetchall()
+    assert row[0] == "failed"
+    assert "lease expired" in row[1]
+
+
+def test_register_found_files_and_renew_and_release(store: Store) -> None:
+    clock = ManualClock()
+    ledger = Ledger(store, lease_seconds=60, clock=clock)
+    claim = Claim(
+        ledger.token, ledger.run_id, iso(clock.now()), iso(clock.now()), "A", "C", ledger.owner
+    )
+    with store.transaction():
+        row = store.register_claimed(
+            path="/in/a", output_path="/out/a.json", size=5, mtime_ns=7, claim=claim
+        )
+    registered = store.inputs_by_path(["/in/a", "/in/missing"])
+    assert list(registered) == ["/in/a"]
+    assert registered["/in/a"].status == "processing"
+    assert registered["/in/a"].owner == ledger.owner
+
+    clock.advance(30)
+    ledger.renew()
+    lease = store.inputs_by_path(["/in/a"])["/in/a"].lease_expires_at
+    assert lease is not None and lease > iso(clock.now())
+    assert ledger.release() == 1
+    assert store.input_state(row.input_id) == ("pending", None)
+
+
+def test_the_owners_of_live_claims_and_the_end_of_their_leases(store: Store) -> None:
+    clock = ManualClock()
+    me = this_process()
+    others = [replace(me, pid=me.pid + 1), replace(me, host="elsewhere")]
+    for number, owner in enumerate(others):
+        ledger = Ledger(store, lease_seconds=60, clock=clock, owner=owner)
+        claim = Claim(ledger.token, ledger.run_id, iso_in(clock, 60), iso(clock.now()), "A", "C",
+                      owner)
+        with store.transaction():
+            store.register_claimed(path=f"/in/{number}", output_path=f"/out/{number}", size=1,
+                                   mtime_ns=1, claim=claim)
+
+    now = iso(clock.now())
+    assert store.live_owners(me.host, me.namespace, now) == [others[0]]
+    assert store.live_owners("elsewhere", me.namespace, now) == [others[1]]
+    with store.transaction():
+        assert store.expire_claims_of(others[0], now) == 1
+    assert store.inputs_by_path(["/in/0"])["/in/0"].lease_expires_at == now
+    clock.advance(1)
+    assert store.live_owners(me.host, me.namespace, iso(clock.now())) == []
+
+
+def test_claims_are_given_back_after_an_interrupt_left_a_transaction_open(store: Store) -> None:
+    """A Ctrl-C can land between a transaction's BEGIN and Peewee's record of it; giving the
+    claims back must still work (it failed with "cannot start a transaction within a
+    transaction", leaving the claims for their lease)."""
+    clock = ManualClock()
+    ledger = Ledger(store, lease_seconds=60, clock=clock)
+    with store.transaction():
+        claim = Claim(ledger.token, ledger.run_id, iso_in(clock, 60), iso(clock.now()), "A",
+                      "C", ledger.owner)
+        store.register_claimed(path="/in/a", output_path="/out/a", size=1, mtime_ns=1,
+                               claim=claim)
+    store.db.connection().execute("BEGIN")  # begun, and the interrupt came before the rest
+    store.register_claimed(path="/in/b", output_path="/out/b", size=1, mtime_ns=1, claim=claim)
+
+    assert ledger.release() == 1  # /in/b's claim never committed
+    assert store.input_state(1) == ("pending", None)
+    assert store.inputs_by_path(["/in/b"]) == {}
