@@ -35,6 +35,14 @@ class JobD(BaseJob):
 
 pipeline = default_pipeline().add_job("D", JobD)
 not_a_pipeline = 42
+
+# The same jobs under names of the user's own: nothing may depend on "A", "B" or "C".
+from prefect_pipeline.jobs import JobA, JobB, JobC
+from prefect_pipeline.pipeline import PipelineDefinition
+
+renamed = (
+    PipelineDefinition().add_job("read", JobA).add_job("store", JobB).add_job("seal", JobC)
+)
 '''
 
 
@@ -105,3 +113,53 @@ def test_bad_definition_is_a_usage_error(  # type: ignore[no-untyped-def]
     result = cli_runner(*_base(config), "--definition", reference, "list-jobs")
     assert result.exit_code == 2
     assert message in result.stderr
+
+
+def test_a_definition_with_jobs_of_other_names_runs_everywhere(  # type: ignore[no-untyped-def]
+    cli_runner, config, user_module, sample_file, tmp_path
+):
+    """Runs over many inputs decide from what jobs take, never from their names: a
+    definition whose writing job is not called "B" works from the CLI and the API."""
+    definition = ["--definition", f"{user_module}:renamed"]
+    single = cli_runner(*_base(config), *definition, "run", sample_file, "--stop-after", "store")
+    assert single.exit_code == 0, single.output
+    assert single.stdout.startswith("read: 3 record(s) -> ")
+
+    parallel = cli_runner(
+        *_base(config), *definition, "run-parallel", sample_file.parent, "--workers", "0",
+        "--json", "--force",
+    )
+    assert parallel.exit_code == 0, parallel.output
+    assert json.loads(parallel.stdout)["records"] == 3
+
+    from_documents = cli_runner(
+        *_base(config), *definition, "run-parallel", config.output_dir, "--start-from",
+        "store", "--workers", "0", "--json", "--force",
+    )
+    assert from_documents.exit_code == 0, from_documents.output
+    assert json.loads(from_documents.stdout)["succeeded"] >= 1
+
+    batches = cli_runner(
+        *_base(config), *definition, "run-parallel", sample_file.parent, "--start-from", "seal"
+    )
+    assert batches.exit_code == 2
+    assert "job seal takes batch ids, not files" in batches.stderr
+
+    second = tmp_path / "second.txt"
+    second.write_text("x\ny\n")
+    assert cli_runner(*_base(config), "enqueue", second).exit_code == 0
+    drained = cli_runner(*_base(config), *definition, "drain-db", "--workers", "0", "--json")
+    assert drained.exit_code == 0, drained.output
+    rows = query(config.db_path, "SELECT status, start_job, stop_job FROM pipeline_inputs"
+                 " WHERE path = ?", (str(second),))
+    assert [tuple(r) for r in rows] == [("done", "read", "seal")]
+
+    from prefect_pipeline.pipeline import PipelineRunner
+
+    module = __import__(user_module)
+    with PipelineRunner(config=config, definition=module.renamed) as runner:
+        result = runner.run(sample_file, force=True)
+        assert result.success, result.error
+        assert result.jobs_run == ["read", "store", "seal"]
+        summary = runner.run_parallel(sample_file.parent, workers=0, force=True)
+        assert (summary.succeeded, summary.failed) == (1, 0)

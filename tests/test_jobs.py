@@ -17,10 +17,9 @@ from typing import Any
 import pytest
 
 from prefect_pipeline.config import PipelineConfig
-from prefect_pipeline.database.connection import get_database
 from prefect_pipeline.jobs import BaseJob, JobA, JobB, JobC, JobResult, Outcome
 from prefect_pipeline.jobs.job_a import write_json_atomically
-from tests.conftest import db_counts, files_under, query
+from tests.conftest import db_counts, files_under, query, sqlite_store
 
 NOTHING = {"pipeline_inputs": 0, "processing_batches": 0, "processed_records": 0}
 
@@ -389,15 +388,73 @@ def test_b_is_idempotent(config: PipelineConfig, sample_file: Path) -> None:
     assert [tuple(r) for r in after] == [tuple(r) for r in before]
 
 
-def test_b_keeps_a_batch_per_content(config: PipelineConfig, sample_file: Path) -> None:
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_b_a_changed_file_replaces_its_earlier_batch(
+    config: PipelineConfig, sample_file: Path, tmp_path: Path, streamed: bool
+) -> None:
+    if streamed:
+        config = config.model_copy(update={"stream_threshold": 0, "chunk_bytes": 8})
     first = run_b(config, run_a(config, sample_file)).output
+    assert JobC(config).execute(first).success  # finalized: replaced all the same
+    other = run_b(config, run_a(config, write(tmp_path / "other.txt", b"o\n"))).output
     sample_file.write_text("changed\n")
 
-    second = run_b(config, run_a(config, sample_file)).output
+    result = run_b(config, run_a(config, sample_file))
 
-    assert second != first
-    assert db_counts(config.db_path)["processing_batches"] == 2
-    assert db_counts(config.db_path)["processed_records"] == 4
+    second = result.output
+    assert second not in (first, other)
+    assert result.note == "replaced 1 earlier batch(es) of this file"
+    assert result.details["replaced_batches"] == 1
+    batches = query(config.db_path, "SELECT id, source_path, sha256 FROM processing_batches")
+    assert sorted(b["id"] for b in batches) == sorted([other, second])
+    records = query(
+        config.db_path, "SELECT batch_id, line_number, content FROM processed_records ORDER BY id"
+    )
+    assert [tuple(r) for r in records] == [(other, 1, "o"), (second, 1, "changed")]
+
+
+def test_b_replacing_an_earlier_batch_is_one_transaction(
+    config: PipelineConfig, sample_file: Path
+) -> None:
+    first = run_b(config, run_a(config, sample_file)).output
+    before = [tuple(r) for r in query(config.db_path, "SELECT * FROM processed_records")]
+    sample_file.write_text("changed\n")
+
+    # The new content's records cannot be stored: the earlier batch must stay.
+    result = JobB(config).execute(_unstorable(run_a(config, sample_file)))
+
+    assert (result.success, result.error_kind) == (False, "unexpected")
+    assert [b["id"] for b in query(config.db_path, "SELECT id FROM processing_batches")] == [first]
+    assert [tuple(r) for r in query(config.db_path, "SELECT * FROM processed_records")] == before
+
+
+def test_b_storing_content_again_drops_the_batches_of_other_contents(
+    config: PipelineConfig, sample_file: Path
+) -> None:
+    # A database written before this rule (or by hand) may hold several contents of a path;
+    # whichever content is current when the path is stored again is the one kept.
+    doc = run_a(config, sample_file)
+    kept = run_b(config, doc).output
+    store = sqlite_store(config.db_path)
+    with store.transaction():
+        stale = store.insert_batch(
+            source_path=doc["source_path"],
+            sha256="f" * 64,
+            record_count=1,
+            created_at="2020-01-01T00:00:00.000000+00:00",
+            output_path=None,
+        )
+        store.insert_records(stale, '[{"index": 0, "line_number": 1, "content": "old"}]')
+
+    result = run_b(config, doc)
+
+    assert result.output == kept
+    assert result.note == (
+        f"already stored as batch {kept}; replaced 1 earlier batch(es) of this file"
+    )
+    assert result.details["records_written"] == 0
+    assert [b["id"] for b in query(config.db_path, "SELECT id FROM processing_batches")] == [kept]
+    assert db_counts(config.db_path)["processed_records"] == 3
 
 
 def test_b_force_replaces_the_batch(
@@ -482,9 +539,7 @@ def test_in_a_writer_transaction_a_failing_input_rolls_back_alone(
     good = [run_a(config, write(tmp_path / f"{n}.txt", f"{n} 1\n{n} 2\n".encode())) for n in "xy"]
     bad = _unstorable(run_a(config, write(tmp_path / "bad.txt", b"b one\n")))
     job = JobB(config)
-    db = get_database(config.db_path)
-
-    with db.atomic("IMMEDIATE"):
+    with sqlite_store(config.db_path).transaction():
         results = [job.execute(doc) for doc in (good[0], bad, good[1])]
 
     assert [r.success for r in results] == [True, False, True]

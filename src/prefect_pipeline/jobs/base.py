@@ -1,27 +1,91 @@
-"""``BaseJob``: the template every job follows (validate -> run -> ``JobResult``)."""
+"""``BaseJob``: the template every job follows (validate -> run -> ``JobResult``), and the
+vocabulary jobs use to say what they take and produce."""
 
 from __future__ import annotations
 
 import time
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-from peewee import SqliteDatabase
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from prefect_pipeline.config import PipelineConfig
-from prefect_pipeline.database.connection import get_database
-from prefect_pipeline.exceptions import InputValidationError
+from prefect_pipeline.exceptions import (
+    ClaimLostError,
+    DatabaseUnavailable,
+    InputValidationError,
+)
 from prefect_pipeline.logs import get_logger
+
+if TYPE_CHECKING:
+    from peewee import Database
+
+    from prefect_pipeline.database.store import Store
 
 logger = get_logger("jobs")
 
 #: error_kind values
 INPUT_ERROR = "input"
 UNEXPECTED_ERROR = "unexpected"
+CLAIM_LOST = "claim-lost"
+
+
+class Kind(StrEnum):
+    """What a job takes or produces. Runs over many inputs decide from it, never from a
+    job's name: which job can start a run over files, what the first job is handed, and
+    which files a folder run picks by default."""
+
+    #: The path of an input file. The first job of a folder run that takes files is told
+    #: where its output goes: ``{"path": ..., "output_path": ...}``.
+    FILE = "file"
+    #: A processed document (job A's output), or the path of its JSON file.
+    DOCUMENT = "document"
+    #: The id of a stored batch.
+    BATCH = "batch"
+    #: Whatever the previous job produced.
+    ANY = "any"
+
+    @property
+    def from_path(self) -> bool:
+        """Whether a file path found on disk (or queued) can be this kind of input."""
+        return self is not Kind.BATCH
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What jobs learned about an input that the ledger records once its chain is done.
+
+    Any job may report any of them; a later job's value wins over an earlier one's.
+    """
+
+    sha256: str | None = None
+    batch_id: int | None = None
+    records_written: int | None = None
+    #: The content was already stored: nothing was written.
+    unchanged: bool | None = None
+    #: The size and modification time of the version of the input file that was read (it
+    #: may have changed since it was found): what the next run compares to skip it.
+    size: int | None = None
+    mtime_ns: int | None = None
+
+    def merge(self, newer: Facts | None) -> Facts:
+        if newer is None:
+            return self
+        return Facts(
+            sha256=newer.sha256 if newer.sha256 is not None else self.sha256,
+            batch_id=newer.batch_id if newer.batch_id is not None else self.batch_id,
+            records_written=(
+                newer.records_written if newer.records_written is not None else self.records_written
+            ),
+            unchanged=newer.unchanged if newer.unchanged is not None else self.unchanged,
+            size=newer.size if newer.size is not None else self.size,
+            mtime_ns=newer.mtime_ns if newer.mtime_ns is not None else self.mtime_ns,
+        )
+
+
+NO_FACTS = Facts()
 
 
 @dataclass
@@ -30,7 +94,10 @@ class Outcome:
 
     output: Any
     note: str | None = None
+    #: Free-form figures for people and ``--json`` (e.g. the records written).
     details: dict[str, Any] = field(default_factory=dict)
+    #: What the ledger should record of the input (see ``Facts``).
+    facts: Facts | None = None
 
 
 @dataclass
@@ -41,40 +108,64 @@ class JobResult:
     success: bool
     output: Any = None
     error: str | None = None
-    #: ``"input"`` (bad input, retrying will not help) or ``"unexpected"`` (a bug, an I/O
-    #: error, a lost claim...). None on success.
+    #: ``"input"`` (bad input, retrying will not help), ``"unexpected"`` (a bug, an I/O
+    #: error...) or ``"claim-lost"`` (another command took the input). None on success.
     error_kind: str | None = None
     duration: float = 0.0
     note: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    facts: Facts | None = None
+    #: One line saying what the job did, for people (``BaseJob.describe``).
+    summary: str = ""
     #: The formatted traceback of an unexpected error (input errors have none).
     traceback: str | None = None
 
 
+#: Called inside the job's transaction when it succeeds (the ledger's status change).
 CommitHook = Callable[[Outcome], None]
 
 
 class BaseJob(ABC):
     """A job: ``validate_input()`` checks and normalizes, ``single_job()`` does the work.
 
-    Subclasses set ``name`` and, if they write to the database, ``uses_database = True``:
-    such jobs run inside one ``IMMEDIATE`` transaction (a savepoint when the caller already
-    holds one), so their writes commit whole or not at all, together with the caller's
-    ``on_commit`` hook (the input ledger's status change).
+    Subclasses set ``name``, say what they take and produce (``Kind``), and, if they write
+    to the database, ``uses_database = True``: such jobs run inside a write transaction (a
+    savepoint when the caller already holds one), so their writes commit whole or not at
+    all, together with the caller's ``on_commit`` hook (the input ledger's status change).
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     uses_database: ClassVar[bool] = False
+    takes: ClassVar[Kind] = Kind.ANY
+    produces: ClassVar[Kind] = Kind.ANY
+    #: File names a folder run picks when this job comes first and no pattern is given.
+    input_pattern: ClassVar[str] = "*"
 
     def __init__(self, config: PipelineConfig, *, force: bool = False) -> None:
         self.config = config
         self.force = force
+        #: The name this job has in its pipeline (a definition may name a class's job
+        #: otherwise; ``JobSpec.make`` sets it).
+        self.job_name = self.name
+        self._store: Store | None = None
 
     @property
-    def db(self) -> SqliteDatabase:
-        """The database of ``config.db_path``, opened in this process on first use."""
-        return get_database(self.config.db_path, self.config.db_timeout)
+    def store(self) -> Store:
+        """The configured database's store, opened in this process on first use."""
+        if self._store is None:
+            # Imported here: a job that never touches the database (or a run refused
+            # before it starts) does not load Peewee and its drivers.
+            from prefect_pipeline.database.backends import open_store
+
+            self._store = open_store(self.config.database, timeout=self.config.db_timeout)
+        return self._store
+
+    @property
+    def db(self) -> Database:
+        """The store's Peewee database, for a job of your own that queries through Peewee
+        (``with self.store.bind_models(): ...``) or runs SQL on ``db.connection()``."""
+        return self.store.db
 
     @abstractmethod
     def validate_input(self, input_data: Any) -> Any:
@@ -84,13 +175,27 @@ class BaseJob(ABC):
     def single_job(self, validated: Any) -> Any:
         """Do the work on validated input; return the output (or an ``Outcome``)."""
 
+    def check(self, input_data: Any) -> JobResult | None:
+        """The failed result of ``validate_input`` on ``input_data`` (None when it passes):
+        a run can be refused before anything starts."""
+        started = time.perf_counter()
+        try:
+            self.validate_input(input_data)
+        except InputValidationError as exc:
+            return self._failed(str(exc), INPUT_ERROR, started)
+        return None
+
+    def describe(self, outcome: Outcome) -> str:
+        """One line for people saying what the job did (the CLI prints it)."""
+        return f"output {str(outcome.output)[:80]}"
+
     def execute(self, input_data: Any, *, on_commit: CommitHook | None = None) -> JobResult:
         """Validate, run and wrap the outcome in a ``JobResult``; never raises for an input."""
         started = time.perf_counter()
         try:
             validated = self.validate_input(input_data)
             if self.uses_database:
-                with _atomic(self.db):
+                with self.store.transaction():
                     outcome = _as_outcome(self.single_job(validated))
                     if on_commit is not None:
                         on_commit(outcome)
@@ -99,56 +204,40 @@ class BaseJob(ABC):
                 if on_commit is not None:
                     on_commit(outcome)
         except InputValidationError as exc:
-            logger.debug("job %s: %s", self.name, exc)
-            return JobResult(
-                self.name,
-                False,
-                error=str(exc),
-                error_kind=INPUT_ERROR,
-                duration=time.perf_counter() - started,
-            )
+            logger.debug("job %s: %s", self.job_name, exc)
+            return self._failed(str(exc), INPUT_ERROR, started)
+        except DatabaseUnavailable:
+            # Not the input's fault: the run cannot go on (the command says why, once).
+            raise
+        except ClaimLostError as exc:
+            # Not a bug: the input's lease ran out and another command has it now.
+            return self._failed(f"{_describe(input_data)}: {exc}", CLAIM_LOST, started)
         except Exception as exc:  # a bug or an environment failure: keep the traceback
-            logger.exception("job %s failed on %s", self.name, _describe(input_data))
-            return JobResult(
-                self.name,
-                False,
-                error=f"{_describe(input_data)}: {type(exc).__name__}: {exc}",
-                error_kind=UNEXPECTED_ERROR,
-                duration=time.perf_counter() - started,
-                traceback=traceback.format_exc(),
+            logger.exception("job %s failed on %s", self.job_name, _describe(input_data))
+            result = self._failed(
+                f"{_describe(input_data)}: {type(exc).__name__}: {exc}", UNEXPECTED_ERROR, started
             )
+            result.traceback = traceback.format_exc()
+            return result
         return JobResult(
-            self.name,
+            self.job_name,
             True,
             output=outcome.output,
             duration=time.perf_counter() - started,
             note=outcome.note,
             details=outcome.details,
+            facts=outcome.facts,
+            summary=self.describe(outcome),
         )
 
-
-@contextmanager
-def _atomic(db: SqliteDatabase) -> Iterator[None]:
-    """``db.atomic("IMMEDIATE")``, with a leaner savepoint when a transaction is open.
-
-    The parallel writer runs every job of a group inside one transaction, so each input
-    gets a savepoint; Peewee's (a uuid name, its own bookkeeping) cost more than the job's
-    own statements on small files. SQLite matches a savepoint name to the latest one, so a
-    fixed name nests.
-    """
-    if not db.in_transaction():
-        with db.atomic("IMMEDIATE"):
-            yield
-        return
-    connection = db.connection()
-    connection.execute("SAVEPOINT pipeline_job")
-    try:
-        yield
-    except BaseException:
-        connection.execute("ROLLBACK TO SAVEPOINT pipeline_job")
-        connection.execute("RELEASE SAVEPOINT pipeline_job")
-        raise
-    connection.execute("RELEASE SAVEPOINT pipeline_job")
+    def _failed(self, error: str, kind: str, started: float) -> JobResult:
+        return JobResult(
+            self.job_name,
+            False,
+            error=error,
+            error_kind=kind,
+            duration=time.perf_counter() - started,
+        )
 
 
 def _as_outcome(value: Any) -> Outcome:

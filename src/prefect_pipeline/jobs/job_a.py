@@ -5,111 +5,41 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from prefect_pipeline.exceptions import InputValidationError
-from prefect_pipeline.jobs.base import BaseJob, Outcome
-from prefect_pipeline.validators import decode_text, read_bytes, validate_file_path
+from prefect_pipeline.jobs.base import BaseJob, Facts, Kind, Outcome
+from prefect_pipeline.jobs.document import (
+    OUTPUT_SUFFIX,
+    DocumentWriter,
+    ProcessedDocument,
+    write_json_atomically,
+)
+from prefect_pipeline.jobs.reader import text_blocks
+from prefect_pipeline.validators import decode_text, open_input, validate_file_path
 
-OUTPUT_SUFFIX = "_processed.json"
+__all__ = ["JobA", "split_records", "write_json_atomically"]
 
 
-def split_records(text: str) -> list[dict[str, Any]]:
-    """One record per line whose ``strip()`` is non-empty, split on ``\\r\\n``, ``\\r``, ``\\n``."""
+def split_records(text: str, first_line: int = 1, first_index: int = 0) -> list[dict[str, Any]]:
+    """One record per line whose ``strip()`` is non-empty, split on ``\\r\\n``, ``\\r``, ``\\n``.
+
+    ``first_line`` and ``first_index`` number a block of a file's lines that does not start
+    at its beginning (``reader.text_blocks``).
+    """
     # str.splitlines() also splits on \x0b, \x0c, \x1c-\x1e, \x85, \u2028 and \u2029;
     # the contract is universal newlines only.
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     records: list[dict[str, Any]] = []
-    for number, line in enumerate(lines, start=1):
+    index = first_index
+    for number, line in enumerate(lines, start=first_line):
         content = line.strip()
         if content:
-            records.append({"index": len(records), "line_number": number, "content": content})
+            records.append({"index": index, "line_number": number, "content": content})
+            index += 1
     return records
-
-
-class ProcessedDocument(Mapping[str, Any]):
-    """A document made by job A: ``source_path``, ``sha256``, ``record_count``, ``records``
-    and ``output_path``, read-only.
-
-    It holds the JSON text that job A wrote to its file rather than the records as Python
-    objects, and parses ``records`` from it only if someone asks. That text is what crosses
-    from a Dask worker to the writer (one string pickles in microseconds, thousands of small
-    dicts do not, and take several times the memory) and what job B hands to SQLite, which
-    reads the records out of it in one statement. Job B trusts its shape instead of checking
-    every record again (a dict from anywhere else is checked). ``dict(doc)`` gives a plain
-    dict.
-    """
-
-    __slots__ = ("_fields", "_records", "text")
-
-    def __init__(
-        self,
-        text: str,
-        *,
-        source_path: str,
-        sha256: str,
-        record_count: int,
-        output_path: str | None = None,
-    ) -> None:
-        #: The document as JSON: exactly what job A wrote to ``output_path``.
-        self.text = text
-        self._fields: dict[str, Any] = {
-            "source_path": source_path,
-            "sha256": sha256,
-            "record_count": record_count,
-        }
-        if output_path is not None:
-            self._fields["output_path"] = output_path
-        self._records: list[dict[str, Any]] | None = None
-
-    def __getitem__(self, key: str) -> Any:
-        if key == "records":
-            if self._records is None:
-                self._records = json.loads(self.text)["records"]
-            return self._records
-        return self._fields[key]
-
-    def __iter__(self) -> Iterator[str]:
-        yield from ("source_path", "sha256", "record_count", "records")
-        if "output_path" in self._fields:
-            yield "output_path"
-
-    def __len__(self) -> int:
-        return len(self._fields) + 1
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # The text and the small fields only: parsed records stay behind.
-        return (_restore_document, (self.text, self._fields))
-
-    def __repr__(self) -> str:
-        return (
-            f"ProcessedDocument(source_path={self._fields['source_path']!r}, "
-            f"record_count={self._fields['record_count']})"
-        )
-
-
-def _restore_document(text: str, fields: dict[str, Any]) -> ProcessedDocument:
-    return ProcessedDocument(text, **fields)
-
-
-def write_json_atomically(path: Path, document: Mapping[str, Any] | str) -> None:
-    """Write ``document`` (or its JSON text) to ``path`` through a temporary file and a
-    rename, so a reader (or a crash) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # dumps, not dump: json.dump streams through the pure-Python encoder, several times
-    # slower than the C one that dumps uses.
-    text = document if isinstance(document, str) else json.dumps(document, ensure_ascii=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class JobA(BaseJob):
@@ -118,10 +48,16 @@ class JobA(BaseJob):
     Input: a path, or ``{"path": ..., "output_path": ...}`` to choose where the JSON goes.
     Output: the document as a read-only mapping (``ProcessedDocument``: ``source_path``,
     ``sha256``, ``record_count``, ``records``, ``output_path``); job B accepts it as it is.
+
+    A file up to ``config.stream_threshold`` bytes is read and written whole; a larger one
+    in chunks of ``config.chunk_bytes``, its document then carrying no records (job B reads
+    them from the JSON file). Both give the same JSON file, byte for byte.
     """
 
     name = "A"
     description = "Read a text file, split it into records, write them as JSON"
+    takes = Kind.FILE
+    produces = Kind.DOCUMENT
 
     def validate_input(self, input_data: Any) -> tuple[Path, Path]:
         if isinstance(input_data, Mapping):
@@ -141,10 +77,39 @@ class JobA(BaseJob):
 
     def single_job(self, validated: tuple[Path, Path]) -> Outcome:
         path, output_path = validated
-        data = read_bytes(path)
+        source_path = str(path.resolve())
+        with open_input(path) as handle:
+            # The version read: a change after this moment changes the size or mtime that
+            # the next run compares, so it is never taken for this one.
+            version = os.fstat(handle.fileno())
+            # A file no larger than the line limit cannot hold a line above it.
+            whole = min(self.config.stream_threshold, self.config.max_line_bytes)
+            # read(n) allocates n bytes before it reads: ask for the size, not the threshold.
+            data = handle.read(version.st_size + 1) if version.st_size <= whole else b""
+            if version.st_size <= whole and len(data) <= version.st_size:
+                document = self._whole(path, data, source_path, output_path)
+            else:  # large, or it grew since fstat (a log being written): read it in chunks
+                handle.seek(0)
+                del data
+                document = self._streamed(path, handle, source_path, output_path)
+        count = document["record_count"]
+        sha256 = document["sha256"]
+        return Outcome(
+            document,
+            details={
+                "output_path": str(output_path),
+                "record_count": count,
+                "sha256": sha256,
+                "streamed": document.text is None,
+            },
+            facts=Facts(sha256=sha256, size=version.st_size, mtime_ns=version.st_mtime_ns),
+        )
+
+    def _whole(
+        self, path: Path, data: bytes, source_path: str, output_path: Path
+    ) -> ProcessedDocument:
         records = split_records(decode_text(path, data))
         count = len(records)
-        source_path = str(path.resolve())
         sha256 = hashlib.sha256(data).hexdigest()
         text = json.dumps(
             {
@@ -157,18 +122,37 @@ class JobA(BaseJob):
         )
         del records  # from here on the text is the document: see ProcessedDocument
         write_json_atomically(output_path, text)
-        document = ProcessedDocument(
+        return ProcessedDocument(
             text,
             source_path=source_path,
             sha256=sha256,
             record_count=count,
             output_path=str(output_path),
         )
-        return Outcome(
-            document,
-            details={
-                "output_path": str(output_path),
-                "record_count": count,
-                "sha256": sha256,
-            },
+
+    def _streamed(
+        self, path: Path, handle: BinaryIO, source_path: str, output_path: Path
+    ) -> ProcessedDocument:
+        digest = hashlib.sha256()
+        with DocumentWriter(output_path) as writer:
+            for text, first_line in text_blocks(
+                handle,
+                path,
+                chunk_bytes=self.config.chunk_bytes,
+                max_line_bytes=self.config.max_line_bytes,
+                digest=digest,
+            ):
+                writer.add(split_records(text, first_line, writer.count))
+            sha256 = digest.hexdigest()
+            writer.finish(source_path, sha256)
+        return ProcessedDocument(
+            None,
+            source_path=source_path,
+            sha256=sha256,
+            record_count=writer.count,
+            output_path=str(output_path),
         )
+
+    def describe(self, outcome: Outcome) -> str:
+        details = outcome.details
+        return f"{details['record_count']} record(s) -> {details['output_path']}"

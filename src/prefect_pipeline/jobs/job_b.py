@@ -1,117 +1,244 @@
-"""Job B: store a document's records in SQLite, idempotently."""
+"""Job B: store a document's records in the database, idempotently."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-from prefect_pipeline.database.models import PENDING, utcnow
+from prefect_pipeline.clock import SYSTEM_CLOCK, iso
 from prefect_pipeline.exceptions import InputValidationError
-from prefect_pipeline.jobs.base import BaseJob, Outcome
-from prefect_pipeline.jobs.job_a import ProcessedDocument
+from prefect_pipeline.jobs.base import BaseJob, Facts, Kind, Outcome
+from prefect_pipeline.jobs.document import (
+    OUTPUT_SUFFIX,
+    DocumentReader,
+    NotInLayout,
+    ProcessedDocument,
+)
 from prefect_pipeline.validators import (
     decode_text,
-    read_bytes,
+    format_bytes,
+    open_input,
     validate_document,
     validate_file_path,
 )
 
-# The writer runs these once per input, tens of thousands of times in a large run. They are
-# prepared SQL on Peewee's connection rather than Peewee query objects, whose SQL is built
-# in Python for every call (about 0.3 ms each: most of the writer's time on small files).
-_FIND_BATCH = "SELECT id, status FROM processing_batches WHERE source_path = ? AND sha256 = ?"
-_DELETE_BATCH = "DELETE FROM processing_batches WHERE id = ?"
-_INSERT_BATCH = (
-    "INSERT INTO processing_batches (source_path, sha256, record_count, status, created_at,"
-    " output_path) VALUES (?, ?, ?, ?, ?, ?)"
-)
-# The records are read by SQLite out of the document's JSON text, in one statement. Not
-# executemany: the sqlite3 module lets go of the GIL for every row, and in the writer's
-# process other threads (Dask's client, Prefect's event workers) are busy receiving results,
-# so each row waited for its turn; measured with one busy thread beside it, 100 documents
-# took 54 s through executemany and 0.7 s through json_each (0.9 s each when alone).
-_INSERT_RECORDS = (
-    "INSERT INTO processed_records (batch_id, record_index, line_number, content, status)"
-    " SELECT ?, json_extract(value, '$.index'), json_extract(value, '$.line_number'),"
-    " json_extract(value, '$.content'), 'pending' FROM json_each(?, ?)"
-)
+
+@dataclass(frozen=True)
+class StoredInput:
+    """What job B stores, wherever it came from: the batch's fields and where its records
+    are (a JSON text, or a JSON file in job A's layout to read in chunks)."""
+
+    source_path: str
+    sha256: str
+    record_count: int
+    output_path: str | None
+    #: A JSON text holding the records at ``json_path``.
+    text: str | None = None
+    json_path: str = "$"
+    #: Or a JSON file in job A's layout, whose first bytes must be ``header``.
+    file: str | None = None
+    header: bytes = b""
+    #: Check each record's layout as it is read (a file not made in this run).
+    check_layout: bool = False
+    #: The JSON file read, when the input was one: its size and mtime, for the ledger.
+    size: int | None = None
+    mtime_ns: int | None = None
 
 
 class JobB(BaseJob):
     """JSON (a path or the same structure as a dict) -> one batch row and its record rows.
 
-    ``(source_path, sha256)`` is unique: content that is already stored returns the
-    existing batch and writes nothing, unless ``force`` replaces it. Output: the batch id.
+    One batch per path: storing the current content of a ``source_path`` replaces the
+    batches of its earlier contents, in the same transaction. ``(source_path, sha256)`` is
+    unique: content that is already stored returns the existing batch and writes nothing,
+    unless ``force`` replaces it. Output: the batch id.
+
+    Records go to the database in one statement for a small document, and a chunk at a
+    time for a large one (read from its JSON file), always in one transaction: all the
+    rows of an input or none.
     """
 
     name = "B"
-    description = "Write the records to SQLite (one batch per input)"
+    description = "Write the records to the database (one batch per input)"
     uses_database = True
+    takes = Kind.DOCUMENT
+    produces = Kind.BATCH
+    input_pattern = f"*{OUTPUT_SUFFIX}"
 
-    def validate_input(self, input_data: Any) -> tuple[Mapping[str, Any], str | None]:
+    def validate_input(self, input_data: Any) -> StoredInput:
         if isinstance(input_data, ProcessedDocument):
             # Made by job A in this pipeline: its shape holds by construction.
-            return input_data, input_data.get("output_path")
+            output_path = input_data.get("output_path")
+            if input_data.text is not None:
+                return StoredInput(
+                    input_data["source_path"],
+                    input_data["sha256"],
+                    input_data["record_count"],
+                    output_path,
+                    text=input_data.text,
+                    json_path="$.records",
+                )
+            return StoredInput(
+                input_data["source_path"],
+                input_data["sha256"],
+                input_data["record_count"],
+                output_path,
+                file=output_path,
+                header=input_data.header(),
+            )
         if isinstance(input_data, Mapping):
             doc = validate_document("<document>", input_data)
-            return doc, doc.get("output_path")
-        path = validate_file_path(input_data)
-        # Decoded like job A's inputs (BOM, NUL bytes, offsets), not by json's own guessing.
-        text = decode_text(path, read_bytes(path))
+            return _from_dict(doc, doc.get("output_path"))
+        return self._from_file(validate_file_path(input_data))
+
+    def _from_file(self, path: Path) -> StoredInput:
+        with open_input(path) as handle:
+            version = os.fstat(handle.fileno())
+            if version.st_size > self.config.stream_threshold:
+                reader = DocumentReader(
+                    handle,
+                    path,
+                    chunk_bytes=self.config.chunk_bytes,
+                    max_record_bytes=_max_record_bytes(self.config.max_line_bytes),
+                )
+                try:
+                    source_path, sha256, count = reader.read_header()
+                except NotInLayout:
+                    if version.st_size > self.config.max_line_bytes:
+                        raise InputValidationError(
+                            path,
+                            "not in the layout job A writes, and larger than "
+                            f"{format_bytes(self.config.max_line_bytes)} (--max-line-bytes) "
+                            "to be read whole",
+                        ) from None
+                else:
+                    return StoredInput(
+                        source_path,
+                        sha256,
+                        count,
+                        str(path),
+                        file=str(path),
+                        header=reader.header,
+                        check_layout=True,
+                        size=version.st_size,
+                        mtime_ns=version.st_mtime_ns,
+                    )
+                handle.seek(0)
+            # Decoded like job A's inputs (BOM, NUL bytes, offsets), not by json's guessing.
+            text = decode_text(path, handle.read())
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputValidationError(
                 path, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
             ) from None
-        return validate_document(path, doc), str(path)
+        stored = _from_dict(validate_document(path, doc), str(path))
+        return replace(stored, size=version.st_size, mtime_ns=version.st_mtime_ns)
 
-    def single_job(self, validated: tuple[Mapping[str, Any], str | None]) -> Outcome:
-        doc, output_path = validated
-        connection = self.db.connection()
-        existing = connection.execute(_FIND_BATCH, (doc["source_path"], doc["sha256"])).fetchone()
+    def single_job(self, validated: StoredInput) -> Outcome:
+        stored = validated
+        store = self.store
+        sha256 = stored.sha256
+        existing = store.find_batch(stored.source_path, sha256)
+        # The current content of a path replaces its earlier contents' batches (records go
+        # by ON DELETE CASCADE); --force replaces this content's batch too.
+        replaced = store.delete_batches_of(
+            stored.source_path, keep_sha256=None if self.force else sha256
+        )
+        version = Facts(size=stored.size, mtime_ns=stored.mtime_ns)
         if existing is not None and not self.force:
             batch_id, status = existing
             return Outcome(
                 batch_id,
-                note=f"already stored as batch {batch_id}; nothing written",
+                note=f"already stored as batch {batch_id}; "
+                + (_replaced(replaced) if replaced else "nothing written"),
                 details={
                     "batch_id": batch_id,
                     "records_written": 0,
                     "unchanged": True,
-                    "sha256": doc["sha256"],
+                    "sha256": sha256,
                     "batch_status": status,
+                    "replaced_batches": replaced,
                 },
+                facts=version.merge(
+                    Facts(sha256=sha256, batch_id=batch_id, records_written=0, unchanged=True)
+                ),
             )
-        if existing is not None:
-            # --force: replace in this same transaction (records go by ON DELETE CASCADE).
-            connection.execute(_DELETE_BATCH, (existing[0],))
-        cursor = connection.execute(
-            _INSERT_BATCH,
-            (
-                doc["source_path"],
-                doc["sha256"],
-                doc["record_count"],
-                PENDING,
-                utcnow(),
-                output_path,
-            ),
+        batch_id = store.insert_batch(
+            source_path=stored.source_path,
+            sha256=sha256,
+            record_count=stored.record_count,
+            created_at=iso(SYSTEM_CLOCK.now()),
+            output_path=stored.output_path,
         )
-        batch_id = cursor.lastrowid
-        if isinstance(doc, ProcessedDocument):
-            text, where = doc.text, "$.records"  # the very text job A wrote
-        else:  # checked by validate_document: serialize the records as they were checked
-            text, where = json.dumps(doc["records"], ensure_ascii=False), "$"
-        connection.execute(_INSERT_RECORDS, (batch_id, text, where))
+        if stored.file is None:
+            assert stored.text is not None
+            store.insert_records(batch_id, stored.text, stored.json_path)
+        else:
+            self._insert_from_file(batch_id, stored)
+        count = stored.record_count
+        note = None
+        if existing is not None:
+            note = "replaced the stored batch"
+        elif replaced:
+            note = _replaced(replaced)
         return Outcome(
             batch_id,
-            note="replaced the stored batch" if existing is not None else None,
+            note=note,
             details={
                 "batch_id": batch_id,
-                "records_written": doc["record_count"],
-                "sha256": doc["sha256"],
+                "records_written": count,
+                "sha256": sha256,
                 "unchanged": False,
-                "batch_status": PENDING,
+                "batch_status": "pending",
+                "replaced_batches": replaced,
             },
+            facts=version.merge(
+                Facts(sha256=sha256, batch_id=batch_id, records_written=count, unchanged=False)
+            ),
         )
+
+    def _insert_from_file(self, batch_id: int, stored: StoredInput) -> None:
+        """The records of a large document, a chunk at a time (in the caller's transaction:
+        a failure part-way rolls back every chunk)."""
+        assert stored.file is not None
+        path = Path(stored.file)
+        with open_input(path) as handle:
+            reader = DocumentReader(
+                handle,
+                path,
+                chunk_bytes=self.config.chunk_bytes,
+                max_record_bytes=_max_record_bytes(self.config.max_line_bytes),
+            )
+            reader.check_header(stored.header, stored.record_count)
+            for records_json, _count in reader.record_arrays(check_layout=stored.check_layout):
+                self.store.insert_records(batch_id, records_json)
+
+    def describe(self, outcome: Outcome) -> str:
+        details = outcome.details
+        return f"batch {details['batch_id']}, {details['records_written']} record(s) written"
+
+
+def _from_dict(doc: Mapping[str, Any], output_path: str | None) -> StoredInput:
+    # Checked by validate_document: serialize the records as they were checked.
+    return StoredInput(
+        doc["source_path"],
+        doc["sha256"],
+        doc["record_count"],
+        output_path,
+        text=json.dumps(doc["records"], ensure_ascii=False),
+    )
+
+
+def _max_record_bytes(max_line_bytes: int) -> int:
+    # A record is its line's content, JSON-escaped (at most 6 bytes per byte: \u0000),
+    # and its index and line number.
+    return 6 * max_line_bytes + 256
+
+
+def _replaced(count: int) -> str:
+    return f"replaced {count} earlier batch(es) of this file"

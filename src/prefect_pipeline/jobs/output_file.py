@@ -1,0 +1,168 @@
+"""Output files written whole or not at all, and the debris of writers that died.
+
+A file is written to a temporary file next to its target, ``.<name>.pipeline-<random>.tmp``,
+and renamed over the target when complete, so a reader (or a crash) never sees half a file.
+
+- **Mode.** The temporary file is created with mode 0666 and the process's umask applies,
+  as with ``open(path, "w")``: the output gets the mode any other file written by the same
+  user gets (``tempfile.mkstemp`` would give 0600 whatever the umask).
+- **Liveness.** The writer holds an exclusive ``flock`` on its temporary file from the
+  moment it is created until it has been renamed. The kernel drops the lock when the
+  process dies, however it dies, so "unlocked" means "its writer is gone"; no process id,
+  host name or clock is involved (a shared output folder on NFS gets the same answer on
+  every host whose NFS client maps ``flock`` to a POSIX lock, as Linux's does).
+- **Debris.** The first time a process writes into a folder, it removes the temporary
+  files of dead writers there: names of that shape, unlocked, and either not empty or
+  older than ``EMPTY_GRACE_SECONDS`` (an empty one may belong to a writer that has created
+  it and not yet taken its lock). A run that writes an input's JSON again therefore clears
+  what a killed run left beside it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import BinaryIO
+
+#: An empty, unlocked temporary file younger than this may be one a live writer has just
+#: created and not yet locked: it is left for a later sweep.
+EMPTY_GRACE_SECONDS = 60.0
+
+# Ours: ``.<name>.pipeline-<10 hex digits>.tmp``; and what earlier versions left
+# (``tempfile.mkstemp``: ``.<stem>_processed.json.<8>.tmp``). Nothing else is touched.
+_TEMP_NAME = re.compile(
+    r"\.(?:.+\.pipeline-[0-9a-f]{10}|.+_processed\.json\.[a-z0-9_]{8})\.tmp", re.DOTALL
+)
+
+_random = random.Random()
+
+#: Folders this process has swept (the first write into a folder sweeps it).
+_swept: set[str] = set()
+_SWEPT_MAX = 10_000
+
+
+def temp_name(target: Path) -> str:
+    """A fresh temporary-file name for ``target`` (in its folder)."""
+    # Not secret, only unlikely to be taken (O_EXCL retries if it is): the module's
+    # generator, seeded from the system at start-up, costs no system call per file.
+    return f".{target.name}.pipeline-{_random.getrandbits(40):010x}.tmp"
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is the name of one of the pipeline's temporary files."""
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
+def create_locked(target: Path, *, readable: bool = False) -> tuple[BinaryIO, Path]:
+    """A new, empty temporary file next to ``target``, locked by this process, open for
+    writing (and reading if ``readable``), binary; sweeps the folder first if this process
+    has not yet done so."""
+    folder = target.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    sweep_once(folder)
+    access = os.O_RDWR if readable else os.O_WRONLY
+    for _ in range(100):
+        path = Path(os.path.join(folder, temp_name(target)))
+        try:
+            fd = os.open(path, access | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return os.fdopen(fd, "w+b" if readable else "wb"), path
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+    raise FileExistsError(f"{folder}: no free temporary file name for {target.name}")
+
+
+@contextmanager
+def atomic_output(target: Path) -> Iterator[BinaryIO]:
+    """``with atomic_output(path) as handle: handle.write(...)``: ``path`` appears whole
+    when the block ends, or not at all (its temporary file is removed) if it raises."""
+    handle, tmp = create_locked(target)
+    try:
+        with handle:
+            yield handle
+            handle.flush()
+            # Renamed while still locked: a sweep never sees a complete, unlocked file
+            # under a temporary name.
+            os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def scratch_file(target: Path) -> Iterator[BinaryIO]:
+    """A locked temporary file next to ``target`` for intermediate data, open for writing
+    and reading (binary); removed when the block ends, whatever happens."""
+    handle, tmp = create_locked(target, readable=True)
+    try:
+        with handle:
+            yield handle
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def sweep_once(folder: Path) -> None:
+    """``sweep(folder)`` unless this process has swept it already."""
+    key = os.fspath(folder)
+    if key in _swept:
+        return
+    if len(_swept) >= _SWEPT_MAX:  # a long-lived process writing into very many folders
+        _swept.clear()
+    _swept.add(key)
+    sweep(folder)
+
+
+def sweep(folder: Path, *, now: float | None = None) -> list[Path]:
+    """Remove the temporary files of dead writers in ``folder``; returns what was removed.
+
+    Never raises for what it finds: a file it cannot open or remove is left alone.
+    """
+    now = time.time() if now is None else now
+    removed: list[Path] = []
+    try:
+        entries = [e for e in os.scandir(folder) if is_temp_name(e.name)]
+    except OSError:
+        return removed
+    for entry in entries:
+        path = Path(entry.path)
+        if _remove_if_dead(path, now):
+            removed.append(path)
+    return removed
+
+
+def _remove_if_dead(path: Path, now: float) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False  # gone (renamed by its writer), a symlink, unreadable...
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # its writer is alive
+        st = os.fstat(fd)
+        if st.st_size == 0 and now - st.st_mtime < EMPTY_GRACE_SECONDS:
+            return False
+        with suppress(OSError):
+            if os.stat(path, follow_symlinks=False).st_ino == st.st_ino:
+                os.unlink(path)
+                return True
+        return False
+    finally:
+        os.close(fd)
+
+
+def forget_swept() -> None:
+    """Forget which folders were swept (tests; a process that wants to sweep again)."""
+    _swept.clear()
