@@ -61,7 +61,8 @@ class Buggy(BaseJob):
 
 class FlakyStart(BaseJob):
     """Its construction (in the task, outside ``execute``) fails the first time: the task
-    itself raises, which is what Prefect retries."""
+    itself raises. Prefect does not retry it: the one retry mechanism is the ledger's, per
+    input (``drain-db --max-attempts``)."""
 
     name = "F"
     constructed: ClassVar[int] = 0
@@ -105,7 +106,8 @@ def task_runs_of(flow_run_id: UUID, expected: int, timeout: float = 30.0) -> lis
 
 
 def job_of(task_run: TaskRun) -> str:
-    return task_run.name.rsplit("-", 1)[0]
+    """``job-A`` of a task run named ``job A: sample.txt`` (the job, then what it held)."""
+    return task_run.name.split(":", 1)[0].replace(" ", "-")
 
 
 # PipelineDefinition ---------------------------------------------------------------------
@@ -188,14 +190,6 @@ def test_job_task_never_caches() -> None:
     assert job_task.persist_result is False
 
 
-def test_job_task_retries_are_configurable() -> None:
-    job_task = make_job_task(default_pipeline().get("A"), retries=3, retry_delay_seconds=1.5)
-
-    assert job_task.retries == 3
-    assert job_task.retry_delay_seconds == 1.5
-    assert job_task.cache_policy is NO_CACHE
-
-
 # The flow ------------------------------------------------------------------------------
 
 
@@ -240,23 +234,7 @@ def test_fourth_job_through_run_pipeline(config: PipelineConfig, sample_file: Pa
     assert all(t.state_type == StateType.COMPLETED for t in task_runs)
 
 
-def test_task_retries_apply_when_the_task_raises(config: PipelineConfig) -> None:
-    FlakyStart.constructed = 0
-    jobs = PipelineDefinition().add_job("F", FlakyStart).jobs
-
-    state = run_pipeline(
-        "item", jobs, config.model_copy(update={"retries": 1}), return_state=True
-    )
-
-    assert state.is_completed()
-    assert state.result().output == "done item"
-    assert FlakyStart.constructed == 2
-    [task_run] = task_runs_of(state.state_details.flow_run_id, expected=1)
-    assert task_run.run_count == 2
-    assert task_run.state_type == StateType.COMPLETED
-
-
-def test_without_retries_a_raising_task_fails_the_flow(config: PipelineConfig) -> None:
+def test_a_raising_task_fails_the_flow_without_prefect_retries(config: PipelineConfig) -> None:
     FlakyStart.constructed = 0
     jobs = PipelineDefinition().add_job("F", FlakyStart).jobs
 
@@ -391,9 +369,14 @@ def test_a_bug_in_a_job_comes_back_as_a_result(config: PipelineConfig, sample_fi
     assert isinstance(failed.traceback, str)
     assert failed.traceback.startswith("Traceback (most recent call last):")
     assert "RuntimeError: a bug in a job" in failed.traceback
-    # A job's failure is data: the flow itself completed.
+    # A job's failure is data for the API, and red in Prefect: the flow run and the job's
+    # task run end Failed, the one-line error as their message.
     [flow_run] = flow_runs_named(f"pipeline A-X-C: {sample_file}")
-    assert flow_run.state_type == StateType.COMPLETED
+    assert flow_run.state_type == StateType.FAILED
+    assert flow_run.state.message == f"job X: {failed.error}"
+    task_runs = task_runs_of(flow_run.id, expected=2)
+    assert [t.state_type for t in task_runs] == [StateType.COMPLETED, StateType.FAILED]
+    assert task_runs[1].state.message == f"job X: {failed.error}"
 
 
 def test_runner_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -402,7 +385,7 @@ def test_runner_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
     from_env = PipelineRunner(log_level="off")
     explicit = PipelineRunner(output_dir=tmp_path / "out", db_path="rel.db", log_level="OFF")
-    copied = PipelineRunner(config=explicit.config, retries=2)
+    copied = PipelineRunner(config=explicit.config, log_level="DEBUG")
 
     assert from_env.config.db_path == tmp_path / "env.db"
     assert from_env.config.output_dir == tmp_path / "env-out"
@@ -410,7 +393,7 @@ def test_runner_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert explicit.config.output_dir == tmp_path / "out"
     assert explicit.config.db_path.is_absolute()
     assert explicit.config.db_path.name == "rel.db"
-    assert copied.config.retries == 2
+    assert copied.config.log_level == "DEBUG"
     assert copied.config.output_dir == explicit.config.output_dir
     with pytest.raises(ValueError, match="log_level"):
         PipelineRunner(log_level="LOUD")

@@ -1,5 +1,6 @@
-"""The ``pipeline`` command as a user runs it: a separate process, reporting either to a
-real ``prefect server start`` or to the temporary server it starts itself.
+"""The ``pipeline`` command as a user runs it: a separate process, reporting either to the
+local Prefect server ``pipeline server start`` keeps, or to the temporary server it starts
+itself.
 
 These start real processes (15-30 s each) and are marked slow.
 """
@@ -7,7 +8,6 @@ These start real processes (15-30 s each) and are marked slow.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import SAMPLE_TEXT, db_counts
+from tests.conftest import SAMPLE_TEXT, db_counts, seeded_prefect_home
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,6 @@ def _command(script: str, fallback: list[str]) -> list[str]:
     return [str(path)] if path.exists() else [sys.executable, *fallback]
 
 
-PREFECT = _command("prefect", ["-m", "prefect"])
 PIPELINE = _command("pipeline", ["-c", "from prefect_pipeline.cli import main; main()"])
 
 
@@ -83,32 +82,6 @@ def expected_stdout(output_dir: Path, batch_id: int) -> str:
     )
 
 
-def wait_for_health(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + SERVER_STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"prefect server exited with {server.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"prefect server did not answer within {SERVER_STARTUP_TIMEOUT} s:\n"
-                f"{log.read_text()}")
-
-
-def stop(server: subprocess.Popen[bytes]) -> None:
-    """Stop the server and whatever it started (it leads its own process group)."""
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
-
-
 def post(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     response = httpx.post(url, json=body, timeout=10)
     response.raise_for_status()
@@ -127,21 +100,28 @@ def completed_task_runs(api: str, flow_run_id: str, expected: int) -> list[dict[
         time.sleep(0.5)
 
 
-def test_run_all_reports_to_a_real_prefect_server(sample: Path, tmp_path: Path) -> None:
+def test_a_local_server_kept_between_commands_is_found_and_used(
+    sample: Path, tmp_path: Path
+) -> None:
+    """``pipeline server start`` runs Prefect's own server (with its UI) in the background;
+    a later command without PREFECT_API_URL finds it, reports there, and starts no server
+    of its own; ``stop`` ends it."""
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    server_env = clean_environment(tmp_path / "server-home")
-    log = tmp_path / "server.log"
-    with log.open("wb") as log_file:
-        server = subprocess.Popen(
-            [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
-            env=server_env, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    # A home Prefect has used before (a first use is the test below).
+    env = clean_environment(seeded_prefect_home(tmp_path / "home"))
+    started = run_pipeline_command(["server", "start", "--port", str(port)], env, tmp_path)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout == (
+        f"Prefect server started at http://127.0.0.1:{port} (API {api})\n"
+    )
     try:
-        wait_for_health(api, server, log)
-        env = clean_environment(tmp_path / "client-home")
-        env["PREFECT_API_URL"] = api
+        again = run_pipeline_command(["server", "start", "--port", str(port)], env, tmp_path)
+        assert again.stdout.startswith("Prefect server already running at ")
+        status = run_pipeline_command(["server", "status"], env, tmp_path)
+        assert (status.returncode, status.stdout) == (
+            0, f"Prefect server at http://127.0.0.1:{port} (API {api}), answering\n"
+        )
         db_path, output_dir = tmp_path / "pipeline.db", tmp_path / "output"
 
         done = run_pipeline_command(
@@ -154,22 +134,33 @@ def test_run_all_reports_to_a_real_prefect_server(sample: Path, tmp_path: Path) 
         assert done.stdout == expected_stdout(output_dir, 1)
         assert done.stderr == ""
         assert db_counts(db_path)["processed_records"] == 3
-
         [flow_run] = post(f"{api}/flow_runs/filter", {})
         assert flow_run["name"] == f"pipeline A-B-C: {sample}"
         assert flow_run["state_type"] == "COMPLETED"
         task_runs = completed_task_runs(api, flow_run["id"], expected=3)
-        assert [t["name"].rsplit("-", 1)[0] for t in task_runs] == ["job-A", "job-B", "job-C"]
+        # Each task run is named after its job and what it held.
+        assert [t["name"] for t in task_runs] == [
+            f"job A: {sample.name}", f"job B: {sample.name}", "job C: 1",
+        ]
         assert [t["state_type"] for t in task_runs] == ["COMPLETED"] * 3
-        # The command used the configured server: it started none of its own.
-        assert not (tmp_path / "client-home" / "prefect.db").exists()
+        # The UI is served too, and asks its API at the port the server was started on.
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
+        ui = httpx.get(f"http://127.0.0.1:{port}/ui-settings", timeout=10).json()
+        assert ui["api_url"] == api
     finally:
-        stop(server)
+        stopped = run_pipeline_command(["server", "stop"], env, tmp_path)
+    assert stopped.stdout == f"stopped the Prefect server at http://127.0.0.1:{port}\n"
+    gone = run_pipeline_command(["server", "status"], env, tmp_path)
+    assert gone.returncode == 1
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{api}/health", timeout=2)
 
 
 def test_without_an_api_url_the_command_starts_its_own_server_and_prints_no_logs(
     sample: Path, tmp_path: Path
 ) -> None:
+    """A user's first command: a fresh PREFECT_HOME, whose database the command's temporary
+    server creates."""
     home = tmp_path / "prefect-home"
     env = clean_environment(home)
     db_path, output_dir = tmp_path / "pipeline.db", tmp_path / "output"

@@ -3,6 +3,8 @@ into messages and exit codes."""
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PipelineError(Exception):
     """Base class of every error the pipeline raises on purpose."""
@@ -25,5 +27,33 @@ class RunError(PipelineError):
     """The run could not proceed (Prefect server or Dask cluster unavailable...)."""
 
 
+class DatabaseUnavailable(RunError):
+    """The database cannot serve (unreachable, full, locked too long, gone mid-run); the
+    message names it (never with a password) and the cause."""
+
+
+class DatabaseMismatch(PipelineError):
+    """The database holds tables named like the pipeline's that are not its own (or of a
+    newer version): refused before anything in it changes."""
+
+
+class MissingDatabase(PipelineError):
+    """A command that only reads was pointed at a database without the pipeline's tables
+    (a mistyped location must not look like an empty queue)."""
+
+
 class ClaimLostError(PipelineError):
     """A queue claim expired and another process took the input; our result is discarded."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run over many inputs stopped before its end: Ctrl-C or SIGTERM (``how ==
+    "interrupted"``), or a Cancel in Prefect (``how == "cancelled"``). Its claims were given
+    back; ``summary`` holds what it did. A ``KeyboardInterrupt``, so that code that stops
+    on Ctrl-C still does."""
+
+    def __init__(self, summary: Any, how: str = "interrupted") -> None:
+        super().__init__(how)
+        self.summary = summary
+        self.how = how
+

@@ -3,30 +3,60 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
+import time
 from typing import Any
 
+from prefect_pipeline.compat import QUIET_DASK
 from prefect_pipeline.exceptions import RunError, UsageError
 from prefect_pipeline.logs import get_logger
 
 logger = get_logger("cluster")
 
-#: Dask settings for the run, in this process and (through the nannies) its local workers.
-QUIET_DASK = {
-    # Debugging logs of the last 1,000 messages per connection. A message that sends a
-    # group to a worker holds the whole group, so these logs kept every group of a run
-    # alive and this process grew with the number of files (on 20,000 files: 28,000 work
-    # items still held near the end, 183 MB against 170 MB without the logs).
-    "distributed.admin.low-level-log-length": 0,
-    # The statistical profiler samples every worker thread's stack each 10 ms and keeps
-    # the history; nothing reads it here, and the sampling takes CPU from the jobs.
-    "distributed.worker.profile.enabled": False,
-}
+
+#: What a local worker process takes: ~150 MB measured with Prefect's task engine loaded,
+#: plus room for the groups in flight (up to ``max_group_bytes`` of input, several times
+#: that while a document is built).
+WORKER_MEMORY = 400 * 1024 * 1024
+
+_ADDRESS = re.compile(r"^(?:(tcp|tls|ws|wss|ucx|inproc)://)?(\[[0-9a-fA-F:.]+\]|[^:/\s]+):(\d+)$")
 
 
 def default_workers() -> int:
     """One worker process per core (the writer runs in the command's own process)."""
     return max(1, os.cpu_count() or 1)
+
+
+def max_workers() -> int:
+    """The most local worker processes this machine can hold: four per core, and no more
+    than its available memory allows."""
+    import psutil
+
+    by_memory = psutil.virtual_memory().available // WORKER_MEMORY
+    return max(1, min(4 * (os.cpu_count() or 1), by_memory))
+
+
+def check_workers(workers: int) -> None:
+    """Refuse a local cluster larger than the machine can hold (``UsageError``)."""
+    cap = max_workers()
+    if workers > cap:
+        import psutil
+
+        available = psutil.virtual_memory().available / 1e9
+        raise UsageError(
+            f"--workers {workers}: this machine can hold at most {cap} worker processes "
+            f"({os.cpu_count()} cores, {available:.1f} GB available); ask for fewer"
+        )
+
+
+def check_address(address: str) -> str:
+    """A scheduler address as Dask takes it (``tcp://HOST:PORT``, or ``HOST:PORT``), or a
+    ``UsageError`` naming what was given."""
+    match = _ADDRESS.match(address.strip())
+    if match is None or not 0 < int(match.group(3)) < 65536:
+        raise UsageError(f"--address {address!r}: expected tcp://HOST:PORT")
+    return address.strip()
 
 
 class DaskCluster:
@@ -39,6 +69,7 @@ class DaskCluster:
         workers: int | None = None,
         threads_per_worker: int = 1,
         address: str | None = None,
+        connect_timeout: float = 10.0,
     ) -> None:
         if address and workers is not None:
             raise UsageError(
@@ -52,6 +83,10 @@ class DaskCluster:
         self.workers = workers or default_workers()
         self.threads_per_worker = threads_per_worker
         self.address = address
+        #: Seconds an existing scheduler has to answer before the run gives up on it.
+        self.connect_timeout = connect_timeout
+        #: The local cluster's dashboard (None for an existing cluster: it is its owner's).
+        self.dashboard_url: str | None = None
         self._cluster: Any = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -105,44 +140,75 @@ class DaskCluster:
 
     def _start_cluster(self) -> None:
         if self.address:
-            self._check_reachable(self.address)
+            self._check_reachable(self.address, self.connect_timeout)
             return
         from distributed import LocalCluster
 
         try:
+            # The scheduler alone first (well under a second); the workers start in the
+            # background (seconds each: a process that imports Prefect's task engine), while
+            # the run already works on its first inputs in this process (``workers_ready``).
             self._cluster = LocalCluster(
-                n_workers=self.workers,
+                n_workers=0,
                 threads_per_worker=self.threads_per_worker,
                 processes=True,
-                # ":0" picks a free port, so two runs (or a user's own dashboard) never clash.
-                dashboard_address=":0",
+                # Port 0 picks a free port, so two runs (or a user's own dashboard) never
+                # clash; on the loopback, like the scheduler and the workers.
+                dashboard_address="127.0.0.1:0",
                 scheduler_port=0,
                 host="127.0.0.1",
                 silence_logs=os.environ.get("DASK_LOGGING__DISTRIBUTED", "warning").upper(),
                 preload=["prefect_pipeline.pipeline.worker_preload"],
             )
+            self._cluster.scale(self.workers)
         except Exception as exc:
             raise RunError(f"could not start a local Dask cluster: {exc}") from exc
         self.address = self._cluster.scheduler_address
+        self.dashboard_url = self._cluster.dashboard_link or None
         logger.info(
-            "started a Dask LocalCluster with %d worker(s) at %s", self.workers, self.address
+            "started a Dask LocalCluster with %d worker(s) at %s; dashboard %s",
+            self.workers,
+            self.address,
+            self.dashboard_url or "unavailable",
         )
 
     @staticmethod
-    def _check_reachable(address: str) -> None:
+    def _check_reachable(address: str, timeout: float) -> None:
+        """Connect once, within ``timeout``. Dask's own timeout covers the connection, not
+        a peer that accepts it and never answers; a thread with a deadline covers both."""
         from distributed import Client
 
-        try:
-            with Client(address, timeout="5s"):
-                pass
-        except Exception as exc:
-            raise RunError(f"Dask scheduler {address} is not reachable: {exc}") from None
+        outcome: list[BaseException | None] = []
+
+        def connect() -> None:
+            try:
+                with Client(address, timeout=f"{timeout}s"):
+                    pass
+                outcome.append(None)
+            except BaseException as exc:  # reported below, in the caller's thread
+                outcome.append(exc)
+
+        thread = threading.Thread(target=connect, daemon=True, name="dask-address-check")
+        thread.start()
+        thread.join(timeout + 1)
+        if not outcome:
+            raise RunError(f"Dask scheduler {address} did not answer within {timeout:.0f} s")
+        if outcome[0] is not None:
+            raise RunError(f"Dask scheduler {address} is not reachable: {outcome[0]}")
+
+    def workers_ready(self) -> bool:
+        """Whether a worker has joined (always, for an existing cluster: it is its owner's)."""
+        if self._cluster is None:
+            return True
+        return len(self._cluster.scheduler.workers) > 0
 
     def task_runner(self) -> Any:
-        """A ``DaskTaskRunner`` connected to this cluster."""
-        from prefect_dask import DaskTaskRunner
+        """A ``DaskTaskRunner`` connected to this cluster (naming its Dask tasks after the
+        groups they hold)."""
+        from prefect_pipeline.compat import dask_task_runner
 
-        return DaskTaskRunner(address=self.address)
+        assert self.address is not None
+        return dask_task_runner(self.address)
 
     def __exit__(self, *exc_info: object) -> None:
         if self._thread is not None:  # still starting: let it finish, then close it
@@ -150,7 +216,9 @@ class DaskCluster:
             self._thread = None
         try:
             if self._cluster is not None:
+                started = time.perf_counter()
                 self._cluster.close()
                 self._cluster = None
+                logger.debug("closed the Dask cluster in %.2f s", time.perf_counter() - started)
         finally:
             self._restore_settings()

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from prefect_pipeline.config import PipelineConfig
 from prefect_pipeline.exceptions import UsageError
 from prefect_pipeline.jobs import BaseJob, JobA, JobB, JobC
+from prefect_pipeline.jobs.base import Kind
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,20 @@ class JobSpec:
     @property
     def uses_database(self) -> bool:
         return self.job_class.uses_database
+
+    @property
+    def takes(self) -> Kind:
+        return self.job_class.takes
+
+    @property
+    def input_pattern(self) -> str:
+        return self.job_class.input_pattern
+
+    def make(self, config: PipelineConfig, *, force: bool = False) -> BaseJob:
+        """An instance of the job, named as in this pipeline."""
+        job = self.job_class(config, force=force)
+        job.job_name = self.name  # set after: a subclass's __init__ need not pass it on
+        return job
 
 
 class PipelineDefinition:
@@ -79,6 +95,20 @@ class PipelineDefinition:
             )
         return self._jobs[first : last + 1]
 
+    def path_range(
+        self, start_from: str | None = None, stop_after: str | None = None
+    ) -> list[JobSpec]:
+        """``job_range`` for runs over many input files (a folder or the queue): its first
+        job must take something a file path can be."""
+        chain = self.job_range(start_from, stop_after)
+        first = chain[0]
+        if not first.takes.from_path:
+            raise UsageError(
+                f"job {first.name} takes {first.takes.value} ids, not files: it cannot start "
+                f"a run over many inputs (use `pipeline run ID --start-from {first.name}`)"
+            )
+        return chain
+
 
 def default_pipeline() -> PipelineDefinition:
     """A -> B -> C."""
@@ -87,12 +117,25 @@ def default_pipeline() -> PipelineDefinition:
 
 def load_definition(reference: str) -> PipelineDefinition:
     """``"package.module:name"`` -> the ``PipelineDefinition`` it names (or that calling it
-    returns). The module must be importable on every Dask worker too."""
+    returns).
+
+    Modules in the current directory are found, as ``python -m``, uvicorn and celery find
+    them: the directory is added to ``sys.path``, which Dask's local worker processes
+    inherit (they are spawned with the parent's ``sys.path``). Workers of an existing
+    cluster (``--address``) must be able to import the module themselves.
+    """
     import importlib
+    import os
+    import sys
 
     module_name, _, attribute = reference.partition(":")
     if not module_name or not attribute:
         raise UsageError(f"--definition {reference!r}: expected MODULE:NAME")
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        # Appended, not prepended: a file in the current directory named like a library
+        # (prefect.py, dask.py) must not replace the library for the whole run.
+        sys.path.append(here)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefect_pipeline.exceptions import UsageError
-from prefect_pipeline.jobs.job_a import OUTPUT_SUFFIX
+from prefect_pipeline.jobs.document import OUTPUT_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,26 @@ class Found:
     output_path: str
     size: int
     mtime_ns: int
+
+
+def printable(path: str | os.PathLike[str]) -> str:
+    """A path as text that can be printed and stored: bytes that are not UTF-8 (a name
+    made on another system) appear as ``\\xNN`` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def utf8_name(path: str) -> bool:
+    """Whether a path's bytes are UTF-8 text. Paths are stored, printed and sent to Prefect
+    as text, so a name that is not (Python holds its bytes as surrogates) cannot be an
+    input; it is reported instead of stopping the run."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+NOT_UTF8 = "file name is not valid UTF-8 (rename it; paths are stored as text)"
 
 
 @dataclass(frozen=True)
@@ -69,7 +89,9 @@ def folder_output_names(folder: Path) -> dict[str, str]:
     except OSError:
         return {}
     return output_names(
-        e.name for e in entries if not e.name.startswith(".") and e.is_file(follow_symlinks=True)
+        e.name
+        for e in entries
+        if not e.name.startswith(".") and utf8_name(e.name) and e.is_file(follow_symlinks=True)
     )
 
 
@@ -125,6 +147,9 @@ def _walk(
         if entry.name.startswith("."):
             continue
         path = folder / entry.name
+        if not utf8_name(entry.name):
+            yield Ignored(printable(path), NOT_UTF8)
+            continue
         # Only a symlink's real path differs from its folder's (realpath per file cost a
         # stat of every component of its path, ~15% of the writer's time on small files).
         is_link = entry.is_symlink()
@@ -172,3 +197,26 @@ def _walk(
             )
     for sub in subfolders:
         yield from _walk(sub, real_root, root, out, pattern, recursive, excluded)
+
+
+def given_files(paths: Iterable[Path | str], output_dir: Path) -> Iterator[Found | Ignored]:
+    """Found entries for explicit files; their JSON mirrors each file's absolute folder
+    under ``output_dir`` and is named as a folder run names it (the stems of the folder's
+    other files count)."""
+    names_in: dict[Path, dict[str, str]] = {}
+    for raw in paths:
+        path = Path(os.path.abspath(raw))
+        if not utf8_name(str(path)):
+            yield Ignored(printable(path), NOT_UTF8)
+            continue
+        try:
+            st: os.stat_result | None = path.stat()
+        except OSError:
+            st = None
+        folder = output_dir / path.parent.relative_to(path.anchor)
+        if path.parent not in names_in:
+            names_in[path.parent] = folder_output_names(path.parent)
+        name = names_in[path.parent].get(path.name) or output_names([path.name])[path.name]
+        yield Found(
+            str(path), str(folder / name), st.st_size if st else 0, st.st_mtime_ns if st else 0
+        )

@@ -1,4 +1,5 @@
-"""``run_pipeline``: the one Prefect flow for single-input runs, whatever the job range.
+"""``run_pipeline``: single-input runs, whatever the job range, as the Prefect flow
+``run-pipeline``; ``run_parallel``: runs over many inputs.
 
 ``PipelineDefinition`` lives in ``definition.py`` (importable without Prefect) and is
 re-exported here, where the design documents place it.
@@ -6,20 +7,24 @@ re-exported here, where the design documents place it.
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow
-from prefect.states import Failed
+from prefect.states import Cancelled, Failed
 
 from prefect_pipeline.config import PipelineConfig
-from prefect_pipeline.jobs.base import JobResult
 from prefect_pipeline.logs import get_logger
 from prefect_pipeline.pipeline.definition import JobSpec, PipelineDefinition, default_pipeline
+from prefect_pipeline.pipeline.driver import Plan, drive
+from prefect_pipeline.pipeline.observe import PrefectObserver
+from prefect_pipeline.pipeline.single import PipelineResult, precheck
 from prefect_pipeline.pipeline.summary import RunSummary
-from prefect_pipeline.pipeline.wrappers import Group, WorkItem, make_job_task
+from prefect_pipeline.pipeline.wrappers import Group, WorkItem, make_job_task, run_task
 
 logger = get_logger("flows")
 
@@ -29,48 +34,61 @@ __all__ = [
     "default_pipeline",
     "run_parallel",
     "run_pipeline",
+    "run_pipeline_flow",
+    "single_run_parameters",
+    "start_parallel",
 ]
-
-
-@dataclass
-class PipelineResult:
-    """The outcome of a pipeline run on one input: every job's result, in order."""
-
-    results: list[JobResult] = field(default_factory=list)
-    duration: float = 0.0
-
-    @property
-    def success(self) -> bool:
-        return bool(self.results) and all(r.success for r in self.results)
-
-    @property
-    def output(self) -> Any:
-        """The last job's output (None if a job failed)."""
-        return self.results[-1].output if self.success else None
-
-    @property
-    def error(self) -> str | None:
-        failed = self.failed
-        return failed.error if failed else None
-
-    @property
-    def failed(self) -> JobResult | None:
-        return next((r for r in self.results if not r.success), None)
-
-    @property
-    def jobs_run(self) -> list[str]:
-        return [r.job_name for r in self.results]
-
-    def result_of(self, job_name: str) -> JobResult | None:
-        return next((r for r in self.results if r.job_name == job_name), None)
 
 
 def _flow_run_name() -> str:
     from prefect.runtime import flow_run
 
     params = flow_run.parameters
-    jobs = params.get("job_names") or []
-    return f"pipeline {'-'.join(jobs)}: {params.get('input_label', '')}"[:120]
+    jobs = params.get("jobs") or []
+    return f"pipeline {'-'.join(jobs)}: {params.get('input', '')}"[:120]
+
+
+@dataclass(frozen=True)
+class _SingleRun:
+    """What one single-input run works on, kept in this process."""
+
+    input_data: Any
+    jobs: list[JobSpec]
+    config: PipelineConfig
+    force: bool
+
+
+#: The single-input runs this process is about to run, by run key. Prefect stores a flow
+#: run's parameters and shows them in its UI: the configuration's database URL may hold a
+#: password, an input may be a whole document, and job classes are no JSON. So the flow's
+#: parameters only name them (``single_run_parameters``), and the flow finds them here.
+_SINGLE_RUNS: dict[str, _SingleRun] = {}
+
+
+def single_run_parameters(
+    input_data: Any,
+    jobs: list[JobSpec],
+    config: PipelineConfig,
+    *,
+    force: bool = False,
+    run_key: str = "",
+    job_names: list[str] | None = None,
+    input_label: str = "",
+) -> dict[str, Any]:
+    """The parameters of a ``run-pipeline`` flow run, as Prefect stores and shows them:
+    JSON a person can read, never a password (the database in its display form) nor an
+    input's content (a document is named by its source path)."""
+    return {
+        "jobs": list(job_names) if job_names else [spec.name for spec in jobs],
+        "input": input_label or _label(input_data, jobs),
+        "database": config.database.display,
+        "options": {
+            "force": force,
+            "output_dir": str(config.output_dir),
+            "max_line_bytes": config.max_line_bytes,
+        },
+        "run_key": run_key,
+    }
 
 
 @flow(
@@ -80,6 +98,38 @@ def _flow_run_name() -> str:
     persist_result=False,
     log_prints=False,
 )
+def run_pipeline_flow(
+    jobs: list[str], input: str, database: str, options: dict[str, Any], run_key: str
+) -> Any:
+    """Run a range of jobs on one input, each job's output feeding the next.
+
+    The parameters say what the run is, for the Prefect UI (see ``single_run_parameters``);
+    ``run_key`` finds the input, the jobs and the configuration ``run_pipeline`` keeps in
+    this process. Stops at the first failure; the failing job's result carries the error,
+    and the flow run ends Failed with that one line as its message (its data is still the
+    ``PipelineResult``).
+    """
+    run = _SINGLE_RUNS.pop(run_key, None)
+    if run is None:
+        raise RuntimeError(
+            f"run-pipeline: no run {run_key!r} in this process (start it with run_pipeline())"
+        )
+    started = time.perf_counter()
+    outcome = PipelineResult()
+    data = run.input_data
+    for spec in run.jobs:
+        [result] = run_task(make_job_task(spec), Group([WorkItem(data)]), run.config, run.force)
+        outcome.results.append(result)
+        if not result.success:
+            break
+        data = result.output
+    outcome.duration = time.perf_counter() - started
+    failure = outcome.describe_failure()
+    if failure is not None:
+        return Failed(message=failure, data=outcome)
+    return outcome
+
+
 def run_pipeline(
     input_data: Any,
     jobs: list[JobSpec],
@@ -87,26 +137,31 @@ def run_pipeline(
     force: bool = False,
     job_names: list[str] | None = None,
     input_label: str = "",
-) -> PipelineResult:
-    """Run ``jobs`` in order on one input, each job's output feeding the next.
+    *,
+    return_state: bool = False,
+) -> Any:
+    """Run ``jobs`` in order on one input, as the Prefect flow ``run-pipeline``.
 
-    Stops at the first failure; the failing job's result carries the error.
-    ``job_names`` and ``input_label`` only name the flow run in the Prefect UI.
+    Returns the ``PipelineResult`` (the flow run's final state with ``return_state=True``).
+    ``job_names`` and ``input_label`` name the flow run in the Prefect UI (default: the
+    jobs' names, and the input's path or a document's source path).
     """
-    started = time.perf_counter()
-    outcome = PipelineResult()
-    data = input_data
-    for spec in jobs:
-        job_task = make_job_task(
-            spec, retries=config.retries, retry_delay_seconds=config.retry_delay_seconds
-        )
-        [result] = job_task(Group([WorkItem(data)]), config, force)
-        outcome.results.append(result)
-        if not result.success:
-            break
-        data = result.output
-    outcome.duration = time.perf_counter() - started
-    return outcome
+    run_key = uuid.uuid4().hex
+    _SINGLE_RUNS[run_key] = _SingleRun(input_data, list(jobs), config, force)
+    parameters = single_run_parameters(
+        input_data,
+        jobs,
+        config,
+        force=force,
+        run_key=run_key,
+        job_names=job_names,
+        input_label=input_label,
+    )
+    try:
+        state = run_pipeline_flow(**parameters, return_state=True)
+    finally:
+        _SINGLE_RUNS.pop(run_key, None)
+    return state if return_state else state.result()  # type: ignore[union-attr, attr-defined]
 
 
 def run_jobs(
@@ -118,28 +173,47 @@ def run_jobs(
     stop_after: str | None = None,
     force: bool = False,
 ) -> PipelineResult:
-    """Resolve the job range, then run the flow (the API and CLI both come through here)."""
+    """Resolve the job range, then run the flow (the API and CLI both come through here).
+
+    An input the first job rejects fails here, before any flow run (see ``precheck``).
+    """
     jobs = definition.job_range(start_from, stop_after)
-    return run_pipeline(
-        input_data,
-        jobs,
-        config,
-        force=force,
-        job_names=[spec.name for spec in jobs],
-        input_label=_label(input_data),
-    )
+    early = precheck(jobs, input_data, config)
+    if early is not None:
+        return early
+    state = run_pipeline(input_data, jobs, config, force=force, return_state=True)
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, BaseException):  # the flow itself broke (a bug, an API error)
+        raise outcome
+    return outcome  # type: ignore[no-any-return]
 
 
-def _label(input_data: Any) -> str:
+def _label(input_data: Any, jobs: list[JobSpec]) -> str:
+    """The input as a person finds it: a document by its source path, a file's path made
+    absolute (a run may be started from any folder), anything else (a batch id) as it is."""
     if isinstance(input_data, Mapping):
         return str(input_data.get("source_path") or input_data.get("path") or "<document>")
+    if (
+        jobs
+        and jobs[0].takes.from_path
+        and isinstance(input_data, str | os.PathLike)
+        and os.path.exists(input_data)
+    ):
+        return os.path.abspath(os.fspath(input_data))
     return str(input_data)
+
+
+#: Plans of the runs this process is about to run, by run id: the plan holds this process's
+#: database connection, which must not travel (Prefect sends a flow run's context, its
+#: parameters included, to every Dask worker), so the flow's parameters name it instead.
+_PLANS: dict[str, Plan] = {}
 
 
 def _parallel_run_name() -> str:
     from prefect.runtime import flow_run
 
-    return f"parallel: {flow_run.parameters.get('description', '')}"[:120]
+    params = flow_run.parameters
+    return f"{params.get('command', 'run')} {params.get('source', '')}"[:120]
 
 
 @flow(
@@ -149,38 +223,81 @@ def _parallel_run_name() -> str:
     persist_result=False,
     log_prints=False,
 )
-def run_parallel(description: str, local: Any) -> Any:
-    """Run a chain of jobs over many inputs (see ``parallel.py``): file jobs fan out on the
-    task runner, database jobs run here, one group at a time. ``local`` holds the run's
-    plan; ``description`` names the run in the Prefect UI.
+def run_parallel(
+    command: str, source: str, database: str, options: dict[str, Any], run_id: str
+) -> Any:
+    """Run a chain of jobs over many inputs (see ``driver.py``): jobs that do not write fan
+    out on the task runner, the writer's run here, one group at a time.
 
-    Returns the ``RunSummary``, in a Failed state when any input failed.
+    The parameters say what the run is, for the Prefect UI: the command, the folder (or
+    ``queue``), the database (never with its password) and the command's options;
+    ``run_id`` is the ledger's id of the run, whose plan ``start_parallel`` registered.
+
+    Returns the ``RunSummary``: in a Failed state when any input failed, Cancelled when a
+    Cancel stopped it.
     """
-    from prefect_pipeline.pipeline.parallel import drive
-
-    summary = drive(local.plan)
-    _publish(summary, description)
+    plan = _PLANS.pop(run_id)
+    observer = PrefectObserver(database, plan.ui_url)
+    plan.observer = observer
+    plan.ledger.stamp_flow_run(observer.flow_run_id, observer.url)
+    try:
+        summary = drive(plan)
+    finally:
+        observer.close()
+    if not summary.stopped and observer.cancel_requested():
+        summary.stopped = "cancelled"
+    summary.flow_run_id, summary.flow_run_url = observer.flow_run_id, observer.url
+    plan.ledger.stamp_flow_run(observer.flow_run_id, observer.url)
+    observer.finish(stopped=bool(summary.stopped), found=plan.progress.total)
+    title = f"{command} {source}"
+    observer.publish(summary, title)
+    _SUMMARIES[run_id] = summary
+    if summary.stopped == "cancelled":
+        return Cancelled(message=f"cancelled after {summary.total} input(s)", data=summary)
     if summary.failed:
         # The run did its job, but the Prefect UI should not show it green.
         return Failed(message=f"{summary.failed} of {summary.total} input(s) failed", data=summary)
     return summary
 
 
-def _publish(summary: RunSummary, description: str) -> None:
-    """The summary as Prefect artifacts, so the UI shows what the run did."""
-    try:
-        from prefect.artifacts import create_table_artifact
+#: The summaries the flow returned, by run id, in case Prefect could not end the flow run
+#: with them (see ``start_parallel``).
+_SUMMARIES: dict[str, RunSummary] = {}
 
-        create_table_artifact(
-            summary.table_rows(),
-            key="pipeline-run-summary",
-            description=f"Summary of {description}",
+
+def start_parallel(plan: Plan, command: str, source: str, options: dict[str, Any]) -> Any:
+    """Run ``run_parallel`` for ``plan`` on its task runner; returns its final state."""
+    run_id = plan.ledger.run_id
+    _PLANS[run_id] = plan
+    try:
+        state: Any = run_parallel.with_options(task_runner=plan.task_runner)(
+            command,
+            source,
+            plan.config.database.display,
+            options,
+            run_id,
+            return_state=True,
         )
-        if summary.failures:
-            create_table_artifact(
-                summary.failures[:500],
-                key="pipeline-run-failures",
-                description="Inputs that failed, with their job and error",
+    finally:
+        _PLANS.pop(run_id, None)
+        summary = _SUMMARIES.pop(run_id, None)
+    if summary is not None and not state.is_final():
+        # A Cancel that came while the flow was ending: Prefect refused its Completed or
+        # Failed state and keeps the flow run Cancelling, which only Cancelled may follow.
+        summary.stopped = "cancelled"
+        return _end_cancelled(state, summary)
+    return state
+
+
+def _end_cancelled(state: Any, summary: RunSummary) -> Any:
+    message = f"cancelled after {summary.total} input(s)"
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(
+                state.state_details.flow_run_id, Cancelled(message=message), force=True
             )
-    except Exception:  # the run's result does not depend on the UI
-        logger.warning("could not publish the summary to Prefect", exc_info=True)
+    except Exception:
+        logger.warning("could not mark the flow run Cancelled in Prefect", exc_info=True)
+    return Cancelled(message=message, data=summary)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect_pipeline.config import PipelineConfig
-from prefect_pipeline.logs import configure_logging
+from prefect_pipeline.logs import log_level_scope
 from prefect_pipeline.pipeline.definition import PipelineDefinition, default_pipeline
 
 
@@ -21,6 +21,10 @@ class PipelineRunner:
 
     Without ``PREFECT_API_URL`` the runner starts one temporary Prefect server on its first
     run and stops it on ``close()`` (or at exit); use it as a context manager to bound that.
+
+    ``log_level`` applies to the pipeline's, Prefect's and Dask's loggers during each run
+    (the caller's levels are restored after it); where log records go is the caller's
+    logging configuration, which the runner never changes.
     """
 
     def __init__(
@@ -31,13 +35,11 @@ class PipelineRunner:
         *,
         definition: PipelineDefinition | None = None,
         config: PipelineConfig | None = None,
-        retries: int | None = None,
     ) -> None:
         overrides: dict[str, Any] = {
             "output_dir": output_dir,
             "db_path": db_path,
             "log_level": log_level,
-            "retries": retries,
         }
         if config is not None:
             # Built anew (not model_copy) so that the overrides are validated too.
@@ -46,7 +48,6 @@ class PipelineRunner:
         else:
             self.config = PipelineConfig.from_env(**overrides)
         self.definition = definition or default_pipeline()
-        configure_logging(self.config.log_level)
         self._api: Any = None
 
     @property
@@ -88,18 +89,24 @@ class PipelineRunner:
 
         Returns a ``PipelineResult`` (``success``, ``output``, ``error``, ``results``).
         """
+        from prefect_pipeline.pipeline.single import precheck
+
+        # Usage errors and a rejected input before any start-up (Prefect, its server).
+        early = precheck(self.definition.job_range(start_from, stop_after), input_data, self.config)
+        if early is not None:
+            return early
         from prefect_pipeline.pipeline.flows import run_jobs
 
-        self.definition.job_range(start_from, stop_after)  # usage errors before any start-up
-        self._ensure_api()
-        return run_jobs(
-            input_data,
-            self.definition,
-            self.config,
-            start_from=start_from,
-            stop_after=stop_after,
-            force=force,
-        )
+        with log_level_scope(self.config.log_level):
+            self._ensure_api()
+            return run_jobs(
+                input_data,
+                self.definition,
+                self.config,
+                start_from=start_from,
+                stop_after=stop_after,
+                force=force,
+            )
 
     def run_full(self, input_data: Any, **kwargs: Any) -> Any:
         """Every job, first to last."""
@@ -126,10 +133,14 @@ class PipelineRunner:
         """
         from prefect_pipeline.pipeline.parallel import run_parallel_from_files
 
-        return run_parallel_from_files(paths, self.config, definition=self.definition, **options)
+        with log_level_scope(self.config.log_level):
+            return run_parallel_from_files(
+                paths, self.config, definition=self.definition, **options
+            )
 
     def drain_database(self, **options: Any) -> Any:
         """Run the chain on the inputs queued in the database; returns a ``RunSummary``."""
         from prefect_pipeline.pipeline.parallel import run_parallel_from_database
 
-        return run_parallel_from_database(self.config, definition=self.definition, **options)
+        with log_level_scope(self.config.log_level):
+            return run_parallel_from_database(self.config, definition=self.definition, **options)

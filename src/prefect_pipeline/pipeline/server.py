@@ -15,6 +15,7 @@ kept). Set ``PREFECT_API_URL`` to a running server to keep the history of concur
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -27,7 +28,10 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
+import prefect_pipeline.pipeline.local_server as local_server
+from prefect_pipeline.compat import SERVER_APP_FACTORY, TEMPORARY_SERVER_ENV, flush_prefect
 from prefect_pipeline.exceptions import RunError
 from prefect_pipeline.logs import get_logger
 
@@ -55,6 +59,91 @@ def _profile_api_url() -> str | None:
     return str(value) if value else None
 
 
+def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing or unreadable: Prefect then ignores it too
+        return {}
+
+
+def profile_api_url() -> tuple[str, str] | None:
+    """``(url, profile name)`` when the active Prefect profile sets ``PREFECT_API_URL``
+    (``prefect config set PREFECT_API_URL=...``), read without importing Prefect (seconds).
+
+    As Prefect's settings read it: the profiles file is ``PREFECT_PROFILES_PATH``, else
+    ``$PREFECT_HOME/profiles.toml``; the active profile is ``PREFECT_PROFILE``, else the
+    file's ``active``. (Prefect's ``.env``, ``prefect.toml`` and ``pyproject.toml`` sources
+    are read later, with Prefect: ``PrefectApi.wait``.)
+    """
+    if os.environ.get("PREFECT_TEST_MODE", "").lower() in ("1", "true"):
+        return None  # Prefect then reads only the profiles it ships, which name no API
+    path = os.environ.get("PREFECT_PROFILES_PATH")
+    profiles = _read_toml(
+        Path(path).expanduser() if path else local_server.prefect_home() / "profiles.toml"
+    )
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active")
+    settings = profiles.get("profiles", {}).get(active) if isinstance(active, str) else None
+    url = settings.get("PREFECT_API_URL") if isinstance(settings, dict) else None
+    return (str(url), str(active)) if url else None
+
+
+def configured_api() -> tuple[str, str] | None:
+    """``(url, where it is set)`` of the Prefect API the user configured: the environment's
+    ``PREFECT_API_URL`` (where: ""), else the active Prefect profile's. Read without
+    importing Prefect."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        return url, ""
+    found = profile_api_url()
+    if found is not None:
+        return found[0], f"Prefect profile {found[1]!r}"
+    return None
+
+
+#: How long a configured Prefect API has to answer its health check: a dead address fails
+#: at once; a server that answers nothing is given up within 10 s of the command's start
+#: (its own start-up takes 1-2 s); a busy but working one (many runs reporting to it on a
+#: loaded machine) was seen to take over 5 s.
+API_CHECK_TIMEOUT = 7.0
+
+
+def check_api(url: str, timeout: float = API_CHECK_TIMEOUT, *, where: str = "") -> None:
+    """Raise ``RunError`` naming ``PREFECT_API_URL`` (and ``where`` it is set, e.g. a
+    profile) unless the API answers within ``timeout``: a dead address fails at once, a
+    server that accepts and never answers within the timeout, instead of Prefect's own
+    retries (minutes) deep inside a run."""
+    import httpx
+
+    name = f"PREFECT_API_URL={url}" + (f" (set in the {where})" if where else "")
+    try:
+        response = httpx.get(
+            f"{url.rstrip('/')}/health", timeout=httpx.Timeout(timeout, connect=min(timeout, 3))
+        )
+    except httpx.TimeoutException:
+        raise RunError(f"{name}: the Prefect API did not answer within {timeout:.0f} s") from None
+    except httpx.HTTPError as exc:
+        raise RunError(
+            f"{name}: the Prefect API is not reachable ({exc}); start it "
+            "(prefect server start, or pipeline server start) or unset the variable"
+        ) from None
+    if response.status_code >= 500:
+        raise RunError(f"{name}: the Prefect API answered {response.status_code}")
+
+
+def check_configured_api(timeout: float = API_CHECK_TIMEOUT) -> str | None:
+    """Check the Prefect API the user configured (``configured_api``), if any, and return
+    its URL; ``RunError``, one line naming ``PREFECT_API_URL``, when it does not answer.
+    Imports no Prefect: a run calls it once it knows it has work, before it starts anything.
+    """
+    found = configured_api()
+    if found is None:
+        return None
+    check_api(found[0], timeout, where=found[1])
+    return found[0]
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -79,11 +168,24 @@ class PrefectApi:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._server: _TemporaryServer | None = None
+        self._local: local_server.LocalServer | None = None
 
     def __enter__(self) -> PrefectApi:
-        configured = os.environ.get("PREFECT_API_URL")
-        if configured:
-            self.url = configured
+        configured = configured_api()
+        if configured is not None:
+            url, where = configured
+            check_api(url, where=where)
+            self.url = url
+            if where:  # a profile's: named in the environment too, as the run describes it
+                self._export("PREFECT_API_URL", url)
+            return self
+        local = local_server.find()
+        if local is not None and local.healthy():
+            # ``pipeline server start``: used as if PREFECT_API_URL named it (children too).
+            self.url = local.api_url
+            self._local = local
+            self._export("PREFECT_API_URL", local.api_url)
+            self._export("PREFECT_UI_URL", local.ui_url)
             return self
         self.temporary = True
         self._isolate_database_if_shared()
@@ -96,6 +198,15 @@ class PrefectApi:
         self._thread = threading.Thread(target=self._wait_healthy, daemon=True)
         self._thread.start()
         return self
+
+    def ui_url(self) -> str | None:
+        """The Prefect UI of this API, when it has one that outlives the run (a temporary
+        server has no UI and is gone when the command ends)."""
+        if self.temporary:
+            return None
+        from prefect.settings import PREFECT_UI_URL
+
+        return str(PREFECT_UI_URL.value() or "") or None
 
     def _export(self, name: str, value: str) -> None:
         """Set an environment variable for child processes until ``__exit__``."""
@@ -139,6 +250,17 @@ class PrefectApi:
         """The API URL, once it answers; raise ``RunError`` if the server did not start."""
         if self.temporary:
             self._use_configured_server_if_any()
+        elif self._local is not None:
+            # Prefect may have been imported before the variables were exported (a caller of
+            # PipelineRunner): its settings are told too, for the block.
+            from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+            self._stack.enter_context(
+                temporary_settings(
+                    {PREFECT_API_URL: self._local.api_url, PREFECT_UI_URL: self._local.ui_url}
+                )
+            )
+            self._local = None
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -154,6 +276,11 @@ class PrefectApi:
         other = current if current and current != self.url else _profile_api_url()
         if other:
             logger.debug("Prefect's settings name %s; stopping the temporary server", other)
+            try:
+                check_api(other, where="Prefect settings")
+            except RunError:
+                self._stop_server()
+                raise
             self._stop_server()
             self.temporary = False
             self.url = other
@@ -170,12 +297,15 @@ class PrefectApi:
             self._server = None
 
     def __exit__(self, *exc_info: object) -> None:
+        started = time.perf_counter()
         try:
             if self._server is not None:
                 _flush_api_logs()
+                logger.debug("flushed to the Prefect API in %.2f s", time.perf_counter() - started)
             self._stop_server()
         finally:
             self._stack.close()
+        logger.debug("left the Prefect API in %.2f s", time.perf_counter() - started)
 
 
 class _TemporaryServer:
@@ -190,6 +320,8 @@ class _TemporaryServer:
     def __init__(self, port: int) -> None:
         self.port = port
         self.process: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._forwarder: threading.Thread | None = None
 
     @property
     def api_url(self) -> str:
@@ -205,10 +337,7 @@ class _TemporaryServer:
         logger.info("starting a temporary Prefect server on %s", self.api_url)
         env = {
             **os.environ,
-            # What Prefect sets for its own temporary server: no UI, ephemeral services.
-            "PREFECT_UI_ENABLED": "0",
-            "PREFECT__SERVER_EPHEMERAL": "1",
-            "PREFECT__SERVER_FINAL": "1",
+            **TEMPORARY_SERVER_ENV,
             # Offline, telemetry only logs errors.
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         }
@@ -221,7 +350,7 @@ class _TemporaryServer:
                 "--app-dir",
                 str(app_dir),
                 "--factory",
-                "prefect.server.api.server:create_app",
+                SERVER_APP_FACTORY,
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -236,7 +365,27 @@ class _TemporaryServer:
             # stdout stays clean for --json.
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
+            # Passed on to this command's stderr while the server serves (its errors are
+            # the run's), not once it is told to stop: Prefect's services, cancelled in
+            # the middle of a flush, print tracebacks about it that say nothing to a user.
+            stderr=subprocess.PIPE,
+            # A session of its own: Ctrl-C at a terminal and a supervisor's SIGTERM reach
+            # the command's process group, and a server that died with it would leave the
+            # command retrying a dead API while it records the interruption. The command
+            # stops it; if the command dies, the pipe's EOF does.
+            start_new_session=True,
         )
+        self._forwarder = threading.Thread(
+            target=self._forward, args=(self.process,), name="prefect-server-stderr", daemon=True
+        )
+        self._forwarder.start()
+
+    def _forward(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stderr is not None
+        for line in process.stderr:  # read to the end, so the server never blocks on it
+            if not self._stopping.is_set():
+                with contextlib.suppress(OSError):
+                    os.write(2, line)
 
     def wait_healthy(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """Block until the server answers its health check."""
@@ -264,25 +413,33 @@ class _TemporaryServer:
         process, self.process = self.process, None
         if process is None:
             return
+        self._stopping.set()
         if process.stdin is not None:
             process.stdin.close()
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+        # uvicorn stops gracefully on a first SIGTERM, waiting for its connections to
+        # close (after an interrupt, ones this process will never close: it waited 10 s),
+        # and at once on a second one; its database is SQLite, safe whatever happens.
+        for wait in (1.0, 2.0):
+            process.terminate()
+            try:
+                process.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
             process.kill()
             process.wait()
+        if self._forwarder is not None:
+            self._forwarder.join(timeout=5)
 
 
 def _flush_api_logs() -> None:
-    # Log records are shipped to the API in the background; send them before the server
-    # goes away, or the log handler prints "Error logging to API" at exit.
+    # Send the events (task-run states) and log records still queued before the server goes
+    # away: sent later, each would be retried against a dead address.
     try:
-        from prefect.logging.handlers import APILogWorker
-
-        APILogWorker.drain_all(timeout=5)
+        flush_prefect()
     except Exception:  # pragma: no cover - best effort at shutdown
-        logger.debug("could not flush logs to the Prefect API", exc_info=True)
+        logger.debug("could not flush to the Prefect API", exc_info=True)
 
 
 @contextmanager

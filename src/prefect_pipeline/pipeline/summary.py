@@ -6,67 +6,138 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+def rate(count: int, elapsed_s: float) -> float:
+    """Per second over the whole elapsed time: the summary's figures and the live
+    display's use this one formula."""
+    return count / elapsed_s if elapsed_s > 0 else 0.0
+
+
+def problem(error: str, path: str) -> str:
+    """An input's error without its path in front (errors name their input: "PATH: ..."),
+    for lines that name the input already."""
+    prefix = f"{path}: "
+    return error[len(prefix) :] if path and error.startswith(prefix) else error
+
+
 @dataclass
 class RunSummary:
-    """Counts of a run. ``total == succeeded + failed + skipped``."""
+    """Counts of a run. ``total == succeeded + failed + skipped + held``."""
 
     total: int = 0
     succeeded: int = 0
     failed: int = 0
+    #: Inputs that needed nothing (unchanged since their last run).
     skipped: int = 0
+    #: Inputs not run because another live command holds them (their outcome is that
+    #: command's; a rerun after it ends, or after the lease, takes what it left).
+    held: int = 0
     #: Records written by this run (inputs whose content was already stored add none).
     records: int = 0
     #: Seconds for the whole command, and from its start to the first input committed.
     elapsed_s: float = 0.0
     startup_s: float | None = None
+    #: Seconds this command spent writing (jobs B and C and the ledger, in their
+    #: transactions): what more workers cannot shorten, only more writers (drainers).
+    writer_s: float = 0.0
     #: Inputs left pending (interrupted, or retries not yet due).
     pending: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
     skipped_inputs: list[dict[str, str]] = field(default_factory=list)
+    #: input, owner ("pid 123 on host"), until (when its lease runs out unless renewed).
+    held_inputs: list[dict[str, str]] = field(default_factory=list)
     #: Paths under the input directory that are not inputs (FIFOs, escaping symlinks...).
     ignored_paths: list[dict[str, str]] = field(default_factory=list)
     run_id: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.failed == 0 and self.pending == 0
+    #: None when the run reached its end; "interrupted" (Ctrl-C, SIGTERM) or "cancelled"
+    #: (in Prefect) when it stopped early and gave back its claims.
+    stopped: str | None = None
+    #: The run's Prefect flow run, and its page in the Prefect UI when the API has one.
+    flow_run_id: str | None = None
+    flow_run_url: str | None = None
+    #: The Dask dashboard of the run's own cluster, while it ran.
+    dashboard_url: str | None = None
 
     @property
     def files_per_s(self) -> float:
-        return self.total / self.elapsed_s if self.elapsed_s else 0.0
+        return rate(self.total, self.elapsed_s)
 
     @property
     def records_per_s(self) -> float:
-        return self.records / self.elapsed_s if self.elapsed_s else 0.0
+        return rate(self.records, self.elapsed_s)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["ignored"] = len(self.ignored_paths)
         data["elapsed_s"] = round(self.elapsed_s, 3)
         data["startup_s"] = None if self.startup_s is None else round(self.startup_s, 3)
+        data["writer_s"] = round(self.writer_s, 3)
         data["files_per_s"] = round(self.files_per_s, 1)
         data["records_per_s"] = round(self.records_per_s, 1)
         return data
 
     def to_text(self) -> str:
+        """The summary as plain text (what is printed when stdout is not a terminal)."""
+        return "\n".join(text for text, _ in self.styled_lines())
+
+    def to_rich(self) -> Any:
+        """The same lines as a rich ``Text``, styled for a terminal."""
+        from rich.text import Text
+
+        return Text("\n").join(Text(text, style=style) for text, style in self.styled_lines())
+
+    def styled_lines(self) -> list[tuple[str, str]]:
+        """The summary's lines, each with a rich style for terminals ("" for none)."""
+        unfinished = self.pending or self.held
+        outcome = "bold red" if self.failed else "bold yellow" if unfinished else "bold green"
+        held = f", {self.held} held by another command" if self.held else ""
         lines = [
-            f"{self.succeeded} succeeded, {self.failed} failed, {self.skipped} skipped "
-            f"(of {self.total} input(s)); {self.records} record(s) written",
-            f"{self.elapsed_s:.1f} s elapsed"
-            + (f" ({self.startup_s:.1f} s start-up)" if self.startup_s is not None else "")
-            + f"; {self.files_per_s:.1f} files/s, {self.records_per_s:.0f} records/s",
+            (
+                f"{self.succeeded} succeeded, {self.failed} failed, {self.skipped} skipped"
+                f"{held} (of {self.total} input(s)); {self.records} record(s) written",
+                outcome,
+            ),
+            (
+                f"{self.elapsed_s:.1f} s elapsed"
+                + (f" ({self.startup_s:.1f} s start-up)" if self.startup_s is not None else "")
+                + f"; {self.files_per_s:.1f} files/s, {self.records_per_s:.0f} records/s",
+                "",
+            ),
         ]
+        if self.flow_run_url or self.flow_run_id:
+            lines.append((f"Prefect flow run: {self.flow_run_url or self.flow_run_id}", "dim"))
+        if self.stopped:
+            lines.append((f"{self.stopped}: the run stopped before its end", "yellow"))
         if self.pending:
-            lines.append(f"{self.pending} input(s) left pending (run drain-db to finish them)")
+            lines.append(
+                (f"{self.pending} input(s) left pending (run drain-db to finish them)", "yellow")
+            )
+        lines.extend((line, "yellow") for line in self._held_lines())
         for ignored in self.ignored_paths[:20]:
-            lines.append(f"ignored {ignored['path']}: {ignored['reason']}")
+            lines.append((f"ignored {ignored['path']}: {ignored['reason']}", "dim"))
         if len(self.ignored_paths) > 20:
-            lines.append(f"... and {len(self.ignored_paths) - 20} more ignored path(s)")
+            lines.append((f"... and {len(self.ignored_paths) - 20} more ignored path(s)", "dim"))
         for failure in self.failures[:50]:
-            lines.append(f"FAILED {failure['input']} (job {failure['job']}): {failure['error']}")
+            lines.append(
+                (
+                    f"FAILED {failure['input']} (job {failure['job']}): "
+                    f"{problem(failure['error'], failure['input'])}",
+                    "red",
+                )
+            )
         if len(self.failures) > 50:
-            lines.append(f"... and {len(self.failures) - 50} more failure(s); see --json")
-        return "\n".join(lines)
+            lines.append((f"... and {len(self.failures) - 50} more failure(s); see --json", "red"))
+        return lines
+
+    def _held_lines(self) -> list[str]:
+        """One line per holder: how many inputs, until when, and what to do."""
+        holders: dict[str, list[dict[str, str]]] = {}
+        for entry in self.held_inputs:
+            holders.setdefault(entry["owner"], []).append(entry)
+        return [
+            f"{len(entries)} input(s) held by {owner} until {max(e['until'] for e in entries)}"
+            " (its lease, renewed while it runs): not run; run again once it has finished"
+            for owner, entries in holders.items()
+        ]
 
     def table_rows(self) -> list[dict[str, Any]]:
         """Rows for a Prefect table artifact."""
@@ -77,9 +148,12 @@ class RunSummary:
                 ("succeeded", self.succeeded),
                 ("failed", self.failed),
                 ("skipped", self.skipped),
+                ("held", self.held),
                 ("records", self.records),
                 ("elapsed_s", round(self.elapsed_s, 3)),
                 ("startup_s", None if self.startup_s is None else round(self.startup_s, 3)),
                 ("ignored", len(self.ignored_paths)),
+                ("pending", self.pending),
+                ("dask_dashboard", self.dashboard_url),
             )
         ]

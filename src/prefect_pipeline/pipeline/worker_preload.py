@@ -3,9 +3,23 @@
 A worker otherwise imports Prefect's task engine when its first task arrives: about two
 seconds on the critical path to the first committed input. Preloading moves that into the
 cluster's start-up, which overlaps the Prefect server's.
+
+It also makes the worker deaf to SIGINT and SIGTERM. A terminal's Ctrl-C and a
+supervisor's stop (systemd, Kubernetes, ``timeout``) signal the command's whole process
+group: workers that died of it would each print a traceback and, dying before the command
+gave back its claims, make its clean-up wait on dead peers. The command stops its workers
+itself, and a worker exits at once when its command's process is gone (Dask's parent pipe),
+so no signal is needed to end one.
 """
+
+import signal
+import threading
 
 import prefect.task_engine  # noqa: F401
 
 import prefect_pipeline.jobs
 import prefect_pipeline.pipeline.wrappers  # noqa: F401
+
+if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

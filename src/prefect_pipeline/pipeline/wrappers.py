@@ -2,42 +2,43 @@
 
 A task runs one job over a *group* of inputs: Prefect costs milliseconds per task run and a
 small file costs microseconds of work, so orchestration is paid per group while each input
-keeps its own ``JobResult`` (and, in parallel runs, its own row in the input ledger).
+keeps its own ``JobResult`` (and, in runs over many inputs, its own row in the ledger).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prefect_pipeline.config import PipelineConfig
-from prefect_pipeline.jobs.base import JobResult, Outcome
+from prefect_pipeline.jobs.base import NO_FACTS, Facts, JobResult, Outcome
 from prefect_pipeline.pipeline.definition import JobSpec
 
 if TYPE_CHECKING:
     from prefect import Task
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WorkItem:
     """One input on its way through the chain: ``data`` is the current job's input."""
 
     data: Any
-    #: The input's row in ``pipeline_inputs`` (parallel runs; the run's ledger holds the
-    #: claim token); None for single-input runs, which keep no ledger.
+    #: The input's row in ``pipeline_inputs`` (runs over many inputs; the run's ledger holds
+    #: the claim token); None for single-input runs, which keep no ledger.
     input_id: int | None = None
     path: str | None = None
     attempts: int = 0
-    #: What earlier jobs reported (``JobResult.details``), e.g. sha256 and records written.
-    facts: dict[str, Any] = field(default_factory=dict)
+    #: What earlier jobs learned about the input, for the ledger.
+    facts: Facts = NO_FACTS
 
-    def advance(self, data: Any, details: dict[str, Any] | None = None) -> WorkItem:
+    def advance(self, data: Any, facts: Facts | None = None) -> WorkItem:
         """The item as the next job's input."""
-        # Not dataclasses.replace, which costs several times more: this runs twice per input.
-        facts = {**self.facts, **details} if details else self.facts
-        return WorkItem(data, self.input_id, self.path, self.attempts, facts)
+        # Not dataclasses.replace, which costs several times more: this runs for every
+        # input and job.
+        merged = self.facts.merge(facts) if facts is not None else self.facts
+        return WorkItem(data, self.input_id, self.path, self.attempts, merged)
 
 
 class Group:
@@ -49,11 +50,14 @@ class Group:
     Dask workers.)
     """
 
-    __slots__ = ("_token", "items")
+    __slots__ = ("_token", "items", "label")
 
     def __init__(self, items: Sequence[WorkItem]) -> None:
         self.items = list(items)
         self._token = uuid.uuid4().hex
+        #: What the group holds, for people: it names the group's task runs in Prefect and
+        #: its tasks in Dask's dashboard.
+        self.label = _label(self.items)
 
     def __dask_tokenize__(self) -> str:
         # Dask names a submitted task by hashing its arguments, pickling whatever it has no
@@ -67,8 +71,38 @@ class Group:
     def __repr__(self) -> str:
         return f"<{len(self.items)} input(s)>"
 
+    def __str__(self) -> str:
+        return self.label
 
-#: Called inside the job's transaction when it succeeds (the ledger's status change).
+
+def _label(items: Sequence[WorkItem]) -> str:
+    """``a.txt``, or ``a.txt … z.txt (2000)``: the first and last input's file names."""
+    if not items:
+        return "nothing"
+    names = [_name(item) for item in (items[0], items[-1])]
+    if len(items) == 1:
+        return names[0]
+    return f"{names[0]} … {names[1]} ({len(items)})"
+
+
+def _name(item: WorkItem) -> str:
+    where = item.path if item.path is not None else item.data
+    if isinstance(where, Mapping):
+        where = where.get("path") or where.get("source_path") or "document"
+    text = str(where)
+    return text.rsplit("/", 1)[-1][:60] or text[:60]
+
+
+class GroupResults(list[JobResult]):
+    """A group's results as a task state's data, shown short: Prefect prints a final state
+    whole (in logs and in its UI), and a list of thousands of results would fill pages."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} job result(s)>"
+
+
+#: Called inside the job's transaction when it succeeds on an input (the writer marks the
+#: input done there): ``(item, job name, outcome)``.
 FinishHook = Callable[[WorkItem, str, Outcome], None]
 
 
@@ -80,7 +114,7 @@ def run_job_on_items(
     finish: FinishHook | None = None,
 ) -> list[JobResult]:
     """Run ``spec``'s job on each item; one result per item, in order."""
-    job = spec.job_class(config, force=force)
+    job = spec.make(config, force=force)
     results = []
     for item in items:
         hook = None
@@ -94,14 +128,13 @@ def _bind_hook(finish: FinishHook, item: WorkItem, job_name: str) -> Callable[[O
     return lambda outcome: finish(item, job_name, outcome)
 
 
-def make_job_task(
-    spec: JobSpec, *, retries: int = 0, retry_delay_seconds: float = 0.0
-) -> Task[..., list[JobResult]]:
+def make_job_task(spec: JobSpec) -> Task[..., Any]:
     """A Prefect task running ``spec``'s job on a group of ``WorkItem``s.
 
     ``NO_CACHE``: the jobs have side effects and deduplication is the database's job (a
-    cached result would skip a write). Results are not persisted for the same reason.
-    ``retries`` apply when the task itself raises; an input's failure is a ``JobResult``.
+    cached result would skip a write). Results are not persisted for the same reason. No
+    Prefect retries: a failure is an input's, not a group's (``JobResult``), and the one
+    retry mechanism is the ledger's, per input (``drain-db --max-attempts``).
     """
     # Imported here so that work items and groups can be built before Prefect is loaded.
     from prefect import task
@@ -112,18 +145,71 @@ def make_job_task(
         config: PipelineConfig,
         force: bool = False,
         finish: FinishHook | None = None,
-    ) -> list[JobResult]:
+    ) -> Any:
         if isinstance(items, Group):
             items = items.items
-        return run_job_on_items(spec, items, config, force, finish)
+        results = run_job_on_items(spec, items, config, force, finish)
+        failed = [r for r in results if not r.success]
+        if not failed:
+            from prefect.states import Completed
+
+            return Completed(
+                message=f"0 of {len(results)} input(s) failed in job {spec.name}",
+                data=GroupResults(results) if len(results) > 1 else results,
+            )
+        # Prefect has no "partly failed" state: a group with any failed input is Failed
+        # (red where a person looks for trouble), its message says how many; the results
+        # travel as the state's data, and the ledger, not this state, records each input.
+        from prefect.states import Failed
+
+        if len(results) == 1:
+            message = f"job {spec.name}: {failed[0].error}"
+        else:
+            message = (
+                f"{len(failed)} of {len(results)} input(s) failed in job {spec.name};"
+                f" first: {failed[0].error}"
+            )
+        return Failed(message=message, data=GroupResults(results))
 
     run_job.__name__ = run_job.__qualname__ = f"job_{spec.name}"
     return task(  # type: ignore[call-overload, no-any-return]
         run_job,
         name=f"job-{spec.name}",
+        # "job A: a.txt … z.txt (2000)": what the run holds, in the Prefect UI.
+        task_run_name=f"job {spec.name}: {{items}}",
         cache_policy=NO_CACHE,
         persist_result=False,
-        retries=retries,
-        retry_delay_seconds=retry_delay_seconds,
+        retries=0,
         log_prints=False,
     )
+
+
+def task_results(state: Any) -> list[JobResult]:
+    """The ``JobResult``s a job task's final state holds, Completed or Failed; raises what
+    the task raised when it broke before producing any."""
+    results = state.result(raise_on_failure=False)
+    if isinstance(results, BaseException):
+        raise results
+    return list(results)
+
+
+def run_task(
+    job_task: Task[..., Any],
+    items: Group,
+    config: PipelineConfig,
+    force: bool = False,
+    finish: FinishHook | None = None,
+) -> list[JobResult]:
+    """Run a job task here (a task run in this thread) and return its results."""
+    return task_results(job_task(items, config, force, finish, return_state=True))
+
+
+__all__ = [
+    "FinishHook",
+    "Group",
+    "WorkItem",
+    "make_job_task",
+    "run_job_on_items",
+    "run_task",
+    "task_results",
+]

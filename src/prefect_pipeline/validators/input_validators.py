@@ -6,7 +6,7 @@ import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from prefect_pipeline.exceptions import InputValidationError
 
@@ -21,6 +21,13 @@ def validate_file_path(value: object) -> Path:
     if not isinstance(value, str | os.PathLike) or not str(value).strip():
         raise InputValidationError(value, "expected a file path")
     path = Path(os.path.abspath(os.fspath(value)))
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise InputValidationError(
+            shown, "file name is not valid UTF-8 (rename it; paths are stored as text)"
+        ) from None
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -40,8 +47,14 @@ def validate_file_path(value: object) -> Path:
 
 def read_bytes(path: Path) -> bytes:
     """Read a whole file, turning OS errors into input errors."""
+    with open_input(path) as handle:
+        return handle.read()
+
+
+def open_input(path: Path) -> BinaryIO:
+    """Open a file for reading (binary), turning OS errors into input errors."""
     try:
-        return path.read_bytes()
+        return open(path, "rb")
     except FileNotFoundError:
         raise InputValidationError(path, "no such file (vanished while reading)") from None
     except PermissionError:
@@ -54,14 +67,38 @@ def decode_text(path: Path, data: bytes) -> str:
     """UTF-8 text of ``data``: a leading BOM is dropped; NUL bytes and invalid UTF-8 are errors."""
     nul = data.find(b"\x00")
     if nul != -1:
-        raise InputValidationError(path, f"binary file (NUL byte at offset {nul})")
+        raise binary_file(path, nul)
     start = len(BOM) if data.startswith(BOM) else 0
     try:
         return data[start:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputValidationError(
-            path, f"invalid UTF-8 at byte offset {exc.start + start}"
-        ) from None
+        raise invalid_utf8(path, exc.start + start) from None
+
+
+def binary_file(path: Path, offset: int) -> InputValidationError:
+    """The error for a file with a NUL byte at ``offset`` (the file's first)."""
+    return InputValidationError(path, f"binary file (NUL byte at offset {offset})")
+
+
+def invalid_utf8(path: Path, offset: int) -> InputValidationError:
+    """The error for a file whose bytes from ``offset`` are not UTF-8."""
+    return InputValidationError(path, f"invalid UTF-8 at byte offset {offset}")
+
+
+def line_too_long(path: Path, line_number: int, limit: int) -> InputValidationError:
+    """The error for a line of more than ``limit`` bytes."""
+    return InputValidationError(
+        path, f"line {line_number} is longer than {format_bytes(limit)} (--max-line-bytes)"
+    )
+
+
+def format_bytes(count: int) -> str:
+    """``67108864`` -> ``"64 MiB"``; a count that is not a whole number of KiB, MiB or GiB
+    is given in bytes."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= size and count % size == 0:
+            return f"{count // size} {unit}"
+    return f"{count} byte" + ("" if count == 1 else "s")
 
 
 def validate_batch_id(value: object) -> int:

@@ -1,0 +1,288 @@
+"""Every private internal of Prefect, Dask and CPython that the pipeline relies on, in one
+place, each with the reason no public API does the job.
+
+An upgrade that removes or renames one of them should fail a test that names it
+(``tests/test_compat.py`` exercises each one), not show up later as a crash or as a memory
+figure. ``check_all()`` reports the missing ones by name.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable
+from typing import Any
+
+from prefect_pipeline.exceptions import RunError
+
+
+class CompatError(RunError):
+    """An internal the pipeline relies on is gone from an installed library."""
+
+
+# Prefect ---------------------------------------------------------------------------------
+
+
+def forget_task_results() -> None:
+    """Let Prefect drop the results of the current flow run's finished task runs.
+
+    Internal: ``FlowRunContext.run_results``. A flow run keeps every task result it has seen
+    (to link a value passed to a later task back to the task that made it). Here each result
+    is a group's documents, consumed at once and never passed on as such: kept, they would
+    make memory grow with the size of the whole run. Prefect has no public way to forget.
+    """
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is not None:
+        context.run_results.clear()
+
+
+def wrapped_future(future: Any) -> Any:
+    """The executor's own future inside a Prefect task-run future: a
+    ``concurrent.futures.Future`` (thread pool) or a ``distributed.Future`` (Dask).
+
+    Internal: ``PrefectWrappedFuture.wrapped_future``. ``PrefectFuture`` has no ``cancel()``,
+    and the cycle ``break_future_cycle`` cuts runs through the wrapped future. Raises
+    ``CompatError`` when the future has none (Prefect renamed it, or a task runner whose
+    futures wrap nothing): doing nothing instead would leave groups running after a Cancel,
+    and memory growing, with no word.
+    """
+    try:
+        return future.wrapped_future
+    except AttributeError:
+        raise CompatError(
+            f"{type(future).__module__}.{type(future).__qualname__}.wrapped_future is gone"
+        ) from None
+
+
+def cancel_future(future: Any) -> None:
+    """Cancel a task-run future's work on its executor (a Dask task not yet finished, or a
+    thread-pool task not yet started): Prefect's futures cannot be cancelled themselves."""
+    wrapped_future(future).cancel()
+
+
+def break_future_cycle(future: Any) -> None:
+    """Let a finished thread-pool task's result go when its future does.
+
+    Internal: ``concurrent.futures.Future._done_callbacks`` (and ``wrapped_future``). A
+    ``PrefectConcurrentFuture`` and the ``concurrent.futures.Future`` it wraps refer to each
+    other (the latter's done callbacks hold a bound method of the former), and the pair holds
+    the task's final state with its result. Only Python's cyclic collector frees a cycle, and
+    a task that returns a few big strings allocates too few objects to set it off: an
+    in-process run (``workers=0``) kept every group's documents to the end, 1 GB on the W3
+    benchmark. The callbacks have all run once the future is done. Dask futures form no such
+    cycle. Raises ``CompatError`` when either internal is gone.
+    """
+    wrapped = wrapped_future(future)
+    if isinstance(wrapped, concurrent.futures.Future) and wrapped.done():
+        callbacks = getattr(wrapped, "_done_callbacks", None)
+        if not isinstance(callbacks, list):
+            raise CompatError("concurrent.futures.Future._done_callbacks is gone")
+        callbacks.clear()
+
+
+#: What Prefect sets for the temporary server it starts itself
+#: (``prefect.server.api.server.SubprocessASGIServer``): no UI, the services a short-lived
+#: server needs. Internal: the ``PREFECT__SERVER_*`` variables are read by Prefect's server
+#: only; starting that class instead would import the whole server application (~2 s of
+#: CPU) into the command's process. See ``server.py``.
+TEMPORARY_SERVER_ENV = {
+    "PREFECT_UI_ENABLED": "0",
+    "PREFECT__SERVER_EPHEMERAL": "1",
+    "PREFECT__SERVER_FINAL": "1",
+}
+#: The application factory uvicorn runs for that server.
+SERVER_APP_FACTORY = "prefect.server.api.server:create_app"
+
+
+def flush_prefect(timeout: float = 5.0) -> None:
+    """Send the events and log records a process still holds to Prefect's API, if the
+    process loaded Prefect at all (a command that exits without Python's usual shutdown
+    would otherwise drop its last task-run states and logs).
+
+    Internal: ``prefect.events.worker.EventsWorker.drain_all``, as ``flush_api_logs``.
+    """
+    import sys
+
+    if "prefect.events.worker" in sys.modules:
+        from prefect.events.worker import EventsWorker
+
+        EventsWorker.drain_all(timeout=timeout)
+    if "prefect.logging.handlers" in sys.modules:
+        flush_api_logs(timeout)
+
+
+def flush_api_logs(timeout: float = 5.0) -> None:
+    """Send the log records Prefect still holds to its API.
+
+    Internal: ``prefect.logging.handlers.APILogWorker.drain_all``. Records are shipped in
+    the background; sent after the temporary server has gone, each one prints "Error
+    logging to API" at exit.
+    """
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=timeout)
+
+
+# Dask ------------------------------------------------------------------------------------
+
+#: Dask settings for a run's own cluster, in this process and (through the nannies) its
+#: workers. Internal: ``distributed.admin.low-level-log-length`` is a debugging setting.
+QUIET_DASK = {
+    # Debugging logs of the last 1,000 messages per connection. A message that sends a
+    # group to a worker holds the whole group, so these logs kept every group of a run
+    # alive and this process grew with the number of files (on 20,000 files: 28,000 work
+    # items still held near the end, 183 MB against 170 MB without the logs).
+    "distributed.admin.low-level-log-length": 0,
+    # The statistical profiler samples every worker thread's stack each 10 ms and keeps
+    # the history; nothing reads it here, and the sampling takes CPU from the jobs.
+    "distributed.worker.profile.enabled": False,
+}
+
+
+def dask_task_runner(address: str) -> Any:
+    """A ``DaskTaskRunner`` on ``address`` whose Dask tasks are named after what they hold.
+
+    Dask names a task after its function and a hash of its arguments (``job_A-3f2c…``), and
+    ``DaskTaskRunner.submit`` passes no name of its own, so the dashboard could not tell one
+    group from another or lead to its Prefect task run. This runner submits as prefect-dask
+    does, with a key made of the task run's name (job, first and last input, count).
+
+    Internal: ``DaskTaskRunner._started`` and ``._optimize_futures``, and the keyword
+    arguments ``PrefectDaskClient.submit`` takes for a task (the body of prefect-dask's own
+    ``submit``, which has no way to pass a key).
+    """
+    import uuid
+
+    from prefect_dask import DaskTaskRunner
+    from prefect_dask.task_runners import PrefectDaskFuture
+
+    class NamedDaskTaskRunner(DaskTaskRunner):  # type: ignore[misc]
+        def submit(  # type: ignore[override]
+            self,
+            task: Any,
+            parameters: dict[str, Any],
+            wait_for: Any = None,
+            dependencies: Any = None,
+        ) -> Any:
+            if not self._started:
+                raise RuntimeError("The task runner must be started before submitting work.")
+            group = parameters.get("items")
+            name = f"{task.name}: {group}" if group is not None else task.name
+            parameters = self._optimize_futures(parameters)
+            wait_for = self._optimize_futures(wait_for) if wait_for else None
+            future = self.client.submit(
+                task,
+                key=f"{name}-{uuid.uuid4().hex[:8]}",
+                parameters=parameters,
+                wait_for=wait_for,
+                dependencies=dependencies,
+                return_type="state",
+            )
+            return PrefectDaskFuture(wrapped_future=future, task_run_id=future.task_run_id)
+
+    return NamedDaskTaskRunner(address=address)
+
+
+# Checks ----------------------------------------------------------------------------------
+
+
+def _check_run_results() -> None:
+    from prefect.context import FlowRunContext
+
+    if "run_results" not in FlowRunContext.model_fields:
+        raise CompatError("prefect.context.FlowRunContext.run_results is gone")
+
+
+def _check_done_callbacks() -> None:
+    if not isinstance(getattr(concurrent.futures.Future(), "_done_callbacks", None), list):
+        raise CompatError("concurrent.futures.Future._done_callbacks is gone")
+
+
+def _check_wrapped_future() -> None:
+    from prefect.futures import PrefectConcurrentFuture, PrefectWrappedFuture
+    from prefect_dask.task_runners import PrefectDaskFuture
+
+    for kind in (PrefectConcurrentFuture, PrefectDaskFuture):
+        if not issubclass(kind, PrefectWrappedFuture) or not isinstance(
+            getattr(kind, "wrapped_future", None), property
+        ):
+            raise CompatError(f"{kind.__module__}.{kind.__qualname__}.wrapped_future is gone")
+
+
+def _check_server_app() -> None:
+    import importlib
+    import inspect
+
+    module_name, _, name = SERVER_APP_FACTORY.partition(":")
+    module = importlib.import_module(module_name)
+    if not callable(getattr(module, name, None)):
+        raise CompatError(f"{SERVER_APP_FACTORY} is gone")
+    source = inspect.getsource(module)
+    for variable in TEMPORARY_SERVER_ENV:
+        if variable.startswith("PREFECT__") and variable not in source:
+            raise CompatError(f"Prefect's server no longer reads {variable}")
+
+
+def _check_drain_all() -> None:
+    from prefect.logging.handlers import APILogWorker
+
+    if not callable(getattr(APILogWorker, "drain_all", None)):
+        raise CompatError("prefect.logging.handlers.APILogWorker.drain_all is gone")
+
+
+def _check_events_drain_all() -> None:
+    from prefect.events.worker import EventsWorker
+
+    if not callable(getattr(EventsWorker, "drain_all", None)):
+        raise CompatError("prefect.events.worker.EventsWorker.drain_all is gone")
+
+
+def _check_dask_task_runner() -> None:
+    import inspect
+
+    from prefect_dask import DaskTaskRunner
+    from prefect_dask.client import PrefectDaskClient
+
+    if not callable(getattr(DaskTaskRunner, "_optimize_futures", None)):
+        raise CompatError("prefect_dask.DaskTaskRunner._optimize_futures is gone")
+    accepted = inspect.signature(PrefectDaskClient.submit).parameters
+    if "key" not in accepted:
+        raise CompatError("prefect_dask.client.PrefectDaskClient.submit takes no key")
+    if "_started" not in inspect.getsource(DaskTaskRunner.submit):
+        raise CompatError("prefect_dask.DaskTaskRunner.submit no longer checks _started")
+
+
+def _check_dask_settings() -> None:
+    import dask
+    import distributed  # noqa: F401 - registers distributed's defaults
+
+    for key in QUIET_DASK:
+        try:
+            dask.config.get(key)
+        except KeyError:
+            raise CompatError(f"Dask setting {key} is gone") from None
+
+
+#: Internal -> its check.
+CHECKS: dict[str, Callable[[], None]] = {
+    "prefect FlowRunContext.run_results": _check_run_results,
+    "CPython Future._done_callbacks": _check_done_callbacks,
+    "prefect PrefectWrappedFuture.wrapped_future": _check_wrapped_future,
+    "prefect temporary server recipe": _check_server_app,
+    "prefect APILogWorker.drain_all": _check_drain_all,
+    "prefect EventsWorker.drain_all": _check_events_drain_all,
+    "dask low-level-log-length and profile settings": _check_dask_settings,
+    "prefect-dask DaskTaskRunner.submit internals": _check_dask_task_runner,
+}
+
+
+def check_all() -> list[str]:
+    """The internals that are missing, each with what is wrong; [] when all are there."""
+    missing = []
+    for name, check in CHECKS.items():
+        try:
+            check()
+        except CompatError as exc:
+            missing.append(f"{name}: {exc}")
+    return missing

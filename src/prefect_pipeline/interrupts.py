@@ -1,0 +1,72 @@
+"""Whether this process was asked to stop: the one piece of global state that signal
+handling needs, kept here.
+
+SIGINT (a terminal's Ctrl-C) and SIGTERM (a supervisor's stop) take one path: the first
+raises ``KeyboardInterrupt`` in the main thread and the clean-up runs (claims given back,
+the cluster and the temporary Prefect server stopped, exit 130). The interrupt can land
+inside a library that turns it into an error of its own (Prefect's engine, pydantic's
+serializer), so the clean-up asks ``received()`` rather than trusting the exception's type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from typing import Any
+
+_received: int | None = None
+
+
+def install() -> None:
+    """Handle SIGINT and SIGTERM in this (main) thread.
+
+    Only the first signal interrupts. A terminal's Ctrl-C pressed twice, or a supervisor
+    that repeats its SIGTERM, would otherwise break into the clean-up itself and leave
+    claims behind; the clean-up is bounded, and a supervisor's last word is SIGKILL anyway.
+    """
+
+    def first(signum: int, frame: Any) -> None:
+        global _received
+        _received = signum
+        for name in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(name, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    # ValueError: not the main thread (e.g. called from a test runner thread).
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGINT, first)
+        signal.signal(signal.SIGTERM, first)
+
+
+def received() -> bool:
+    """Whether a stop signal arrived since ``install()`` (or the last ``reset()``)."""
+    return _received is not None
+
+
+def check() -> None:
+    """Raise ``KeyboardInterrupt`` if a stop signal arrived. The handler's own exception is
+    lost when it lands in a finalizer (an asyncio transport's ``__del__``: Python prints
+    "Exception ignored in" and goes on), so loops that run for long look here as well."""
+    if _received is not None:
+        raise KeyboardInterrupt
+
+
+def reset() -> None:
+    """Forget a signal received (tests)."""
+    global _received
+    _received = None
+
+
+def caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or came of, an interrupt: a ``KeyboardInterrupt`` in its chain,
+    or any error raised after a stop signal arrived."""
+    if _received is not None:
+        return True
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False

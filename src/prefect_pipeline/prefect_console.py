@@ -1,0 +1,25 @@
+"""Prefect's console handler as the pipeline's processes use it.
+
+``logs.environment_for`` names this class in ``PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS``,
+Prefect's documented way to override one key of its logging.yml from the environment, so
+the command's process, its Dask workers and its temporary Prefect server all print
+Prefect's lines through it. It is Prefect's own handler (same format, same colours) with
+the terminal's rules (``logs.shown_on_terminal``): Prefect's loggers stay at INFO for its
+API handler, and the terminal shows only the user's level.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.logging.handlers import PrefectConsoleHandler
+
+from prefect_pipeline.logs import TerminalFilter
+
+
+class TerminalConsoleHandler(PrefectConsoleHandler):
+    """``PrefectConsoleHandler`` that prints only what ``logs.shown_on_terminal`` allows."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.addFilter(TerminalFilter())

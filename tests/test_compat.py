@@ -1,0 +1,132 @@
+"""Every private internal in ``compat.py``, exercised for real: an upgrade of Prefect, Dask
+or Python that removes or renames one fails here, by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from prefect_pipeline import compat
+
+
+@pytest.mark.parametrize("name", list(compat.CHECKS))
+def test_each_internal_is_there(name: str) -> None:
+    compat.CHECKS[name]()  # raises CompatError naming the internal when it is gone
+
+
+def test_check_all_reports_nothing_missing() -> None:
+    assert compat.check_all() == []
+
+
+class Payload:
+    """A task result whose life the tests watch."""
+
+
+def test_forget_task_results_empties_the_flow_runs_results() -> None:
+    from prefect import flow, task
+
+    @task(persist_result=False)
+    def make() -> Payload:
+        return Payload()
+
+    @flow(persist_result=False)
+    def body() -> tuple[int, int]:
+        from prefect.context import FlowRunContext
+
+        make()
+        context = FlowRunContext.get()
+        assert context is not None
+        before = len(context.run_results)
+        compat.forget_task_results()
+        return before, len(context.run_results)
+
+    assert body() == (1, 0)
+
+
+def test_break_future_cycle_cuts_the_thread_pool_futures_link() -> None:
+    """The link the cycle runs through: the wrapped future's done callbacks hold the
+    Prefect future. (Its effect on memory is tested on a whole run in test_parallel.py.)"""
+    from prefect import flow, task
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    @task(persist_result=False)
+    def make() -> Payload:
+        return Payload()
+
+    @flow(persist_result=False, task_runner=ThreadPoolTaskRunner(max_workers=1))
+    def body() -> tuple[bool, list[Any]]:
+        future: Any = make.submit()
+        future.result()
+        callbacks = future.wrapped_future._done_callbacks
+        links = any(getattr(c, "__self__", None) is future for c in callbacks)
+        compat.break_future_cycle(future)
+        return links, future.wrapped_future._done_callbacks
+
+    assert body() == (True, [])
+
+
+def test_cancel_future_cancels_the_work_on_its_executor() -> None:
+    """A group queued behind another in the thread pool is cancelled before it starts."""
+    import threading
+
+    from prefect import flow, task
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    release = threading.Event()
+
+    @task(persist_result=False)
+    def hold() -> None:
+        release.wait(timeout=30)
+
+    @task(persist_result=False)
+    def make() -> Payload:
+        return Payload()
+
+    @flow(persist_result=False, task_runner=ThreadPoolTaskRunner(max_workers=1))
+    def body() -> tuple[bool, bool]:
+        running: Any = hold.submit()
+        queued: Any = make.submit()
+        compat.cancel_future(queued)
+        release.set()
+        running.result()
+        return queued.wrapped_future.cancelled(), running.wrapped_future.cancelled()
+
+    assert body() == (True, False)
+
+
+@pytest.mark.parametrize("helper", [compat.cancel_future, compat.break_future_cycle])
+def test_a_future_without_wrapped_future_fails_by_name(helper: Any) -> None:
+    """Were Prefect to rename ``wrapped_future``, the helpers would say so, not silently
+    leave a group running or a cycle holding its results. A Prefect future that wraps
+    nothing stands in for the renamed one."""
+    import uuid
+
+    from prefect.futures import PrefectDistributedFuture
+
+    future = PrefectDistributedFuture(task_run_id=uuid.uuid4())
+
+    with pytest.raises(compat.CompatError) as raised:
+        helper(future)
+
+    assert str(raised.value) == "prefect.futures.PrefectDistributedFuture.wrapped_future is gone"
+
+
+def test_flush_api_logs_sends_what_prefect_holds() -> None:
+    from prefect import flow, get_run_logger
+
+    @flow(persist_result=False)
+    def body() -> None:
+        get_run_logger().warning("a line for the API")
+        compat.flush_api_logs(timeout=5)
+
+    body()
+
+
+def test_quiet_dask_settings_are_dask_settings() -> None:
+    import dask
+
+    with dask.config.set(compat.QUIET_DASK):
+        assert [dask.config.get(key) for key in compat.QUIET_DASK] == list(
+            compat.QUIET_DASK.values()
+        )

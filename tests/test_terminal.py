@@ -1,0 +1,404 @@
+"""What a person sees: the real ``pipeline`` command at a terminal (a pseudo-terminal,
+rendered by the ``pyte`` terminal emulator), without one, and with ``--log-level OFF``;
+and what reaches Prefect's API whatever the terminal shows.
+
+Runs use the session's Prefect server (``PREFECT_API_URL``) and, but for one that starts a
+real Dask worker, ``--workers 0``, so each takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyte
+import pytest
+
+from prefect_pipeline.logs import shown_on_terminal
+from prefect_pipeline.pipeline.progress import Progress
+from prefect_pipeline.pipeline.summary import RunSummary
+
+PIPELINE = str(Path(sys.executable).parent / "pipeline")
+COLUMNS, LINES = 240, 60
+
+BAR = re.compile(
+    r"inputs ━+ (?P<done>\d+)/(?P<total>\d+) 100% · (?P<rate>[\d.]+) files/s · "
+    r"(?P<failed>\d+) failed · (?P<elapsed>[\d.]+) s"
+)
+COUNTS = re.compile(
+    r"(?P<succeeded>\d+) succeeded, (?P<failed>\d+) failed, (?P<skipped>\d+) skipped "
+    r"\(of (?P<total>\d+) input\(s\)\); \d+ record\(s\) written"
+)
+TIMES = re.compile(
+    r"(?P<elapsed>[\d.]+) s elapsed \([\d.]+ s start-up\); (?P<rate>[\d.]+) files/s, "
+    r"\d+ records/s"
+)
+#: SGR sequences that set a colour (30-37, 38;..., 90-97, and their backgrounds).
+COLOUR = re.compile(rb"\x1b\[[0-9;]*(?:3[0-8]|4[0-8]|9[0-7]|10[0-7])[0-9;]*m")
+
+
+@dataclass
+class Terminal:
+    """What a command left on a terminal."""
+
+    exit_code: int
+    #: The screen's lines, trailing blanks removed.
+    screen: list[str]
+    #: Every byte written to the terminal.
+    raw: bytes
+    #: The lines scrolled off the top of the screen, oldest first (a terminal's scrollback).
+    scrollback: list[str]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.screen)
+
+
+def run_in_terminal(
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 240,
+    lines: int = LINES,
+) -> Terminal:
+    """Run ``pipeline ARGS`` with a pseudo-terminal as stdin, stdout and stderr, and render
+    what it wrote as a terminal of ``COLUMNS`` x ``lines`` would, keeping what scrolls off
+    its top."""
+    import pty
+
+    environment = {name: value for name, value in os.environ.items() if name != "NO_COLOR"}
+    environment.update({"TERM": "xterm-256color", **(env or {})})
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the terminal's size first, as a terminal window sets it
+        try:
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", lines, COLUMNS, 0, 0))
+            os.chdir(cwd)
+            os.execve(PIPELINE, [PIPELINE, *args], environment)
+        finally:
+            os._exit(127)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: the command and its children closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        else:
+            os.killpg(pid, 9)
+            pytest.fail(f"pipeline {' '.join(args)} did not end within {timeout} s")
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    raw = b"".join(chunks)
+    screen = pyte.HistoryScreen(COLUMNS, lines, history=100_000)
+    pyte.ByteStream(screen).feed(raw)
+    shown = [line.rstrip() for line in screen.display]
+    while shown and not shown[-1]:
+        shown.pop()
+    scrollback = [
+        "".join(line[column].data for column in range(COLUMNS)).rstrip()
+        for line in screen.history.top
+    ]
+    return Terminal(os.waitstatus_to_exitcode(status), shown, raw, scrollback)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """20 small text files and one binary file (which fails in job A)."""
+    root = tmp_path / "in"
+    root.mkdir()
+    for number in range(20):
+        (root / f"f{number:02d}.txt").write_text(f"line {number}\nsecond line\n")
+    (root / "zbad.txt").write_bytes(b"bad\x00binary")
+    return root
+
+
+def _base(tmp_path: Path, level: str) -> list[str]:
+    return [
+        "--log-level",
+        level,
+        "--db-path",
+        str(tmp_path / "db" / "p.db"),
+        "--output-dir",
+        str(tmp_path / "out"),
+    ]
+
+
+# At a terminal ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_run_at_a_terminal_shows_one_bar_below_the_log_lines(tmp_path: Path, tree: Path) -> None:
+    terminal = run_in_terminal(
+        [*_base(tmp_path, "INFO"), "run-parallel", str(tree), "--workers", "0"], tmp_path
+    )
+
+    assert terminal.exit_code == 1, terminal.text
+    bars = [line for line in terminal.screen if "━" in line]
+    assert len(bars) == 1, terminal.text
+    # Nothing but the bar on its line: no log text glued to it.
+    bar = BAR.fullmatch(bars[0])
+    assert bar, bars[0]
+    below = terminal.screen[terminal.screen.index(bars[0]) + 1 :]
+    counts, times = COUNTS.fullmatch(below[0]), TIMES.fullmatch(below[1])
+    assert counts and times, below
+    # The bar's last figures are the summary's.
+    assert bar["done"] == bar["total"] == counts["total"] == "21"
+    assert bar["failed"] == counts["failed"] == "1"
+    assert (bar["elapsed"], bar["rate"]) == (times["elapsed"], times["rate"])
+    # The failure's path once, and once as a log line above the bar.
+    assert below[2].startswith("Prefect flow run: ")
+    assert below[3:] == [f"FAILED {tree}/zbad.txt (job A): binary file (NUL byte at offset 3)"]
+    above = terminal.screen[: terminal.screen.index(bars[0])]
+    assert any(
+        line.endswith(
+            f"WARNING {tree}/zbad.txt failed in job A: binary file (NUL byte at offset 3)"
+        )
+        for line in above
+    ), terminal.text
+    # What is started, and when it is ready.
+    assert any(
+        re.search(
+            r"INFO    starting the Prefect API at http\S+ \(jobs run in this process, "
+            r"without Dask\)$",
+            line,
+        )
+        for line in above
+    ), terminal.text
+    assert any(re.search(r"INFO    ready after [\d.]+ s$", line) for line in above)
+    # Prefect's per-run INFO lines stay in Prefect.
+    assert "Task run" not in terminal.text
+    assert "Finished in state" not in terminal.text
+    # Colour, on a terminal.
+    assert COLOUR.search(terminal.raw)
+
+
+@pytest.mark.slow
+def test_with_a_dask_worker_one_bar_below_the_log_lines_and_the_json_summarys_figures(
+    tmp_path: Path, tree: Path
+) -> None:
+    """A real local Dask cluster (one worker process, whose log lines come through the
+    command): one bar on the whole terminal, none left behind as the bar was redrawn while
+    log lines scrolled above it (a short terminal: its scrollback is searched too); its
+    figures those of an identical run's ``--json`` summary."""
+    run = ["run-parallel", str(tree), "--workers", "1"]
+    terminal = run_in_terminal([*_base(tmp_path / "terminal", "INFO"), *run], tmp_path, lines=8)
+    plain = subprocess.run(
+        [PIPELINE, *_base(tmp_path / "json", "OFF"), *run, "--json"],
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=240,
+    )
+
+    assert terminal.exit_code == 1, terminal.text
+    assert terminal.scrollback, "the log lines should have scrolled"
+    lines = [*terminal.scrollback, *terminal.screen]
+    bars = [line for line in lines if "━" in line]
+    assert len(bars) == 1, "\n".join(bars)
+    bar = BAR.fullmatch(bars[0])
+    assert bar, bars[0]
+    # Every bar frame drawn was drawn over the last one: the raw bytes hold many frames,
+    # the terminal one.
+    assert terminal.raw.count("━".encode()) > len(bars[0].split("━")) - 1
+    at = lines.index(bars[0])
+    above, below = lines[:at], lines[at + 1 :]
+    assert any(
+        re.search(r"INFO    starting the Prefect API at http\S+ and a Dask cluster", line)
+        for line in above
+    ), "\n".join(above)
+    assert any(
+        line.endswith(
+            f"WARNING {tree}/zbad.txt failed in job A: binary file (NUL byte at offset 3)"
+        )
+        for line in above
+    ), "\n".join(above)
+    # Nothing but the summary below the bar: no log line drawn after it, none inside it.
+    counts, times = COUNTS.fullmatch(below[0]), TIMES.fullmatch(below[1])
+    assert counts and times, below
+    assert (bar["elapsed"], bar["rate"]) == (times["elapsed"], times["rate"])
+    # The identical run's --json summary has the same figures.
+    assert plain.returncode == 1, plain.stderr
+    summary = json.loads(plain.stdout)
+    assert (int(bar["done"]), int(bar["total"]), int(bar["failed"])) == (
+        summary["total"],
+        summary["total"],
+        summary["failed"],
+    )
+    assert {name: int(value) for name, value in counts.groupdict().items()} == {
+        name: summary[name] for name in ("succeeded", "failed", "skipped", "total")
+    }
+    assert f"{summary['records']} record(s) written" in below[0]
+    assert (summary["total"], summary["failed"]) == (21, 1)
+
+
+@pytest.mark.slow
+def test_no_color_is_honoured(tmp_path: Path, tree: Path) -> None:
+    terminal = run_in_terminal(
+        [*_base(tmp_path, "INFO"), "run-parallel", str(tree), "--workers", "0"],
+        tmp_path,
+        env={"NO_COLOR": "1"},
+    )
+
+    assert terminal.exit_code == 1, terminal.text
+    assert len([line for line in terminal.screen if "━" in line]) == 1
+    assert not COLOUR.search(terminal.raw), COLOUR.findall(terminal.raw)[:5]
+
+
+@pytest.mark.slow
+def test_log_level_off_prints_nothing_but_the_summary_and_prefect_keeps_the_logs(
+    tmp_path: Path, tree: Path
+) -> None:
+    terminal = run_in_terminal(
+        [*_base(tmp_path, "OFF"), "run-parallel", str(tree), "--workers", "0"], tmp_path
+    )
+
+    assert terminal.exit_code == 1, terminal.text
+    assert COUNTS.fullmatch(terminal.screen[0]), terminal.text
+    assert TIMES.fullmatch(terminal.screen[1]), terminal.text
+    assert terminal.screen[2].startswith("Prefect flow run: ")
+    assert terminal.screen[3:] == [
+        f"FAILED {tree}/zbad.txt (job A): binary file (NUL byte at offset 3)"
+    ]
+    logs = flow_run_logs(str(tree))
+    assert (
+        logging.ERROR,
+        f"{tree}/zbad.txt failed in job A: binary file (NUL byte at offset 3)",
+    ) in (logs)
+    assert any(level == logging.INFO for level, _ in logs), logs
+
+
+# Without a terminal ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_without_a_terminal_plain_lines_and_prefect_keeps_info_at_warning(
+    tmp_path: Path, tree: Path
+) -> None:
+    result = subprocess.run(
+        [PIPELINE, *_base(tmp_path, "WARNING"), "run-parallel", str(tree), "--workers", "0"],
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=240,
+    )
+
+    assert result.returncode == 1, result.stderr
+    stderr = result.stderr.decode()
+    assert "━" not in stderr and "\x1b" not in stderr
+    assert re.fullmatch(
+        rf"\d\d:\d\d:\d\d WARNING {tree}/zbad.txt failed in job A: binary file \(NUL byte at "
+        r"offset 3\)\n",
+        stderr,
+    ), stderr
+    assert b"\x1b" not in result.stdout
+    assert COUNTS.fullmatch(result.stdout.decode().splitlines()[0])
+    logs = flow_run_logs(str(tree))
+    assert (
+        logging.ERROR,
+        f"{tree}/zbad.txt failed in job A: binary file (NUL byte at offset 3)",
+    ) in (logs)
+    # Below the terminal's level, still in Prefect: the flow run's and task runs' INFO lines.
+    assert any(level == logging.INFO for level, _ in logs), logs
+
+
+def flow_run_logs(folder: str, timeout: float = 30) -> list[tuple[int, str]]:
+    """(level, message) of the logs of the latest flow run whose name names ``folder``, read
+    through Prefect's client from the session's server (waiting for them to be written)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort, LogSort
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = [
+                run
+                for run in client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=50)
+                if folder in run.name
+            ]
+            logs = []
+            if runs:
+                logs = [
+                    (log.level, log.message)
+                    for log in client.read_logs(
+                        LogFilter(flow_run_id=LogFilterFlowRunId(any_=[runs[0].id])),
+                        sort=LogSort.TIMESTAMP_ASC,
+                    )
+                ]
+            if any(level >= logging.ERROR for level, _ in logs) or time.monotonic() > deadline:
+                return logs
+            time.sleep(0.5)
+
+
+# The rules, without processes -----------------------------------------------------------
+
+
+def _record(name: str, level: int, **extra: object) -> logging.LogRecord:
+    record = logging.LogRecord(name, level, __file__, 1, "message", None, None)
+    record.__dict__.update(extra)
+    return record
+
+
+@pytest.mark.parametrize(
+    ("name", "level", "terminal", "shown"),
+    [
+        ("prefect.task_runs", logging.INFO, "INFO", False),
+        ("prefect.flow_runs", logging.INFO, "INFO", False),
+        ("prefect.task_runs", logging.INFO, "DEBUG", True),
+        ("prefect.task_runs", logging.ERROR, "INFO", False),
+        ("prefect.flow_runs", logging.ERROR, "DEBUG", True),
+        # The task runner's INFO lines (connecting, the dashboard) repeat the pipeline's own.
+        ("prefect.task_runner.dask", logging.INFO, "INFO", False),
+        ("prefect.task_runner.dask", logging.INFO, "DEBUG", True),
+        ("prefect.task_runner.dask", logging.WARNING, "INFO", True),
+        ("prefect_pipeline.writer", logging.WARNING, "ERROR", False),
+        ("prefect_pipeline.writer", logging.CRITICAL, "OFF", False),
+        ("distributed.nanny", logging.ERROR, "ERROR", True),
+    ],
+)
+def test_what_reaches_the_terminal(name: str, level: int, terminal: str, shown: bool) -> None:
+    assert shown_on_terminal(_record(name, level), terminal) is shown
+
+
+def test_lines_sent_to_prefect_only_stay_off_the_terminal() -> None:
+    record = _record("prefect.flow_runs", logging.ERROR, pipeline_terminal=False)
+
+    assert not shown_on_terminal(record, "DEBUG")
+
+
+def test_the_total_never_moves_backwards_and_the_last_figures_are_the_summarys() -> None:
+    progress = Progress(enabled=False, started_at=1000.0)
+    progress.set_total(10)
+    progress.found(4)
+    assert progress.figures(now=1001.0).total == 10
+    progress.found(8)  # discovery found more than counted
+    progress.set_total(5)
+    assert progress.figures(now=1001.0).total == 12
+    progress.advance(3)
+    progress.failed(1)
+    running = progress.figures(now=1002.0)
+    assert (running.done, running.failed, running.elapsed_s) == (3, 1, 2.0)
+    assert running.files_per_s == 1.5  # the summary's formula: done / elapsed
+
+    summary = RunSummary(total=12, succeeded=10, failed=2, elapsed_s=4.0)
+    progress.finish(summary)
+    final = progress.figures(now=5000.0)
+    assert (final.done, final.total, final.failed) == (12, 12, 2)
+    assert (final.elapsed_s, final.files_per_s) == (summary.elapsed_s, summary.files_per_s)
