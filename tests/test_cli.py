@@ -111,6 +111,52 @@ def test_bad_text_input(
 
 
 @pytest.mark.parametrize(
+    ("limit", "env"), [("32", None), (None, {"PIPELINE_MAX_LINE_BYTES": "32b"})]
+)
+def test_a_line_over_the_limit(
+    pipeline: Invoke,
+    config: PipelineConfig,
+    existing: int,
+    tmp_path: Path,
+    limit: str | None,
+    env: dict[str, str] | None,
+) -> None:
+    path = make(tmp_path / "bad" / "export.jsonl", b'{"a": 1}\n' * 3 + b"x" * 33 + b"\n")
+    before = snapshot(config)
+
+    result = pipeline(*(["--max-line-bytes", limit] if limit else []), "run-all", path, env=env)
+
+    assert_one_line_error(
+        result, 1, f"job A: {path}: line 4 is longer than 32 bytes (--max-line-bytes)"
+    )
+    assert snapshot(config) == before
+
+
+def test_the_line_limit_can_be_raised(
+    pipeline: Invoke, config: PipelineConfig, tmp_path: Path
+) -> None:
+    path = make(tmp_path / "long.txt", b"x" * 2048 + b"\n")
+
+    refused = pipeline("--max-line-bytes", "1KiB", "run-all", path)
+    raised = pipeline("--max-line-bytes", "2K", "run-all", path)
+
+    assert_one_line_error(
+        refused, 1, f"job A: {path}: line 1 is longer than 1 KiB (--max-line-bytes)"
+    )
+    assert raised.exit_code == 0, raised.output
+    assert db_counts(config.db_path)["processed_records"] == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "64 parsecs", ""])
+def test_a_bad_line_limit_is_a_usage_error(cli_runner: CliInvoke, value: str) -> None:
+    result = cli_runner("--max-line-bytes", value, "list-jobs")
+
+    assert result.exit_code == 2
+    assert "Invalid value for '--max-line-bytes'" in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
     ("locked", "problem"),
     [("file", "permission denied (not readable)"), ("parent", "permission denied")],
 )
@@ -296,6 +342,19 @@ def test_run_all(pipeline: Invoke, config: PipelineConfig, sample_file: Path) ->
         "pipeline_inputs": 0, "processing_batches": 1, "processed_records": 3,
     }
 
+    sample_file.write_text("the file changed\n")
+    changed = pipeline("run-all", sample_file)
+
+    # The current content of a path replaces its earlier batch: one batch per path.
+    assert changed.exit_code == 0, changed.output
+    assert changed.stdout.splitlines()[1].endswith(
+        "1 record(s) written (replaced 1 earlier batch(es) of this file)"
+    )
+    [current] = query(config.db_path, "SELECT id, status FROM processing_batches")
+    assert current["status"] == "finalized"
+    records = query(config.db_path, "SELECT content FROM processed_records")
+    assert [r["content"] for r in records] == ["the file changed"]
+
 
 def test_run_empty_file(pipeline: Invoke, config: PipelineConfig, tmp_path: Path) -> None:
     empty = make(tmp_path / "empty.txt", b"")
@@ -422,7 +481,7 @@ def test_list_jobs(cli_runner: CliInvoke) -> None:
     assert result.stdout == (
         "Available jobs:\n"
         "  1. A  Read a text file, split it into records, write them as JSON\n"
-        "  2. B  Write the records to SQLite (one batch per input)\n"
+        "  2. B  Write the records to the database (one batch per input)\n"
         "  3. C  Finalize a batch and its records\n"
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import signal
+import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,13 +18,49 @@ from typing import Any
 
 import click
 
-from prefect_pipeline.config import DEFAULT_DB_PATH, DEFAULT_OUTPUT_DIR, PipelineConfig
-from prefect_pipeline.exceptions import InputValidationError, PipelineError, RunError, UsageError
-from prefect_pipeline.logs import LEVELS, configure_logging, get_logger
+from prefect_pipeline import interrupts
+from prefect_pipeline.config import (
+    DEFAULT_DB_PATH,
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_OUTPUT_DIR,
+    DEFAULT_RETRY_DELAY,
+    PipelineConfig,
+    parse_size,
+)
+from prefect_pipeline.exceptions import (
+    DatabaseMismatch,
+    InputValidationError,
+    MissingDatabase,
+    PipelineError,
+    RunError,
+    UsageError,
+)
+from prefect_pipeline.interrupts import caused_by_interrupt
+from prefect_pipeline.logs import LEVELS, configure_logging, get_logger, silence_other_output
+from prefect_pipeline.pipeline.definition import default_pipeline
 
 logger = get_logger("cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BROKEN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class ByteSize(click.ParamType):
+    """A size in bytes: ``67108864``, ``64MiB``, ``64M``, ``1G``."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            size = parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if size < 1:
+            self.fail("must be at least 1 byte", param, ctx)
+        return size
 
 
 class RunBroken(click.ClickException):
@@ -33,27 +69,88 @@ class RunBroken(click.ClickException):
     exit_code = EXIT_BROKEN
 
 
-def _interrupt_on_sigterm() -> None:
-    # SIGTERM takes the same clean-up path as Ctrl-C: context managers stop the cluster and
-    # the Prefect server, claimed inputs go back to pending.
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    # ValueError: not the main thread (e.g. called from a test runner thread).
-    with contextlib.suppress(ValueError):
-        signal.signal(signal.SIGTERM, handler)
+def _say_interrupted() -> None:
+    # With --log-level OFF the command prints only its result: nothing, when there is none.
+    if click.get_current_context().find_root().params.get("log_level", "INFO").upper() != "OFF":
+        click.echo("Interrupted.", err=True)
 
 
-def _interrupted(exc: BaseException) -> bool:
-    """Whether ``exc`` was caused, directly or not, by a KeyboardInterrupt."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, KeyboardInterrupt):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
+class NoSuchDatabase(click.ClickException):
+    """A command that only reads was pointed at a database that does not exist: exit 2,
+    in one line (a mistyped --db-path must not look like an empty queue)."""
+
+    exit_code = EXIT_USAGE
+
+
+def _default_job_names() -> str:
+    """The default pipeline's job names, for the JOB options' help: "A, B or C"."""
+    names = default_pipeline().names
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+
+
+#: What a JOB option accepts, said once for every command's --help.
+_JOBS_HELP = f"{_default_job_names()} (with --definition, see list-jobs)"
+
+
+class UnusableDatabase(click.ClickException):
+    """The database's location cannot hold a SQLite database (a folder, a path under a
+    file, a file that is not a database): exit 2, in one line, before anything starts."""
+
+    exit_code = EXIT_USAGE
+
+
+def _require_database(config: PipelineConfig) -> None:
+    """Refuse a database that does not exist, creating nothing: the command only reads it,
+    so a missing file is a mistyped --db-path, not an empty queue. A server database
+    without the pipeline's tables is refused the same way (connecting tells)."""
+    path = config.database.path
+    if path is None:
+        _store(config, create=False)
+        return
+    if not path.exists():
+        raise NoSuchDatabase(
+            f"{path}: no such database (check --db-path; enqueue, run, run-all and "
+            "run-parallel create it)"
+        )
+    _check_database_location(config)
+
+
+def _check_database_location(config: PipelineConfig) -> None:
+    """Refuse, creating nothing, a SQLite location where no database can be created: a
+    folder, or a path under a file. (A server database is checked when it is connected
+    to.)"""
+    path = config.database.path
+    if path is None:
+        return
+    if path.is_dir():
+        raise UnusableDatabase(f"{path}: a directory, not a database file (check --db-path)")
+    folder = path.parent
+    while not folder.exists():  # the nearest existing folder, which the store creates in
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UnusableDatabase(
+            f"{path}: cannot be created: {folder} is not a directory (check --db-path)"
+        )
+
+
+def _open_database(config: PipelineConfig) -> Any:
+    """The configured database's store, created if missing, for a command that stores what
+    it reads. A SQLite location that cannot serve is refused in one line, before a Prefect
+    server, a cluster or an import of Prefect starts (the first job that writes would
+    otherwise find out, after all of them)."""
+    path = config.database.path
+    if path is None:  # a server database: checked when it is connected to
+        return _store(config)
+    _check_database_location(config)
+    from peewee import DatabaseError
+
+    try:
+        return _store(config)
+    except (OSError, DatabaseError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UnusableDatabase(f"{path}: cannot be used: {reason} (check --db-path)") from None
+
+
 
 
 def handle_errors[F: Callable[..., Any]](func: F) -> F:
@@ -71,18 +168,22 @@ def handle_errors[F: Callable[..., Any]](func: F) -> F:
             raise click.UsageError(str(exc)) from None
         except InputValidationError as exc:
             raise click.ClickException(str(exc)) from None
+        except DatabaseMismatch as exc:
+            raise UnusableDatabase(str(exc)) from None
+        except MissingDatabase as exc:
+            raise NoSuchDatabase(str(exc)) from None
         except RunError as exc:
             raise RunBroken(str(exc)) from None
         except PipelineError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
+            _say_interrupted()
             sys.exit(EXIT_INTERRUPTED)
         except Exception as exc:
-            if _interrupted(exc):
+            if caused_by_interrupt(exc):
                 # Prefect turns an interrupt that lands inside its task engine into another
                 # error; the user still pressed Ctrl-C (or sent SIGTERM).
-                click.echo("Interrupted.", err=True)
+                _say_interrupted()
                 sys.exit(EXIT_INTERRUPTED)
             logger.exception("the run broke")
             raise RunBroken(f"the run broke: {type(exc).__name__}: {exc}") from None
@@ -109,23 +210,49 @@ def handle_errors[F: Callable[..., Any]](func: F) -> F:
 )
 @click.option(
     "--db-path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     default=DEFAULT_DB_PATH,
     show_default=True,
     envvar="PIPELINE_DB_PATH",
-    help="The SQLite database (created if missing).",
+    help="The SQLite database file. Created by enqueue, run-parallel, and run or run-all "
+    "when they run a job that writes, such as B (run --stop-after A does not open it); "
+    "status, drain-db, requeue, serve and run N --start-from C refuse a missing one. A "
+    "folder, or a path under a file, is refused before anything starts.",
+)
+@click.option(
+    "--db-url",
+    metavar="URL",
+    envvar="PIPELINE_DATABASE_URL",
+    help="The database as a URL, instead of --db-path: postgresql://USER:PASS@HOST:PORT/DB "
+    "(a database shared by drainers on many machines), or sqlite:///PATH. Its password is "
+    "never printed, logged or sent to Prefect. Env: PIPELINE_DATABASE_URL.",
+)
+@click.option(
+    "--max-line-bytes",
+    type=ByteSize(),
+    default=DEFAULT_MAX_LINE_BYTES,
+    show_default="64MiB",
+    envvar="PIPELINE_MAX_LINE_BYTES",
+    help="A line longer than this (bytes; K, M, G suffixes, e.g. 128MiB) fails its input "
+    "with an error naming the line: a line is the one thing held whole in memory.",
 )
 @click.option(
     "--definition",
     metavar="MODULE:NAME",
     envvar="PIPELINE_DEFINITION",
-    help="Your own pipeline: a PipelineDefinition (or a function returning one) in an "
-    "importable module. Default: A -> B -> C.",
+    help="Your own pipeline: a PipelineDefinition (or a function returning one) in a "
+    "module of the current directory or an installed one. Default: A -> B -> C.",
 )
 @click.version_option(package_name="prefect-pipeline")
 @click.pass_context
 def cli(
-    ctx: click.Context, log_level: str, output_dir: Path, db_path: Path, definition: str | None
+    ctx: click.Context,
+    log_level: str,
+    output_dir: Path,
+    db_path: Path,
+    db_url: str | None,
+    max_line_bytes: int,
+    definition: str | None,
 ) -> None:
     """Read input files, split them into records, store and finalize them.
 
@@ -136,15 +263,30 @@ def cli(
       pipeline run-all demo_data/sample.txt
       pipeline run-parallel samples/ --json
       pipeline --log-level OFF --db-path my.db run notes.txt --stop-after B
-      pipeline --definition mypkg.jobs:pipeline run notes.txt --stop-after D
+      pipeline --db-url postgresql://ingest:PASS@db:5432/queue drain-db
+      pipeline --max-line-bytes 256MiB run-all export.jsonl
+      pipeline --definition my_jobs:pipeline run notes.txt --stop-after D
+
+    --definition my_jobs:pipeline imports my_jobs.py from the current directory (or an
+    installed module of that name) and runs its `pipeline`.
     """
     configure_logging(log_level)
-    _interrupt_on_sigterm()
+    if log_level.upper() == "OFF":
+        silence_other_output()
+    interrupts.install()
+    source = ctx.get_parameter_source
+    given = click.core.ParameterSource.COMMANDLINE
+    if db_url and source("db_path") is given and source("db_url") is given:
+        raise click.UsageError("give --db-path or --db-url, not both")
     try:
         ctx.obj = PipelineConfig.from_env(
-            output_dir=output_dir, db_path=db_path, log_level=log_level
+            output_dir=output_dir,
+            db_path=db_path,
+            db_url=db_url,
+            log_level=log_level,
+            max_line_bytes=max_line_bytes,
         )
-    except ValueError as exc:
+    except (ValueError, UsageError) as exc:
         raise click.UsageError(str(exc)) from None
 
 
@@ -156,7 +298,7 @@ def _definition() -> Any:
     return load_definition(reference) if reference else default_pipeline()
 
 
-@cli.command("list-jobs")
+@cli.command("list-jobs", short_help="List the pipeline's jobs, in the order they run.")
 @click.pass_obj
 def list_jobs(config: PipelineConfig) -> None:
     """List all available jobs in the pipeline, in the order they run.
@@ -175,18 +317,9 @@ def list_jobs(config: PipelineConfig) -> None:
 
 
 def _describe(result: Any) -> str:
-    details = result.details or {}
     if not result.success:
         return f"failed: {result.error}"
-    if "output_path" in details:
-        return f"{details['record_count']} record(s) -> {details['output_path']}"
-    if "records_written" in details:
-        text = f"batch {details['batch_id']}, {details['records_written']} record(s) written"
-    elif "batch_id" in details:
-        text = f"batch {details['batch_id']} finalized"
-    else:
-        text = f"output {str(result.output)[:80]}"
-    return f"{text} ({result.note})" if result.note else text
+    return f"{result.summary} ({result.note})" if result.note else result.summary
 
 
 def _run_single(
@@ -197,20 +330,33 @@ def _run_single(
     force: bool,
     as_json: bool,
 ) -> None:
-    from prefect_pipeline.pipeline.flows import run_jobs
-    from prefect_pipeline.pipeline.server import prefect_api
+    from prefect_pipeline.jobs.base import Kind
+    from prefect_pipeline.pipeline.single import precheck
 
     definition = _definition()
-    definition.job_range(start_from, stop_after)  # usage errors before any start-up
-    with prefect_api():
-        outcome = run_jobs(
-            input_data,
-            definition,
-            config,
-            start_from=start_from,
-            stop_after=stop_after,
-            force=force,
-        )
+    jobs = definition.job_range(start_from, stop_after)  # usage errors before any start-up
+    if jobs[0].takes is Kind.BATCH:  # it only reads stored batches
+        _require_database(config)
+    # A rejected input before any start-up (Prefect, its server).
+    outcome = precheck(jobs, input_data, config)
+    if outcome is None:
+        if any(spec.uses_database for spec in jobs):
+            _open_database(config)
+        from prefect_pipeline.pipeline.server import prefect_api
+
+        # The API first: a configured one that does not answer is one line before the
+        # seconds of importing Prefect (and a temporary server starts meanwhile).
+        with prefect_api():
+            from prefect_pipeline.pipeline.flows import run_jobs
+
+            outcome = run_jobs(
+                input_data,
+                definition,
+                config,
+                start_from=start_from,
+                stop_after=stop_after,
+                force=force,
+            )
     if as_json:
         click.echo(
             json.dumps(
@@ -246,10 +392,14 @@ def _run_single(
         raise click.ClickException(f"job {failed.job_name}: {failed.error}")
 
 
-@cli.command()
-@click.argument("input_data")
-@click.option("--start-from", metavar="JOB", help="Job to start from (default: the first).")
-@click.option("--stop-after", metavar="JOB", help="Job to stop after (default: the last).")
+@cli.command(short_help="Run a range of jobs on one input.")
+@click.argument("input_data", metavar="INPUT_DATA")
+@click.option(
+    "--start-from", metavar="JOB", help=f"Job to start from: {_JOBS_HELP}. Default: the first."
+)
+@click.option(
+    "--stop-after", metavar="JOB", help=f"Job to stop after: {_JOBS_HELP}. Default: the last."
+)
 @click.option("--force", is_flag=True, help="Replace a batch already stored for this content.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @click.pass_obj
@@ -276,8 +426,8 @@ def run(
     _run_single(config, input_data, start_from, stop_after, force, as_json)
 
 
-@cli.command("run-all")
-@click.argument("input_file")
+@cli.command("run-all", short_help="Run every job on one input file.")
+@click.argument("input_file", metavar="INPUT_FILE")
 @click.option("--force", is_flag=True, help="Replace a batch already stored for this content.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @click.pass_obj
@@ -302,13 +452,41 @@ def _process_start() -> float:
     return float(psutil.Process().create_time())
 
 
-def _report(summary: Any, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(summary.to_dict()))
-    else:
-        click.echo(summary.to_text())
-    # Inputs left pending (a retry not yet due when --limit was reached) are not done.
-    if summary.failed or summary.pending:
+def _report(run: Callable[..., Any], as_json: bool) -> None:
+    """Run, print the summary (also of a run stopped early), and exit with its code.
+
+    The summary is printed as soon as the run knows it, while its cluster and Prefect
+    server stop: nothing in it waits for them.
+    """
+    from prefect_pipeline.exceptions import Interrupted
+
+    printed: list[Any] = []
+
+    def show(summary: Any) -> None:
+        if as_json:
+            click.echo(json.dumps(summary.to_dict()))
+        elif sys.stdout.isatty():
+            from rich.console import Console
+
+            # Colour on a terminal only; rich honours NO_COLOR.
+            Console(file=sys.stdout, highlight=False, soft_wrap=True).print(summary.to_rich())
+        else:
+            click.echo(summary.to_text())
+        sys.stdout.flush()
+        printed.append(summary)
+
+    try:
+        summary = run(report=show)
+    except Interrupted as stopped:
+        summary = stopped.summary
+    if not printed:
+        show(summary)
+    if summary.stopped:
+        _say_interrupted()
+        sys.exit(EXIT_INTERRUPTED)
+    # Inputs left pending (a retry not yet due when --limit was reached), or held by another
+    # command, are not done.
+    if summary.failed or summary.pending or summary.held:
         sys.exit(EXIT_FAILED)
 
 
@@ -318,8 +496,9 @@ def _dask_options[F: Callable[..., Any]](func: F) -> F:
             "--workers",
             type=click.IntRange(min=0),
             default=None,
+            envvar="PIPELINE_WORKERS",
             help="Dask worker processes (default: one per core). 0 runs in this "
-            "process without Dask.",
+            "process without Dask. Env: PIPELINE_WORKERS.",
         ),
         click.option(
             "--threads-per-worker",
@@ -348,16 +527,29 @@ def _dask_options[F: Callable[..., Any]](func: F) -> F:
     return func
 
 
-def _check_dask(workers: int | None, address: str | None) -> None:
+def _check_cluster(workers: int | None, threads: int, address: str | None) -> None:
+    """Impossible cluster options are usage errors before anything else is looked at."""
+    from prefect_pipeline.pipeline.options import ParallelOptions
+
+    ParallelOptions(workers=workers, threads_per_worker=threads, address=address).check()
+
+
+def _workers(workers: int | None, address: str | None) -> int | None:
+    """--workers as given, except that PIPELINE_WORKERS yields to an --address flag (a
+    default in a profile must not stop a run on an existing cluster). Both given on the
+    command line are refused by the run's options."""
     if address and workers is not None:
-        raise click.BadParameter(
-            "give --workers or --address, not both (the existing cluster decides its workers)",
-            param_hint="'--workers'",
-        )
+        context = click.get_current_context()
+        from_env = click.core.ParameterSource.ENVIRONMENT
+        if context.get_parameter_source("workers") is from_env and (
+            context.get_parameter_source("address") is not from_env
+        ):
+            return None
+    return workers
 
 
-@cli.command("run-parallel")
-@click.argument("directory", type=click.Path(path_type=Path))
+@cli.command("run-parallel", short_help="Run every job on each file under DIRECTORY, on Dask.")
+@click.argument("directory", metavar="DIRECTORY", type=click.Path(path_type=Path))
 @click.option(
     "--pattern",
     default=None,
@@ -368,8 +560,15 @@ def _check_dask(workers: int | None, address: str | None) -> None:
 @click.option(
     "--recursive/--no-recursive", default=True, show_default=True, help="Descend into sub-folders."
 )
-@click.option("--start-from", metavar="JOB", help="A (text files, default) or B (JSON files).")
-@click.option("--stop-after", metavar="JOB", help="Last job to run (default: the last).")
+@click.option(
+    "--start-from",
+    metavar="JOB",
+    help=f"Job to start from: {_JOBS_HELP}; one that takes files (A: text files, the "
+    "default; B: JSON files).",
+)
+@click.option(
+    "--stop-after", metavar="JOB", help=f"Job to stop after: {_JOBS_HELP}. Default: the last."
+)
 @click.option(
     "--force", is_flag=True, help="Reprocess inputs already done, and replace their stored batches."
 )
@@ -406,12 +605,14 @@ def run_parallel(
     from prefect_pipeline.pipeline.parallel import run_parallel_from_files
     from prefect_pipeline.pipeline.progress import Progress
 
-    _check_dask(workers, address)
+    workers = _workers(workers, address)
     if not directory.exists():
         raise click.BadParameter(f"{directory}: no such directory", param_hint="'DIRECTORY'")
     if not directory.is_dir():
         raise click.BadParameter(f"{directory}: not a directory", param_hint="'DIRECTORY'")
-    summary = run_parallel_from_files(
+    _check_database_location(config)  # the run opens it, after its own usage checks
+    run = functools.partial(
+        run_parallel_from_files,
         directory,
         config,
         definition=_definition(),
@@ -426,11 +627,13 @@ def run_parallel(
         progress=Progress.wanted(config.log_level),
         started_at=_process_start(),
     )
-    _report(summary, as_json)
+    _report(run, as_json)
 
 
-@cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@cli.command(short_help="Queue files and folders for drain-db.")
+@click.argument(
+    "paths", metavar="PATH...", nargs=-1, required=True, type=click.Path(path_type=Path)
+)
 @click.option(
     "--pattern",
     default="*",
@@ -464,53 +667,73 @@ def enqueue(
       pipeline enqueue ~/corpus
       pipeline enqueue a.txt b.txt notes/ --pattern '*.md'
     """
-    from prefect_pipeline.database.connection import get_database
     from prefect_pipeline.database.queue import enqueue as enqueue_inputs
 
     for path in paths:
         if not path.exists():
-            raise click.BadParameter(f"{path}: no such file or directory", param_hint="'PATHS'")
+            raise click.BadParameter(f"{path}: no such file or directory", param_hint="'PATH...'")
+    ignored: list[dict[str, str]] = []
     result = enqueue_inputs(
-        get_database(config.db_path, config.db_timeout),
-        _queued_inputs(config, paths, pattern, recursive),
+        _open_database(config),
+        _queued_inputs(config, paths, pattern, recursive, ignored),
         force=force,
     )
     if as_json:
-        click.echo(json.dumps({"queued": result.queued, "already": result.already}))
+        click.echo(
+            json.dumps(
+                {
+                    "queued": result.queued,
+                    "already": result.already,
+                    "ignored": len(ignored),
+                    "ignored_paths": ignored,
+                }
+            )
+        )
     else:
-        click.echo(f"{result.queued} input(s) queued, {result.already} already there")
+        line = f"{result.queued} input(s) queued, {result.already} already there"
+        click.echo(line + (f", {len(ignored)} ignored" if ignored else ""))
+        for entry in ignored:
+            click.echo(f"ignored {entry['path']}: {entry['reason']}", err=True)
 
 
 def _queued_inputs(
-    config: PipelineConfig, paths: tuple[Path, ...], pattern: str, recursive: bool
+    config: PipelineConfig,
+    paths: tuple[Path, ...],
+    pattern: str,
+    recursive: bool,
+    ignored: list[dict[str, str]],
 ) -> Any:
+    """The files to queue; what is not an input goes to ``ignored`` with the reason."""
+    import itertools
     import os
 
-    from prefect_pipeline.pipeline.discovery import Found, iter_inputs
-    from prefect_pipeline.pipeline.parallel import database_files, given_files
+    from prefect_pipeline.pipeline.discovery import Found, given_files, iter_inputs
 
     files = []
+    found = []
     for path in paths:
         absolute = Path(os.path.abspath(path))
         if absolute.is_dir():
             mirror = config.output_dir / absolute.relative_to(absolute.anchor)
-            for entry in iter_inputs(
-                absolute,
-                mirror,
-                pattern=pattern,
-                recursive=recursive,
-                exclude=[config.output_dir, *database_files(config)],
-            ):
-                if isinstance(entry, Found):
-                    yield entry
-                else:
-                    logger.info("ignored %s: %s", entry.path, entry.reason)
+            found.append(
+                iter_inputs(
+                    absolute,
+                    mirror,
+                    pattern=pattern,
+                    recursive=recursive,
+                    exclude=[config.output_dir, *config.database.local_files()],
+                )
+            )
         else:
             files.append(absolute)
-    yield from given_files(files, config)
+    for entry in itertools.chain(*found, given_files(files, config.output_dir)):
+        if isinstance(entry, Found):
+            yield entry
+        else:
+            ignored.append({"path": entry.path, "reason": entry.reason})
 
 
-@cli.command("drain-db")
+@cli.command("drain-db", short_help="Run the queued inputs, in parallel on Dask.")
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
@@ -520,7 +743,7 @@ def _queued_inputs(
 @click.option(
     "--lease-seconds",
     type=click.FloatRange(min=1),
-    default=300.0,
+    default=DEFAULT_LEASE_SECONDS,
     show_default=True,
     help="A claimed input whose command stops renewing it for this long (it "
     "died) may be taken by another drain-db.",
@@ -528,14 +751,14 @@ def _queued_inputs(
 @click.option(
     "--max-attempts",
     type=click.IntRange(min=1),
-    default=3,
+    default=DEFAULT_MAX_ATTEMPTS,
     show_default=True,
     help="Attempts per input for errors that a retry may cure.",
 )
 @click.option(
     "--retry-delay",
     type=click.FloatRange(min=0),
-    default=5.0,
+    default=DEFAULT_RETRY_DELAY,
     show_default=True,
     help="Seconds before the first retry; doubles with each attempt.",
 )
@@ -567,8 +790,11 @@ def drain_db(
     from prefect_pipeline.pipeline.parallel import run_parallel_from_database
     from prefect_pipeline.pipeline.progress import Progress
 
-    _check_dask(workers, address)
-    summary = run_parallel_from_database(
+    workers = _workers(workers, address)
+    _check_cluster(workers, threads_per_worker, address)
+    _require_database(config)
+    run = functools.partial(
+        run_parallel_from_database,
         config,
         definition=_definition(),
         limit=limit,
@@ -581,10 +807,10 @@ def drain_db(
         progress=Progress.wanted(config.log_level),
         started_at=_process_start(),
     )
-    _report(summary, as_json)
+    _report(run, as_json)
 
 
-@cli.command()
+@cli.command(short_help="Show the queue: inputs and batches by status, last errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
 @click.pass_obj
 @handle_errors
@@ -595,10 +821,10 @@ def status(config: PipelineConfig, as_json: bool) -> None:
     Example:
       pipeline status --json
     """
-    from prefect_pipeline.database.connection import get_database
     from prefect_pipeline.database.queue import status as queue_status
 
-    report = queue_status(get_database(config.db_path, config.db_timeout))
+    _require_database(config)
+    report = queue_status(_store(config))
     if as_json:
         click.echo(json.dumps(report))
         return
@@ -617,6 +843,10 @@ def status(config: PipelineConfig, as_json: bool) -> None:
         click.echo(
             f"oldest pending: #{oldest['id']} {oldest['path']} (queued {oldest['queued_at']})"
         )
+    if report["last_run"]:
+        last = report["last_run"]
+        shown = last["flow_run_url"] or last["flow_run_id"] or f"run {last['run_id']}"
+        click.echo(f"last run: {shown} ({last['at']})")
     for error in report["last_errors"]:
         click.echo(
             f"error: #{error['id']} {error['path']} ({error['status']}, job "
@@ -624,8 +854,8 @@ def status(config: PipelineConfig, as_json: bool) -> None:
         )
 
 
-@cli.command()
-@click.argument("ids", nargs=-1, type=click.IntRange(min=1))
+@cli.command(short_help="Put failed, stale or given inputs back to pending.")
+@click.argument("ids", metavar="[ID]...", nargs=-1, type=click.IntRange(min=1))
 @click.option("--failed", is_flag=True, help="Requeue every failed input.")
 @click.option(
     "--stale", is_flag=True, help="Requeue inputs whose lease expired (their command died)."
@@ -644,13 +874,13 @@ def requeue(
       pipeline requeue --stale
       pipeline requeue 12 13 --force
     """
-    from prefect_pipeline.database.connection import get_database
     from prefect_pipeline.database.queue import requeue as requeue_inputs
 
     if not (ids or failed or stale):
         raise click.UsageError("say what to requeue: --failed, --stale or input IDs")
+    _require_database(config)
     result = requeue_inputs(
-        get_database(config.db_path, config.db_timeout),
+        _store(config),
         failed=failed,
         stale=stale,
         ids=ids,
@@ -663,6 +893,212 @@ def requeue(
         sys.exit(EXIT_FAILED)
 
 
+@cli.group()
+def server() -> None:
+    """A local Prefect server, with its UI, kept between commands.
+
+    Without PREFECT_API_URL every command starts a temporary Prefect server (seconds of
+    start-up, no UI, gone when the command ends). Started once, this one is found by later
+    commands and used instead; its UI keeps the history of every run.
+
+    \b
+    Examples:
+      pipeline server start
+      pipeline server status
+      pipeline server stop
+    """
+
+
+@server.command("start", short_help="Start the local Prefect server (or find it running).")
+@click.option("--port", type=click.IntRange(1, 65535), default=4200, show_default=True)
+@handle_errors
+def server_start(port: int) -> None:
+    """Start the local Prefect server in the background (or find the one running).
+
+    \b
+    Example:
+      pipeline server start --port 4200
+    """
+    from prefect_pipeline.pipeline import local_server
+
+    running, started = local_server.start(port)
+    verb = "started" if started else "already running"
+    click.echo(f"Prefect server {verb} at {running.ui_url} (API {running.api_url})")
+
+
+@server.command("stop")
+@handle_errors
+def server_stop() -> None:
+    """Stop the local Prefect server.
+
+    \b
+    Example:
+      pipeline server stop
+    """
+    from prefect_pipeline.pipeline import local_server
+
+    stopped = local_server.stop()
+    click.echo(f"stopped the Prefect server at {stopped.ui_url}" if stopped else "no server")
+
+
+@server.command("status", short_help="Say whether the local Prefect server runs, and where.")
+@handle_errors
+def server_status() -> None:
+    """Say whether the local Prefect server runs, and where (exit 1 when it does not).
+
+    \b
+    Example:
+      pipeline server status
+    """
+    from prefect_pipeline.pipeline import local_server
+
+    running = local_server.find()
+    if running is None:
+        click.echo("no server (start one with: pipeline server start)")
+        sys.exit(EXIT_FAILED)
+    health = "answering" if running.healthy() else "not answering"
+    click.echo(f"Prefect server at {running.ui_url} (API {running.api_url}), {health}")
+
+
+@cli.command(short_help="Drain the queue on a schedule, as a Prefect deployment.")
+@click.option("--name", default="queue", show_default=True, help="The deployment's name.")
+@click.option("--interval", type=click.FloatRange(min=1), help="Seconds between drains.")
+@click.option("--cron", metavar="EXPR", help="A cron schedule, e.g. '*/5 * * * *'.")
+@click.option("--limit", type=click.IntRange(min=1), help="Take at most N inputs per drain.")
+@click.option(
+    "--start-from", metavar="JOB", help=f"Job to start from: {_JOBS_HELP}. Default: the first."
+)
+@click.option(
+    "--stop-after", metavar="JOB", help=f"Job to stop after: {_JOBS_HELP}. Default: the last."
+)
+@click.option("--workers", type=click.IntRange(min=0), help="Dask workers per drain.")
+@click.option("--address", metavar="tcp://HOST:PORT", help="An existing Dask scheduler.")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=DEFAULT_MAX_ATTEMPTS,
+              show_default=True, help="Attempts per input for errors a retry may cure.")
+@click.option("--retry-delay", type=click.FloatRange(min=0), default=DEFAULT_RETRY_DELAY,
+              show_default=True, help="Seconds before the first retry; doubles each time.")
+@click.option("--lease-seconds", type=click.FloatRange(min=1), default=DEFAULT_LEASE_SECONDS,
+              show_default=True, help="How long a claim holds without renewal.")
+@click.pass_obj
+@handle_errors
+def serve(
+    config: PipelineConfig,
+    name: str,
+    interval: float | None,
+    cron: str | None,
+    limit: int | None,
+    start_from: str | None,
+    stop_after: str | None,
+    workers: int | None,
+    address: str | None,
+    max_attempts: int,
+    retry_delay: float,
+    lease_seconds: float,
+) -> None:
+    """Drain the queue on a schedule, as a Prefect deployment (runs until stopped).
+
+    Serves the flow "drain-db" as the deployment "drain-db/NAME" with an interval or a cron
+    schedule; runs can also be triggered from the Prefect UI or with `prefect deployment
+    run`, with other parameters (JSON). Each run is a drain-db that ends Failed when inputs
+    failed. Needs a Prefect server that outlives it: PREFECT_API_URL, or `pipeline server
+    start`.
+
+    \b
+    Examples:
+      pipeline server start && pipeline serve --interval 60
+      pipeline --db-path /data/queue.db serve --name nightly --cron '0 2 * * *' --workers 4
+    """
+    from prefect_pipeline.pipeline import local_server
+    from prefect_pipeline.pipeline.options import ParallelOptions
+    from prefect_pipeline.pipeline.server import check_api, configured_api
+
+    if (interval is None) == (cron is None):
+        raise click.UsageError("give --interval or --cron (one of them)")
+    ParallelOptions(workers=workers, address=address).check()
+    _definition().path_range(start_from, stop_after)
+    _require_database(config)
+    # PREFECT_API_URL in the environment or the active Prefect profile, else the local
+    # server; the scheduled runs' processes inherit where it is.
+    api = configured_api()
+    if api is None:
+        local = local_server.find()
+        if local is None:
+            raise RunBroken(
+                "pipeline serve needs a Prefect server that outlives it: set "
+                "PREFECT_API_URL, or run `pipeline server start`"
+            )
+        os.environ["PREFECT_API_URL"], os.environ["PREFECT_UI_URL"] = (
+            local.api_url,
+            local.ui_url,
+        )
+        api = (local.api_url, "")
+    check_api(api[0], where=api[1])
+    # Each scheduled run reads where its data is from the environment it inherits.
+    os.environ["PIPELINE_OUTPUT_DIR"] = str(config.output_dir)
+    if config.db_url is not None:
+        os.environ["PIPELINE_DATABASE_URL"] = config.db_url
+    else:
+        os.environ["PIPELINE_DB_PATH"] = str(config.db_path)
+    reference = click.get_current_context().find_root().params.get("definition")
+    if reference:
+        os.environ["PIPELINE_DEFINITION"] = reference
+    from prefect_pipeline.pipeline.deployment import FLOW_NAME
+    from prefect_pipeline.pipeline.deployment import serve as serve_deployment
+
+    click.echo(
+        f"serving {FLOW_NAME}/{name} on {config.database.display} "
+        f"({f'every {interval:g} s' if interval else f'cron {cron}'}); Ctrl-C stops it",
+        err=True,
+    )
+    serve_deployment(
+        name,
+        interval=interval,
+        cron=cron,
+        parameters={
+            "workers": workers,
+            "limit": limit,
+            "start_from": start_from,
+            "stop_after": stop_after,
+            "max_attempts": max_attempts,
+            "retry_delay": retry_delay,
+            "lease_seconds": lease_seconds,
+            "address": address,
+        },
+    )
+
+
+def _store(config: PipelineConfig, *, create: bool = True) -> Any:
+    """The configured database's store (created with its schema if missing, unless
+    ``create`` is False)."""
+    from prefect_pipeline.database.backends import open_store
+
+    return open_store(config.database, timeout=config.db_timeout, create=create)
+
+
 def main() -> None:
     """Entry point of the ``pipeline`` script."""
-    cli(prog_name="pipeline")
+    code = 0
+    try:
+        cli(prog_name="pipeline")
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> None:
+    """Send Prefect what it still holds, flush our streams, and leave without Python's
+    shutdown.
+
+    Everything the command started is already stopped by then (context managers); what
+    Python's shutdown would add is waiting: atexit handlers of Dask and Prefect that retry
+    what is already gone, and daemon threads that write to stderr while the interpreter
+    finalizes ("Fatal Python error: _enter_buffered_busy").
+    """
+    from prefect_pipeline.compat import flush_prefect
+
+    with contextlib.suppress(Exception):
+        flush_prefect(timeout=5)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)

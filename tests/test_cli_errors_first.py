@@ -1,0 +1,274 @@
+"""Errors first, and no work, no cluster: the real ``pipeline`` command, in a process of its
+own, answers a bad database location, a missing input, a missing database and a run with
+nothing to do without importing Prefect or Dask and without starting any process.
+
+What the command loaded and started is recorded from inside it, not guessed from how long
+it took: ``sitecustomize.py`` (on ``PYTHONPATH``) installs an audit hook that writes, as it
+happens, every module the process loads (the ``import`` audit event, raised when a module
+enters ``sys.modules``) and every process it starts (``subprocess.Popen``, ``os.fork``,
+``os.posix_spawn``, ``os.exec*``...). A child that is a Python process inherits the hook
+and writes its own lines under its own pid, so a process started any other way shows too.
+The log is written with ``os.write`` at once: the command leaves through ``os._exit``, and
+an ``atexit`` check would never run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CliInvoke, files_under, sqlite_store
+
+PIPELINE = str(Path(sys.executable).parent / "pipeline")
+
+#: Packages a command must not load when it has nothing to run.
+HEAVY = ("prefect", "prefect_dask", "distributed", "dask")
+
+SITECUSTOMIZE = textwrap.dedent(
+    """
+    import os
+    import sys
+
+    _log = os.open(os.environ["PIPELINE_TEST_AUDIT_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    _STARTS = ("subprocess.Popen", "os.fork", "os.forkpty", "os.posix_spawn", "os.exec",
+               "os.spawn", "os.system", "pty.spawn")
+
+
+    def _hook(event, args):
+        if event == "import":
+            os.write(_log, f"{os.getpid()} import {args[0]}\\n".encode())
+        elif event in _STARTS:
+            os.write(_log, f"{os.getpid()} start {event}\\n".encode())
+
+
+    sys.addaudithook(_hook)
+    """
+)
+
+
+@dataclass
+class Watched:
+    """A command's outcome, and what its process loaded and started."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    #: Modules loaded by the command's own process.
+    imported: set[str]
+    #: Process starts (audit events) of the command's process.
+    started: list[str]
+    #: Every process that wrote to the log: the command's own, and any Python child.
+    pids: set[int]
+
+    def heavy_imports(self) -> list[str]:
+        return sorted(name for name in self.imported if name.partition(".")[0] in HEAVY)
+
+
+WatchedRun = Callable[..., Watched]
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> WatchedRun:
+    """``watched(*args, cwd=...)``: run ``pipeline ARGS`` in a process of its own, watched."""
+    site = tmp_path / "watch-site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    runs = iter(range(1000))
+
+    def run(*args: str | os.PathLike[str], cwd: Path = tmp_path) -> Watched:
+        log = tmp_path / f"audit-{next(runs)}.log"
+        path = [str(site), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(path),
+            "PIPELINE_TEST_AUDIT_LOG": str(log),
+        }
+        result = subprocess.run(
+            [PIPELINE, *(os.fspath(arg) for arg in args)],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        lines = [line.split(" ", 2) for line in log.read_text().splitlines()]
+        pids = {int(pid) for pid, _, _ in lines}
+        own = int(lines[0][0])  # the first line is the command's own (its first import)
+        return Watched(
+            result.returncode,
+            result.stdout,
+            result.stderr,
+            imported={name for pid, kind, name in lines if int(pid) == own and kind == "import"},
+            started=[name for pid, kind, name in lines if int(pid) == own and kind == "start"],
+            pids=pids,
+        )
+
+    return run
+
+
+def assert_started_nothing(result: Watched) -> None:
+    # The hook works: the command's own modules are in the log.
+    assert "prefect_pipeline.cli" in result.imported
+    assert result.heavy_imports() == []
+    assert result.started == []
+    assert len(result.pids) == 1
+
+
+# A database location that cannot serve (run, run-all) -----------------------------------
+
+
+def _under_a_file(tmp_path: Path) -> tuple[Path, str]:
+    (tmp_path / "afile").write_text("a regular file\n")
+    db = tmp_path / "afile" / "pipeline.db"
+    return db, f"{db}: cannot be created: {tmp_path / 'afile'} is not a directory"
+
+
+def _a_directory(tmp_path: Path) -> tuple[Path, str]:
+    db = tmp_path / "a-folder"
+    db.mkdir()
+    return db, f"{db}: a directory, not a database file"
+
+
+def _not_a_database(tmp_path: Path) -> tuple[Path, str]:
+    db = tmp_path / "notes.db"
+    db.write_text("these are notes, not a SQLite database\n")
+    return db, f"{db}: cannot be used: file is not a database"
+
+
+@pytest.mark.parametrize(
+    ("command", "location"),
+    [
+        ("run", _under_a_file),
+        ("run", _a_directory),
+        ("run", _not_a_database),
+        ("run-all", _under_a_file),
+    ],
+)
+def test_an_unusable_database_is_one_line_before_prefect(
+    watched: WatchedRun,
+    tmp_path: Path,
+    sample_file: Path,
+    command: str,
+    location: Callable[[Path], tuple[Path, str]],
+) -> None:
+    db, problem = location(tmp_path)
+    before = db.read_bytes() if db.is_file() else None
+
+    result = watched("--db-path", db, "--output-dir", tmp_path / "out", command, sample_file)
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"Error: {problem} (check --db-path)\n"
+    assert result.stdout == ""
+    assert_started_nothing(result)
+    # Nothing was written: not job A's JSON, not the file that is not a database.
+    assert files_under(tmp_path / "out") == []
+    assert (db.read_bytes() if db.is_file() else None) == before
+
+
+def test_the_other_commands_refuse_a_directory_in_one_line(
+    cli_runner: CliInvoke, tmp_path: Path, sample_file: Path
+) -> None:
+    db = tmp_path / "a-folder"
+    db.mkdir()
+    line = f"Error: {db}: a directory, not a database file (check --db-path)\n"
+
+    for command in (
+        ["status"],
+        ["drain-db", "--workers", "0"],
+        ["requeue", "--failed"],
+        ["enqueue", sample_file],
+        ["run-parallel", sample_file.parent, "--workers", "0"],
+    ):
+        result = cli_runner("--log-level", "OFF", "--db-path", db, *command)
+
+        assert (result.exit_code, result.stderr) == (2, line), command
+    assert list(db.iterdir()) == []
+
+
+def test_a_run_that_does_not_write_does_not_look_at_the_database(
+    cli_runner: CliInvoke, tmp_path: Path, sample_file: Path
+) -> None:
+    """Job A alone never opens the database, so its location is not checked either."""
+    db, _ = _under_a_file(tmp_path)
+    result = cli_runner(
+        "--log-level",
+        "OFF",
+        "--db-path",
+        db,
+        "--output-dir",
+        tmp_path / "out",
+        "run",
+        sample_file,
+        "--stop-after",
+        "A",
+    )
+
+    assert result.exit_code == 0, result.output
+    assert files_under(tmp_path / "out") == ["sample_processed.json"]
+
+
+# Nothing to do: no Prefect, no Dask, no process ---------------------------------------------
+
+
+def test_a_missing_input_starts_nothing(watched: WatchedRun, tmp_path: Path) -> None:
+    missing = tmp_path / "nonexistent.txt"
+
+    result = watched("--db-path", tmp_path / "p.db", "run", missing)
+
+    assert result.returncode == 1
+    assert result.stderr == f"Error: job A: {missing}: no such file\n"
+    assert_started_nothing(result)
+    assert not (tmp_path / "p.db").exists()
+
+
+def test_drain_db_on_a_missing_database_starts_nothing(watched: WatchedRun, tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+
+    result = watched("--db-path", missing, "drain-db")
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"Error: {missing}: no such database (check --db-path; enqueue, run, run-all and "
+        "run-parallel create it)\n"
+    )
+    assert_started_nothing(result)
+    assert not missing.exists()
+
+
+def test_drain_db_on_an_empty_queue_starts_nothing(watched: WatchedRun, tmp_path: Path) -> None:
+    db = tmp_path / "queue.db"
+    sqlite_store(db)  # a database with its schema and an empty queue
+
+    result = watched("--log-level", "OFF", "--db-path", db, "drain-db", "--json")
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["total"], summary["flow_run_id"], summary["dashboard_url"]) == (0, None, None)
+    assert_started_nothing(result)
+
+
+def test_run_parallel_with_every_input_unchanged_starts_nothing(
+    watched: WatchedRun, cli_runner: CliInvoke, tmp_path: Path, sample_file: Path
+) -> None:
+    (sample_file.parent / "second.txt").write_text("one\ntwo\n")
+    base = ["--log-level", "OFF", "--db-path", tmp_path / "p.db", "--output-dir", tmp_path / "o"]
+    first = cli_runner(*base, "run-parallel", sample_file.parent, "--workers", "0", "--json")
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["succeeded"] == 2
+
+    # Again, with the default workers: a cluster would start if anything had to run.
+    result = watched(*base, "run-parallel", sample_file.parent, "--json")
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["total"], summary["skipped"], summary["succeeded"]) == (2, 2, 0)
+    assert summary["flow_run_id"] is None
+    assert_started_nothing(result)
