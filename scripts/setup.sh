@@ -31,3 +31,28 @@ if [ ! -f "$stamp" ]; then
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
+
+# The PostgreSQL tests start a throw-away server (tests/postgres_cluster.py) and need its
+# binaries, initdb and postgres; Debian keeps them in /usr/lib/postgresql/VERSION/bin.
+have_postgres_server() {
+    local bindir
+    if bindir=$(pg_config --bindir 2>/dev/null) && [ -x "$bindir/initdb" ] && [ -x "$bindir/postgres" ]; then
+        return 0
+    fi
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
+if ! have_postgres_server; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing the PostgreSQL server binaries (Debian package postgresql)" >&2
+        # A fresh machine may have no package lists yet: update only if the install fails.
+        install_postgres() {
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                postgresql >/dev/null
+        }
+        install_postgres || { apt-get update -qq >/dev/null && install_postgres; } || true
+    fi
+    if ! have_postgres_server; then
+        echo "note: PostgreSQL server binaries (initdb, postgres) not found; the PostgreSQL" \
+            "tests will be skipped (and fail in CI). Install the Debian package postgresql." >&2
+    fi
+fi
