@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefect_pipeline import interrupts
 from prefect_pipeline.compat import break_future_cycle, cancel_future, forget_task_results
 from prefect_pipeline.config import PipelineConfig
 from prefect_pipeline.database.ledger import Ledger
+from prefect_pipeline.interrupts import check as check_interrupt
 from prefect_pipeline.jobs.base import UNEXPECTED_ERROR, JobResult
 from prefect_pipeline.logs import get_logger
 from prefect_pipeline.pipeline.definition import JobSpec
@@ -110,7 +110,7 @@ class Driver:
         if primed:
             self._advance(primed, 0)
         while True:
-            interrupts.check()
+            check_interrupt()
             if self.plan.observer.should_stop():
                 self._stop()
                 break
@@ -121,7 +121,7 @@ class Driver:
                 and not source.exhausted
                 and not self.plan.observer.should_stop()
             ):
-                interrupts.check()
+                check_interrupt()
                 group = source.next_group()
                 if group is None:
                     break

@@ -14,13 +14,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from prefect_pipeline import interrupts
 from prefect_pipeline.config import DEFAULT_MAX_ATTEMPTS, PipelineConfig
 from prefect_pipeline.database.backends import open_store
 from prefect_pipeline.database.ledger import Ledger
 from prefect_pipeline.database.queue import status as queue_status
 from prefect_pipeline.exceptions import DatabaseUnavailable, Interrupted, RunError
-from prefect_pipeline.interrupts import caused_by_interrupt
+from prefect_pipeline.interrupts import caused_by_interrupt, received
 from prefect_pipeline.jobs.base import Kind
 from prefect_pipeline.logs import get_logger
 from prefect_pipeline.pipeline.definition import PipelineDefinition, default_pipeline
@@ -196,7 +195,7 @@ def _execute(plan: Plan, command: str, source: str, shown: dict[str, Any]) -> Ru
                     raise _stopped(plan, read_summary(plan), "interrupted") from None
                 if summary.stopped:  # cancelled in Prefect
                     raise _stopped(plan, summary, summary.stopped)
-                if interrupts.received():  # its KeyboardInterrupt was lost in a finalizer
+                if received():  # its KeyboardInterrupt was lost in a finalizer
                     raise _stopped(plan, summary, "interrupted")
                 # The last frame shows the summary's figures, and the display ends before
                 # the summary is printed (while the cluster and the server stop).
