@@ -492,3 +492,27 @@ def test_a_signal_to_the_group_gives_claimed_inputs_back(
     assert temporary_files(config.output_dir) == []
     assert_nothing_half_written(config)
 
+
+
+def test_a_sigterm_that_prefect_caught_mid_task_run_counts_as_the_interrupt() -> None:
+    """Prefect's engine puts its own SIGTERM handler in front of the command's while a flow
+    runs; landing while a task run is created, its ``TerminationSignal`` comes out as
+    another error (seen once under load: exit 3 with "Task run is not set" instead of 130).
+    The error is recognised by its context, and the signal is recorded as received."""
+    from prefect.exceptions import TerminationSignal
+
+    from prefect_pipeline import interrupts
+
+    try:
+        try:
+            raise TerminationSignal(signal.SIGTERM)
+        except TerminationSignal:
+            raise ValueError("Task run is not set")  # noqa: B904 - as Prefect raises it
+    except ValueError as exc:
+        prefects = exc
+
+    assert not interrupts.caused_by_interrupt(ValueError("an error of its own"))
+    assert not interrupts.received()
+    assert interrupts.caused_by_interrupt(prefects)
+    assert interrupts.received()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # a second one waits for us

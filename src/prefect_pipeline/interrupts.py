@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 from typing import Any
 
 _received: int | None = None
@@ -58,8 +59,16 @@ def reset() -> None:
 
 
 def caused_by_interrupt(exc: BaseException) -> bool:
-    """Whether ``exc`` is, or came of, an interrupt: a ``KeyboardInterrupt`` in its chain,
-    or any error raised after a stop signal arrived."""
+    """Whether ``exc`` is, or came of, an interrupt: a ``KeyboardInterrupt`` or Prefect's
+    ``TerminationSignal`` in its chain, or any error raised after a stop signal arrived.
+
+    While a flow runs, Prefect's engine puts a SIGTERM handler of its own in front of ours
+    (``capture_sigterm``): it raises ``TerminationSignal`` and, once that reaches the
+    engine, hands the signal on to ours. Landing in the middle of a task run's creation it
+    comes out instead as another error ("Task run is not set") with the
+    ``TerminationSignal`` in its context, and ours never runs: the signal is recorded here.
+    """
+    global _received
     if _received is not None:
         return True
     seen: set[int] = set()
@@ -67,6 +76,20 @@ def caused_by_interrupt(exc: BaseException) -> bool:
     while current is not None and id(current) not in seen:
         if isinstance(current, KeyboardInterrupt):
             return True
+        if _is_termination_signal(current):
+            _received = int(getattr(current, "signal", signal.SIGTERM))
+            for name in (signal.SIGINT, signal.SIGTERM):  # as ``install``'s handler does
+                with contextlib.suppress(ValueError):
+                    signal.signal(name, signal.SIG_IGN)
+            return True
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return False
+
+
+def _is_termination_signal(exc: BaseException) -> bool:
+    # Looked up, not imported: a process that never imported Prefect cannot have one, and
+    # this module stays free of Prefect's import cost (errors come before start-up).
+    exceptions = sys.modules.get("prefect.exceptions")
+    termination = getattr(exceptions, "TerminationSignal", None)
+    return termination is not None and isinstance(exc, termination)

@@ -128,14 +128,17 @@ class SqliteStore(Store):
     def cannot_serve(self, exc: BaseException) -> bool:
         # SQLite reports a statement's own failure ("malformed JSON" in an input's records,
         # caught by json_each) as an OperationalError too, with the generic SQLITE_ERROR
-        # code; a locked, full, read-only or broken file has codes of its own.
+        # code; a locked, full, read-only or broken file has codes of its own. The whole
+        # chain counts: a full disk's rollback fails in turn with a generic "cannot
+        # rollback - no transaction is active", the full disk in its context.
+        codes = []
         current: BaseException | None = exc
         while current is not None:
             code = getattr(current, "sqlite_errorcode", None)
             if code is not None:
-                return bool(code & 0xFF != sqlite3.SQLITE_ERROR)
+                codes.append(code & 0xFF)
             current = current.__cause__ or current.__context__
-        return True
+        return not codes or any(code != sqlite3.SQLITE_ERROR for code in codes)
 
     def _open_database(self) -> SqliteDatabase:
         assert self.location.path is not None
