@@ -5,4 +5,6 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/mypy
-exec .venv/bin/pytest "$@"
+# Two processes (each with its own Prefect and PostgreSQL servers): most tests wait on the
+# processes they start, so two share two cores well; work stealing evens out the long ones.
+exec .venv/bin/pytest -n "${PYTEST_PROCESSES:-2}" --dist worksteal "$@"

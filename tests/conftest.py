@@ -58,6 +58,31 @@ TABLES = ("pipeline_inputs", "processing_batches", "processed_records")
 SAMPLE_TEXT = "first line\n\n  second line  \nthird line\n"
 
 
+# Order ----------------------------------------------------------------------------------
+
+#: The longest tests (over 45 s each on two cores), started first: a long test picked up
+#: last would keep one test process running alone at the end of the suite.
+LONGEST_FIRST = (
+    "tests/test_readme.py::test_the_readme_runs_as_written",
+    "tests/test_scale_out.py::",
+    "tests/test_benchmarks.py::test_harness_end_to_end",
+    "tests/test_queue_crash.py::test_two_drainers_share_the_queue_without_overlap",
+    "tests/test_fault_injection.py::",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest tests first, then the others that start processes (``slow``), then the
+    rest; each part in its file order."""
+
+    def rank(item: pytest.Item) -> int:
+        if item.nodeid.startswith(LONGEST_FIRST):
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)
+
+
 # Session ------------------------------------------------------------------------------
 
 

@@ -3,6 +3,9 @@ or Python that removes or renames one fails here, by name."""
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -130,3 +133,28 @@ def test_quiet_dask_settings_are_dask_settings() -> None:
         assert [dask.config.get(key) for key in compat.QUIET_DASK] == list(
             compat.QUIET_DASK.values()
         )
+
+
+def test_seed_prefect_database_copies_the_schema_and_registry_but_no_run(
+    tmp_path: Path,
+) -> None:
+    """From the session server's database, migrated and then used by the suite's runs."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().server.database.connection_url
+    assert url is not None
+    source = Path(url.get_secret_value().split(":///", 1)[1])
+    target = tmp_path / "prefect.db"
+
+    compat.seed_prefect_database(source, target)
+
+    def read(path: Path, sql: str) -> list[Any]:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return db.execute(sql).fetchall()
+
+    schema = "SELECT type, name, sql FROM sqlite_master ORDER BY name"
+    assert read(target, schema) == read(source, schema)
+    for table in compat.PREFECT_DATABASE_REGISTRY:
+        rows = f"SELECT * FROM {table} ORDER BY 1"
+        assert read(target, rows) == read(source, rows) != []
+    assert read(target, "SELECT count(*) FROM flow_run") == [(0,)]

@@ -31,7 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import prefect_pipeline.pipeline.local_server as local_server
-from prefect_pipeline.compat import SERVER_APP_FACTORY, TEMPORARY_SERVER_ENV, flush_prefect
+from prefect_pipeline.compat import (
+    SERVER_APP_FACTORY,
+    TEMPORARY_SERVER_ENV,
+    flush_prefect,
+    seed_prefect_database,
+)
 from prefect_pipeline.exceptions import RunError
 from prefect_pipeline.logs import get_logger
 
@@ -230,9 +235,16 @@ class PrefectApi:
             pass
         private = tempfile.mkdtemp(prefix="prefect-pipeline-api-")
         self._stack.callback(shutil.rmtree, private, True)
-        self._export(
-            "PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{private}/prefect.db"
-        )
+        database = Path(private) / "prefect.db"
+        if (home / "prefect.db").is_file():
+            # The shared database's schema, so that the server need not migrate a new
+            # file first (a second command then starts as fast as the first).
+            try:
+                seed_prefect_database(home / "prefect.db", database)
+            except Exception:
+                logger.debug("could not copy the Prefect database's schema", exc_info=True)
+                database.unlink(missing_ok=True)  # a new file, migrated by the server
+        self._export("PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{database}")
         logger.warning(
             "another pipeline command is using the temporary Prefect server's database; "
             "this run reports to a private one that is removed at exit "
