@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 #: Kill points of one run of this test: a few in the suite, where every second counts; set
 #: PIPELINE_KILL_POINTS for a longer hunt (the README's reliability section gives the
 #: figures of the last one).
-KILL_POINTS = int(os.environ.get("PIPELINE_KILL_POINTS", "6"))
+KILL_POINTS = int(os.environ.get("PIPELINE_KILL_POINTS", "4"))
 FILES = 300
 
 
