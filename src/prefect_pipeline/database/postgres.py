@@ -159,9 +159,7 @@ class PostgresStore(Store):
         try:
             return self.db.connection().execute(translated, params)
         except self.unavailable_errors as exc:
-            if not self.cannot_serve(exc):
-                raise
-            raise self.unavailable(exc) from exc
+            self.fail(exc)
 
     # Schema --------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from peewee import Database
 
@@ -345,6 +345,13 @@ class Store(ABC):
         text = re.sub(r"\s+", " ", primary or str(cause)).strip() or type(cause).__name__
         return DatabaseUnavailable(f"{self.location.display}: {text}")
 
+    def fail(self, exc: BaseException) -> NoReturn:
+        """Raise what ``exc`` (one of ``unavailable_errors``) means: ``DatabaseUnavailable``
+        when the database cannot serve, else ``exc`` itself (one statement's failure)."""
+        if self.cannot_serve(exc):
+            raise self.unavailable(exc) from exc
+        raise exc
+
     # Lifecycle -------------------------------------------------------------------------
 
     @abstractmethod
@@ -381,9 +388,7 @@ class Store(ABC):
         try:
             return self.db.connection().execute(sql, params)
         except self.unavailable_errors as exc:
-            if not self.cannot_serve(exc):
-                raise
-            raise self.unavailable(exc) from exc
+            self.fail(exc)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -401,9 +406,7 @@ class Store(ABC):
             except DatabaseUnavailable:
                 raise
             except self.unavailable_errors as exc:  # the begin, commit or rollback failed
-                if not self.cannot_serve(exc):
-                    raise
-                raise self.unavailable(exc) from exc
+                self.fail(exc)
             return
         self.execute("SAVEPOINT pipeline_step")
         try:
@@ -427,9 +430,7 @@ class Store(ABC):
         try:
             self.db.connection().rollback()
         except self.unavailable_errors as exc:
-            if not self.cannot_serve(exc):
-                raise
-            raise self.unavailable(exc) from exc
+            self.fail(exc)
 
     def _begin(self) -> Any:
         """The context manager of an outermost write transaction."""
