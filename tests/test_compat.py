@@ -49,17 +49,26 @@ def test_forget_task_results_empties_the_flow_runs_results() -> None:
 
 def test_break_future_cycle_cuts_the_thread_pool_futures_link() -> None:
     """The link the cycle runs through: the wrapped future's done callbacks hold the
-    Prefect future. (Its effect on memory is tested on a whole run in test_parallel.py.)"""
+    Prefect future. (Its effect on memory is tested on a whole run in test_parallel.py.)
+
+    The task waits until it has been submitted: a future already done when Prefect wraps it
+    runs the callback at once and keeps no link (nor cycle), which is not what is tested."""
+    import threading
+
     from prefect import flow, task
     from prefect.task_runners import ThreadPoolTaskRunner
 
+    submitted = threading.Event()
+
     @task(persist_result=False)
     def make() -> Payload:
+        submitted.wait(timeout=30)
         return Payload()
 
     @flow(persist_result=False, task_runner=ThreadPoolTaskRunner(max_workers=1))
     def body() -> tuple[bool, list[Any]]:
         future: Any = make.submit()
+        submitted.set()
         future.result()
         callbacks = future.wrapped_future._done_callbacks
         links = any(getattr(c, "__self__", None) is future for c in callbacks)
