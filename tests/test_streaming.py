@@ -313,6 +313,45 @@ def test_both_paths_store_identical_rows(config: PipelineConfig, tmp_path: Path)
     assert db_counts(stream.db_path)["processed_records"] > 5000
 
 
+def test_a_group_carries_document_text_up_to_its_budget(
+    config: PipelineConfig, tmp_path: Path
+) -> None:
+    """Past ``group_text_bytes``, a group's small documents go on as their files' paths, and
+    job B stores the same rows from them; the next group starts with the whole budget."""
+    from prefect_pipeline.pipeline.definition import JobSpec
+    from prefect_pipeline.pipeline.wrappers import WorkItem, run_job_on_items
+
+    inputs = [
+        write(tmp_path / "inputs" / f"in{n}.txt", b"a short line\n" * 50 + bytes([65 + n]))
+        for n in range(6)
+    ]
+    one_text = len(JobA(config).execute(inputs[0]).output.text)
+    spec = JobSpec("A", JobA, JobA.description)
+    rows = {}
+    for budget in (10 * one_text, 2 * one_text):
+        cfg = config.model_copy(
+            update={"group_text_bytes": budget, "db_path": tmp_path / f"{budget}.db"}
+        )
+        items = [WorkItem({"path": str(path)}) for path in inputs]
+        groups = [
+            run_job_on_items(spec, items[:3], cfg),
+            run_job_on_items(spec, items[3:], cfg),
+        ]
+        carried = [[r.output.text is not None for r in group] for group in groups]
+        if budget == 2 * one_text:
+            assert carried == [[True, True, False], [True, True, False]]
+        else:
+            assert carried == [[True] * 3, [True] * 3]
+        for result in groups[0] + groups[1]:
+            assert result.details["streamed"] is False
+            batch = JobB(cfg).execute(result.output)
+            assert batch.success, batch.error
+        rows[budget] = stored_rows(cfg.db_path)
+
+    assert rows[10 * one_text] == rows[2 * one_text]
+    assert len(rows[2 * one_text][1]) == 6 * 51
+
+
 @pytest.mark.parametrize("chunk", [1, 16, 100, 1 << 16])
 def test_the_reader_yields_json_arrays_of_whole_records(
     config: PipelineConfig, tmp_path: Path, chunk: int

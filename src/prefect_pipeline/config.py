@@ -36,6 +36,9 @@ DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024
 DEFAULT_STREAM_THRESHOLD = 1024 * 1024
 #: The chunk size of streamed reads and writes.
 DEFAULT_CHUNK_BYTES = 256 * 1024
+#: Document text one group of inputs hands on to the writer at most; the rest of its
+#: documents go as their files' paths (see ``JobA``).
+DEFAULT_GROUP_TEXT_BYTES = 16 * 1024 * 1024
 
 # Environment variable -> field. Flags given on the command line override these.
 ENV_VARS = {
@@ -80,6 +83,9 @@ class PipelineConfig(BaseModel):
     #: ``chunk_bytes``, in memory that does not grow with their size.
     stream_threshold: int = Field(default=DEFAULT_STREAM_THRESHOLD, ge=0)
     chunk_bytes: int = Field(default=DEFAULT_CHUNK_BYTES, ge=1)
+    #: Document text a group of inputs carries to the writer at most (in characters);
+    #: past it, documents go as their JSON files' paths and job B reads them in chunks.
+    group_text_bytes: int = Field(default=DEFAULT_GROUP_TEXT_BYTES, ge=0)
 
     @field_validator("max_line_bytes", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from prefect_pipeline.config import PipelineConfig
 from prefect_pipeline.exceptions import InputValidationError
 from prefect_pipeline.jobs.base import BaseJob, Facts, Kind, Outcome
 from prefect_pipeline.jobs.document import (
@@ -51,13 +52,23 @@ class JobA(BaseJob):
 
     A file up to ``config.stream_threshold`` bytes is read and written whole; a larger one
     in chunks of ``config.chunk_bytes``, its document then carrying no records (job B reads
-    them from the JSON file). Both give the same JSON file, byte for byte.
+    them from the JSON file). Both give the same JSON file, byte for byte. A small file's
+    document carries its JSON text while the group's ``config.group_text_bytes`` last.
     """
 
     name = "A"
     description = "Read a text file, split it into records, write them as JSON"
     takes = Kind.FILE
     produces = Kind.DOCUMENT
+
+    def __init__(self, config: PipelineConfig, *, force: bool = False) -> None:
+        super().__init__(config, force=force)
+        # A job is made per group, and a group's documents cross to the writer together.
+        # Group sizes are bounded by input bytes, but a file of short lines makes about six
+        # times its size in JSON (and W5s's 8 MiB groups of 10-character lines took 200 MB
+        # more per worker and in the writer): past this budget a document goes on as its
+        # file's path only, like a large one, and job B reads it back in chunks.
+        self._text_budget = config.group_text_bytes
 
     def validate_input(self, input_data: Any) -> tuple[Path, Path]:
         if isinstance(input_data, Mapping):
@@ -88,10 +99,12 @@ class JobA(BaseJob):
             data = handle.read(version.st_size + 1) if version.st_size <= whole else b""
             if version.st_size <= whole and len(data) <= version.st_size:
                 document = self._whole(path, data, source_path, output_path)
+                streamed = False
             else:  # large, or it grew since fstat (a log being written): read it in chunks
                 handle.seek(0)
                 del data
                 document = self._streamed(path, handle, source_path, output_path)
+                streamed = True
         count = document["record_count"]
         sha256 = document["sha256"]
         return Outcome(
@@ -100,7 +113,7 @@ class JobA(BaseJob):
                 "output_path": str(output_path),
                 "record_count": count,
                 "sha256": sha256,
-                "streamed": document.text is None,
+                "streamed": streamed,
             },
             facts=Facts(sha256=sha256, size=version.st_size, mtime_ns=version.st_mtime_ns),
         )
@@ -122,8 +135,12 @@ class JobA(BaseJob):
         )
         del records  # from here on the text is the document: see ProcessedDocument
         write_json_atomically(output_path, text)
+        carried: str | None = None
+        if len(text) <= self._text_budget:
+            carried = text
+            self._text_budget -= len(text)
         return ProcessedDocument(
-            text,
+            carried,
             source_path=source_path,
             sha256=sha256,
             record_count=count,
