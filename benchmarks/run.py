@@ -1978,9 +1978,24 @@ def _prefect(args: argparse.Namespace, ctx: Context, home: Path) -> Iterator[Non
         yield
 
 
+def exit_on_stop_signals() -> None:
+    """Turn SIGTERM and SIGHUP into ``SystemExit``: Python's default for them ends the
+    process at once, skipping the ``finally`` blocks that stop what the harness started (the
+    shared ``prefect server start``, a running command's process group) and remove its
+    scratch folders, so a harness stopped by a supervisor or a closed terminal left them
+    running. (SIGINT already raises ``KeyboardInterrupt``.)"""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; return 1 if any run failed or disagreed with raw."""
     args = parse_args(argv)
+    exit_on_stop_signals()
     results_dir = args.results_dir.resolve()
     scratch = results_dir / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
