@@ -14,10 +14,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from prefect_pipeline.clock import iso
 from prefect_pipeline.config import PipelineConfig
 from prefect_pipeline.database.ledger import Ledger
 from prefect_pipeline.database.owners import Owner, is_gone, this_process
-from prefect_pipeline.database.queue import enqueue
+from prefect_pipeline.database.queue import enqueue, requeue
+from prefect_pipeline.database.queue import status as queue_status
 from prefect_pipeline.pipeline.discovery import given_files
 from tests.conftest import CliInvoke, ManualClock, query, sqlite_store
 
@@ -159,6 +161,35 @@ def test_a_drain_takes_a_dead_drainers_inputs_at_once_counting_the_attempt(
     claimed = mine.claim_pending(10, max_attempts=3)
 
     assert [(c.input_id, c.attempts) for c in claimed] == [(2, 2), (3, 2), (4, 1)]
+
+
+def test_status_and_requeue_stale_see_a_dead_owner_at_once(
+    config: PipelineConfig, tmp_path: Path, dead_process: Owner, live_process: Owner
+) -> None:
+    """Before the leases run out: a dead command of this host holds stale inputs; a live
+    one, and one elsewhere (whose process cannot be seen), hold theirs."""
+    store = sqlite_store(config.db_path)
+    clock = ManualClock()
+    assert enqueue(store, _found(config, _files(tmp_path, 5))).queued == 5
+    # The dead one claims last: a claim by any other command of this host would take its
+    # inputs over at once.
+    holders = [live_process, replace(dead_process, host="far"), dead_process, dead_process]
+    for owner in holders:
+        ledger = Ledger(store, lease_seconds=300, clock=clock, owner=owner)
+        assert len(ledger.claim_pending(1, max_attempts=3)) == 1
+    clock.advance(1)
+
+    report = queue_status(store, clock=clock)
+    assert (report["inputs"]["processing"], report["inputs"]["stale"]) == (4, 2)
+    assert query(config.db_path, "SELECT count(*) FROM pipeline_inputs WHERE"
+                 " lease_expires_at < ?", (iso(clock.now()),))[0][0] == 0  # nothing written
+
+    assert requeue(store, stale=True, clock=clock).requeued == 2
+    rows = query(config.db_path, "SELECT id, status FROM pipeline_inputs ORDER BY id")
+    assert [tuple(row) for row in rows] == [
+        (1, "processing"), (2, "processing"), (3, "pending"), (4, "pending"), (5, "pending"),
+    ]
+    assert queue_status(store, clock=clock)["inputs"]["stale"] == 0
 
 
 def test_a_dead_owner_on_its_last_attempt_fails_its_input(

@@ -504,7 +504,8 @@ def test_drain_with_a_limit_then_status_then_the_rest(
     text = pipeline("status")
     assert text.exit_code == 0, text.output
     assert text.stdout == (
-        "inputs:  4 pending, 0 processing (0 with an expired lease), 3 done, 0 failed\n"
+        "inputs:  4 pending, 0 processing (0 stale: lease expired or command gone), 3 done,"
+        " 0 failed\n"
         f"batches: 0 pending, 3 finalized; {first_records} record(s)\n"
         f"oldest pending: #4 {order[3]} (queued {fourth['created_at']})\n"
         f"last run: {last_run['flow_run_url']} ({last_run['at']})\n"
@@ -885,7 +886,8 @@ def test_requeue_stale_and_by_id(pipeline: Invoke, config: PipelineConfig, tmp_p
     )
     status = pipeline("status")
     assert status.stdout.splitlines()[0] == (
-        "inputs:  0 pending, 2 processing (1 with an expired lease), 1 done, 0 failed"
+        "inputs:  0 pending, 2 processing (1 stale: lease expired or command gone), 1 done,"
+        " 0 failed"
     )
 
     stale = pipeline("requeue", "--stale")

@@ -831,7 +831,7 @@ def status(config: PipelineConfig, as_json: bool) -> None:
     inputs, batches = report["inputs"], report["batches"]
     click.echo(
         f"inputs:  {inputs['pending']} pending, {inputs['processing']} processing "
-        f"({inputs['stale']} with an expired lease), {inputs['done']} done, "
+        f"({inputs['stale']} stale: lease expired or command gone), {inputs['done']} done, "
         f"{inputs['failed']} failed"
     )
     click.echo(
@@ -858,7 +858,10 @@ def status(config: PipelineConfig, as_json: bool) -> None:
 @click.argument("ids", metavar="[ID]...", nargs=-1, type=click.IntRange(min=1))
 @click.option("--failed", is_flag=True, help="Requeue every failed input.")
 @click.option(
-    "--stale", is_flag=True, help="Requeue inputs whose lease expired (their command died)."
+    "--stale",
+    is_flag=True,
+    help="Requeue inputs whose command died: their lease expired, or their command was a "
+    "process of this machine that is gone.",
 )
 @click.option("--force", is_flag=True, help="With IDs: requeue done inputs too.")
 @click.pass_obj

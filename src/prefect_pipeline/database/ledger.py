@@ -71,6 +71,26 @@ class Registration:
     held: list[Held] = field(default_factory=list)
 
 
+def dead_owners(store: Store, me: Owner, now: str) -> list[Owner]:
+    """The holders of unexpired leases that are processes of ``me``'s host and process
+    namespace and are gone (killed, crashed). Owners elsewhere are never judged."""
+    if not me.namespace:
+        return []
+    return [
+        owner
+        for owner in store.live_owners(me.host, me.namespace, now)
+        if owner != me and me.same_namespace(owner) and is_gone(owner)
+    ]
+
+
+def take_over_dead_owners(store: Store, me: Owner, now: str) -> int:
+    """End the leases of ``dead_owners``' claims a moment before ``now``: the statements
+    that take expired leases (a claim, ``requeue --stale``) take them at once. Call inside
+    a transaction. Returns how many inputs were freed."""
+    ended = iso(datetime.fromisoformat(now) - timedelta(microseconds=1))
+    return sum(store.expire_claims_of(owner, ended) for owner in dead_owners(store, me, now))
+
+
 class Ledger:
     """The ledger operations of one command run (one ``run_id`` and claim token)."""
 
@@ -112,16 +132,7 @@ class Ledger:
         """End the leases held by commands of this host that are gone (killed, crashed):
         their inputs become claimable now instead of when their leases run out. Call inside
         the claiming transaction. Returns how many inputs were freed."""
-        me = self.owner
-        if not me.namespace:
-            return 0
-        freed = 0
-        # A moment before ``now``: claimable by the statements that take expired leases.
-        ended = iso(datetime.fromisoformat(now) - timedelta(microseconds=1))
-        for owner in self.store.live_owners(me.host, me.namespace, now):
-            if owner != me and me.same_namespace(owner) and is_gone(owner):
-                freed += self.store.expire_claims_of(owner, ended)
-        return freed
+        return take_over_dead_owners(self.store, self.owner, now)
 
     # Claiming --------------------------------------------------------------------------
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefect_pipeline.clock import SYSTEM_CLOCK, Clock, iso
-from prefect_pipeline.database.ledger import FoundInput
+from prefect_pipeline.database.ledger import FoundInput, dead_owners, take_over_dead_owners
 from prefect_pipeline.database.models import DONE, PENDING, PROCESSING
+from prefect_pipeline.database.owners import Owner, this_process
 from prefect_pipeline.database.store import Store
 
 
@@ -100,9 +101,19 @@ def _enqueue_chunk(
             result.queued += 1
 
 
-def status(store: Store, *, errors: int = 5, clock: Clock = SYSTEM_CLOCK) -> dict[str, Any]:
-    """Inputs and batches by status, record count, the oldest pending input, last errors."""
-    return store.status(iso(clock.now()), errors=errors)
+def status(
+    store: Store, *, errors: int = 5, clock: Clock = SYSTEM_CLOCK, me: Owner | None = None
+) -> dict[str, Any]:
+    """Inputs and batches by status, record count, the oldest pending input, last errors.
+
+    ``inputs.stale`` counts the claims whose lease expired and those held by a command of
+    this host (``me``'s) that is gone: both are what ``requeue --stale`` puts back. Nothing
+    is written."""
+    now = iso(clock.now())
+    report = store.status(now, errors=errors)
+    gone = dead_owners(store, me or this_process(), now)
+    report["inputs"]["stale"] += sum(store.count_claims_of(owner) for owner in gone)
+    return report
 
 
 @dataclass
@@ -120,14 +131,18 @@ def requeue(
     ids: Sequence[int] = (),
     force: bool = False,
     clock: Clock = SYSTEM_CLOCK,
+    me: Owner | None = None,
 ) -> RequeueResult:
-    """Put inputs back to pending with attempts reset: failed ones, ones whose lease
-    expired (their command died), or the given ids (a done one only with ``force``)."""
+    """Put inputs back to pending with attempts reset: failed ones, stale ones (their lease
+    expired, or their command is a process of this host, ``me``'s, that is gone), or the
+    given ids (a done one only with ``force``)."""
     result = RequeueResult()
     now = iso(clock.now())
     with store.transaction():
         if failed:
             result.requeued += store.requeue_failed(now)
+        if stale or ids:
+            take_over_dead_owners(store, me or this_process(), now)
         if stale:
             result.requeued += store.requeue_stale(now)
         for input_id in ids:

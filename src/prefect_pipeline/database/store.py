@@ -194,6 +194,10 @@ _OWNERS = (
     " FROM pipeline_inputs WHERE status = 'processing' AND lease_expires_at >= ?"
     " AND owner_host = ? AND owner_namespace = ?"
 )
+_COUNT_OWNER = (
+    "SELECT count(*) FROM pipeline_inputs WHERE status = 'processing'"
+    " AND owner_host = ? AND owner_namespace = ? AND owner_pid = ? AND owner_started_at = ?"
+)
 _EXPIRE_OWNER = (
     "UPDATE pipeline_inputs SET lease_expires_at = ? WHERE status = 'processing'"
     " AND owner_host = ? AND owner_namespace = ? AND owner_pid = ? AND owner_started_at = ?"
@@ -544,6 +548,13 @@ class Store(ABC):
         return [
             Owner(*row) for row in self.execute(_OWNERS, (now, host, namespace)).fetchall()
         ]
+
+    def count_claims_of(self, owner: Owner) -> int:
+        """How many inputs ``owner`` holds."""
+        row = self.execute(
+            _COUNT_OWNER, (owner.host, owner.namespace, owner.pid, owner.started_at)
+        ).fetchone()
+        return int(row[0])
 
     def expire_claims_of(self, owner: Owner, at: str) -> int:
         """End the leases of ``owner``'s claims at ``at`` (its process is gone): other
