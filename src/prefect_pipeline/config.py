@@ -38,7 +38,7 @@ DEFAULT_STREAM_THRESHOLD = 1024 * 1024
 DEFAULT_CHUNK_BYTES = 256 * 1024
 #: Document text one group of inputs hands on to the writer at most; the rest of its
 #: documents go as their files' paths (see ``JobA``).
-DEFAULT_GROUP_TEXT_BYTES = 16 * 1024 * 1024
+DEFAULT_GROUP_TEXT_BYTES = 8 * 1024 * 1024
 
 # Environment variable -> field. Flags given on the command line override these.
 ENV_VARS = {
