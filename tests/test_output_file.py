@@ -190,6 +190,9 @@ config = PipelineConfig(output_dir=sys.argv[2], db_path=sys.argv[3], log_level="
 def stop(signum, frame):  # as the CLI does: SIGTERM takes Ctrl-C's way out
     raise KeyboardInterrupt
 signal.signal(signal.SIGTERM, stop)
+# A background job of a non-interactive shell starts with SIGINT ignored, and Python then
+# leaves it ignored: Ctrl-C's way out must not depend on how the suite was started.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 JobA(config).execute(sys.argv[1])
 """
 
