@@ -24,7 +24,10 @@ import tracemalloc
 from pathlib import Path
 from types import ModuleType
 
+import psutil
 import pytest
+
+from tests.test_queue_crash import assert_gone
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 COUNT_KEYS = ("batches", "records", "finalized_batches", "finalized_records", "outputs")
@@ -470,15 +473,10 @@ def test_a_harness_stopped_by_sigterm_stops_the_session_it_started(tmp_path: Pat
     """What ``api_server`` does with its ``prefect server start``: a child in a session of
     its own (a signal to the harness's group does not reach it), stopped in ``finally``.
     SIGTERM to the harness's group must run that ``finally``."""
-    import time
-
     script = f"""
-import importlib.util, subprocess, sys, time
+import subprocess, sys, time
 sys.path.insert(0, {str(BENCH_DIR)!r})
-spec = importlib.util.spec_from_file_location("bench_run", {str(BENCH_DIR / "run.py")!r})
-run = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = run
-spec.loader.exec_module(run)
+import run
 run.exit_on_stop_signals()
 child = subprocess.Popen(["sleep", "300"], start_new_session=True)
 try:
@@ -491,23 +489,11 @@ finally:
         [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True
     )
     assert harness.stdout is not None
-    child_pid = int(harness.stdout.readline())
+    child = psutil.Process(int(harness.stdout.readline()))
     os.killpg(harness.pid, signal.SIGTERM)
 
     assert harness.wait(timeout=60) == 128 + signal.SIGTERM
-    deadline = time.monotonic() + 10
-    while _running(child_pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _running(child_pid)
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie left for init to reap is not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    assert_gone([child])
 
 
 def test_describe_failure_names_the_signal_and_the_last_stderr_line() -> None:

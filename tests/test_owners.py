@@ -192,6 +192,21 @@ def test_status_and_requeue_stale_see_a_dead_owner_at_once(
     assert queue_status(store, clock=clock)["inputs"]["stale"] == 0
 
 
+def test_status_counts_a_dead_owners_expired_claim_once(
+    config: PipelineConfig, tmp_path: Path, dead_process: Owner
+) -> None:
+    store = sqlite_store(config.db_path)
+    clock = ManualClock()
+    assert enqueue(store, _found(config, _files(tmp_path, 2))).queued == 2
+    dead = Ledger(store, lease_seconds=300, clock=clock, owner=dead_process)
+    assert len(dead.claim_pending(1, max_attempts=3)) == 1
+    clock.advance(200)
+    assert len(dead.claim_pending(1, max_attempts=3)) == 1
+    clock.advance(150)  # the first lease ran out, the second did not
+
+    assert queue_status(store, clock=clock)["inputs"]["stale"] == 2
+
+
 def test_a_dead_owner_on_its_last_attempt_fails_its_input(
     config: PipelineConfig, tmp_path: Path, dead_process: Owner
 ) -> None:

@@ -84,9 +84,10 @@ def dead_owners(store: Store, me: Owner, now: str) -> list[Owner]:
 
 
 def take_over_dead_owners(store: Store, me: Owner, now: str) -> int:
-    """End the leases of ``dead_owners``' claims a moment before ``now``: the statements
-    that take expired leases (a claim, ``requeue --stale``) take them at once. Call inside
-    a transaction. Returns how many inputs were freed."""
+    """End the leases of ``dead_owners``' claims a moment before ``now``: their inputs
+    become claimable now instead of when their leases run out, by the statements that take
+    expired leases (a claim, ``requeue --stale``). Call inside the transaction of those
+    statements. Returns how many inputs were freed."""
     ended = iso(datetime.fromisoformat(now) - timedelta(microseconds=1))
     return sum(store.expire_claims_of(owner, ended) for owner in dead_owners(store, me, now))
 
@@ -128,12 +129,6 @@ class Ledger:
             flow_run_url=self.flow_run_url,
         )
 
-    def _take_over_dead_owners(self, now: str) -> int:
-        """End the leases held by commands of this host that are gone (killed, crashed):
-        their inputs become claimable now instead of when their leases run out. Call inside
-        the claiming transaction. Returns how many inputs were freed."""
-        return take_over_dead_owners(self.store, self.owner, now)
-
     # Claiming --------------------------------------------------------------------------
 
     def register_and_claim(
@@ -155,7 +150,7 @@ class Ledger:
             return result
         claim = self._claim(start_job, stop_job)
         with self.store.transaction():
-            self._take_over_dead_owners(claim.now)
+            take_over_dead_owners(self.store, self.owner, claim.now)
             existing = self.store.inputs_by_path([f.path for f in found])
             for entry in found:
                 row = existing.get(entry.path)
@@ -216,7 +211,7 @@ class Ledger:
             return []
         claim = self._claim(start_job, stop_job)
         with self.store.transaction():
-            self._take_over_dead_owners(claim.now)
+            take_over_dead_owners(self.store, self.owner, claim.now)
             self.store.fail_exhausted_leases(claim.now, max_attempts)
             return self.store.claim_due(
                 claim, limit=limit, max_bytes=max_bytes if max_bytes is not None else 2**62

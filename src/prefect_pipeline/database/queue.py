@@ -14,7 +14,7 @@ from typing import Any
 from prefect_pipeline.clock import SYSTEM_CLOCK, Clock, iso
 from prefect_pipeline.database.ledger import FoundInput, dead_owners, take_over_dead_owners
 from prefect_pipeline.database.models import DONE, PENDING, PROCESSING
-from prefect_pipeline.database.owners import Owner, this_process
+from prefect_pipeline.database.owners import this_process
 from prefect_pipeline.database.store import Store
 
 
@@ -101,18 +101,16 @@ def _enqueue_chunk(
             result.queued += 1
 
 
-def status(
-    store: Store, *, errors: int = 5, clock: Clock = SYSTEM_CLOCK, me: Owner | None = None
-) -> dict[str, Any]:
+def status(store: Store, *, errors: int = 5, clock: Clock = SYSTEM_CLOCK) -> dict[str, Any]:
     """Inputs and batches by status, record count, the oldest pending input, last errors.
 
-    ``inputs.stale`` counts the claims whose lease expired and those held by a command of
-    this host (``me``'s) that is gone: both are what ``requeue --stale`` puts back. Nothing
+    ``inputs.stale`` counts the claims whose lease expired and the unexpired ones of a
+    command of this host that is gone: both are what ``requeue --stale`` puts back. Nothing
     is written."""
     now = iso(clock.now())
     report = store.status(now, errors=errors)
-    gone = dead_owners(store, me or this_process(), now)
-    report["inputs"]["stale"] += sum(store.count_claims_of(owner) for owner in gone)
+    gone = dead_owners(store, this_process(), now)
+    report["inputs"]["stale"] += sum(store.count_live_claims_of(owner, now) for owner in gone)
     return report
 
 
@@ -131,10 +129,9 @@ def requeue(
     ids: Sequence[int] = (),
     force: bool = False,
     clock: Clock = SYSTEM_CLOCK,
-    me: Owner | None = None,
 ) -> RequeueResult:
     """Put inputs back to pending with attempts reset: failed ones, stale ones (their lease
-    expired, or their command is a process of this host, ``me``'s, that is gone), or the
+    expired, or their command is a process of this host that is gone), or the
     given ids (a done one only with ``force``)."""
     result = RequeueResult()
     now = iso(clock.now())
@@ -142,7 +139,7 @@ def requeue(
         if failed:
             result.requeued += store.requeue_failed(now)
         if stale or ids:
-            take_over_dead_owners(store, me or this_process(), now)
+            take_over_dead_owners(store, this_process(), now)
         if stale:
             result.requeued += store.requeue_stale(now)
         for input_id in ids:

@@ -195,7 +195,7 @@ _OWNERS = (
     " AND owner_host = ? AND owner_namespace = ?"
 )
 _COUNT_OWNER = (
-    "SELECT count(*) FROM pipeline_inputs WHERE status = 'processing'"
+    "SELECT count(*) FROM pipeline_inputs WHERE status = 'processing' AND lease_expires_at >= ?"
     " AND owner_host = ? AND owner_namespace = ? AND owner_pid = ? AND owner_started_at = ?"
 )
 _EXPIRE_OWNER = (
@@ -549,10 +549,11 @@ class Store(ABC):
             Owner(*row) for row in self.execute(_OWNERS, (now, host, namespace)).fetchall()
         ]
 
-    def count_claims_of(self, owner: Owner) -> int:
-        """How many inputs ``owner`` holds."""
+    def count_live_claims_of(self, owner: Owner, now: str) -> int:
+        """How many inputs ``owner`` holds under a lease that has not expired at ``now``
+        (the expired ones are stale whoever held them)."""
         row = self.execute(
-            _COUNT_OWNER, (owner.host, owner.namespace, owner.pid, owner.started_at)
+            _COUNT_OWNER, (now, owner.host, owner.namespace, owner.pid, owner.started_at)
         ).fetchone()
         return int(row[0])
 
