@@ -402,3 +402,24 @@ def test_the_total_never_moves_backwards_and_the_last_figures_are_the_summarys()
     final = progress.figures(now=5000.0)
     assert (final.done, final.total, final.failed) == (12, 12, 2)
     assert (final.elapsed_s, final.files_per_s) == (summary.elapsed_s, summary.files_per_s)
+
+
+@pytest.mark.slow
+def test_a_closed_stderr_costs_the_log_lines_not_the_run(tmp_path: Path, tree: Path) -> None:
+    # `pipeline ... 2>&1 | head`: the reader of stderr goes away while the run logs. Rich's
+    # console used to raise SystemExit in whichever thread printed next; in a Prefect thread
+    # starting its event loop, the run then failed or waited for that thread forever.
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        result = subprocess.run(
+            [PIPELINE, *_base(tmp_path, "DEBUG"), "run-parallel", str(tree), "--workers", "0",
+             "--json"],
+            stdout=subprocess.PIPE, stderr=writer, cwd=tmp_path, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(writer)
+
+    assert result.returncode == 1  # zbad.txt fails; every other input is done
+    summary = json.loads(result.stdout)
+    assert (summary["succeeded"], summary["failed"]) == (20, 1)
