@@ -16,6 +16,7 @@ import pytest
 
 from prefect_pipeline.clock import iso
 from prefect_pipeline.config import PipelineConfig
+from prefect_pipeline.database import Store
 from prefect_pipeline.database.ledger import Ledger
 from prefect_pipeline.database.owners import Owner, is_gone, this_process
 from prefect_pipeline.database.queue import enqueue, requeue
@@ -82,6 +83,13 @@ def _found(config: PipelineConfig, paths: list[Path]) -> list:  # type: ignore[t
     return list(given_files(paths, config.output_dir))
 
 
+def _queued(config: PipelineConfig, tmp_path: Path, count: int) -> Store:
+    """The test's database with ``count`` new files queued."""
+    store = sqlite_store(config.db_path)
+    assert enqueue(store, _found(config, _files(tmp_path, count))).queued == count
+    return store
+
+
 def test_a_dead_owners_files_are_taken_over_at_once(
     config: PipelineConfig, tmp_path: Path, dead_process: Owner, live_process: Owner
 ) -> None:
@@ -125,9 +133,8 @@ def test_a_remote_owners_claims_wait_for_their_lease(
 ) -> None:
     """A process id means nothing on another host (or in another pid namespace): its claims
     are held until the lease runs out, even if no process here has that id."""
-    store = sqlite_store(config.db_path)
+    store = _queued(config, tmp_path, 3)
     clock = ManualClock()
-    assert enqueue(store, _found(config, _files(tmp_path, 3))).queued == 3
     elsewhere = [
         replace(dead_process, host="another-host"),
         replace(dead_process, namespace=f"{dead_process.namespace}-other"),
@@ -149,9 +156,8 @@ def test_a_remote_owners_claims_wait_for_their_lease(
 def test_a_drain_takes_a_dead_drainers_inputs_at_once_counting_the_attempt(
     config: PipelineConfig, tmp_path: Path, dead_process: Owner, live_process: Owner
 ) -> None:
-    store = sqlite_store(config.db_path)
+    store = _queued(config, tmp_path, 4)
     clock = ManualClock()
-    assert enqueue(store, _found(config, _files(tmp_path, 4))).queued == 4
     dead = Ledger(store, lease_seconds=300, clock=clock, owner=dead_process)
     alive = Ledger(store, lease_seconds=300, clock=clock, owner=live_process)
     assert [c.input_id for c in alive.claim_pending(1, max_attempts=3)] == [1]
@@ -168,9 +174,8 @@ def test_status_and_requeue_stale_see_a_dead_owner_at_once(
 ) -> None:
     """Before the leases run out: a dead command of this host holds stale inputs; a live
     one, and one elsewhere (whose process cannot be seen), hold theirs."""
-    store = sqlite_store(config.db_path)
+    store = _queued(config, tmp_path, 5)
     clock = ManualClock()
-    assert enqueue(store, _found(config, _files(tmp_path, 5))).queued == 5
     # The dead one claims last: a claim by any other command of this host would take its
     # inputs over at once.
     holders = [live_process, replace(dead_process, host="far"), dead_process, dead_process]
@@ -195,9 +200,8 @@ def test_status_and_requeue_stale_see_a_dead_owner_at_once(
 def test_status_counts_a_dead_owners_expired_claim_once(
     config: PipelineConfig, tmp_path: Path, dead_process: Owner
 ) -> None:
-    store = sqlite_store(config.db_path)
+    store = _queued(config, tmp_path, 2)
     clock = ManualClock()
-    assert enqueue(store, _found(config, _files(tmp_path, 2))).queued == 2
     dead = Ledger(store, lease_seconds=300, clock=clock, owner=dead_process)
     assert len(dead.claim_pending(1, max_attempts=3)) == 1
     clock.advance(200)
@@ -207,12 +211,28 @@ def test_status_counts_a_dead_owners_expired_claim_once(
     assert queue_status(store, clock=clock)["inputs"]["stale"] == 2
 
 
+def test_requeue_by_id_takes_a_dead_owners_input_and_refuses_a_live_ones(
+    config: PipelineConfig, tmp_path: Path, dead_process: Owner, live_process: Owner
+) -> None:
+    store = _queued(config, tmp_path, 2)
+    clock = ManualClock()
+    for owner in (live_process, dead_process):
+        ledger = Ledger(store, lease_seconds=300, clock=clock, owner=owner)
+        assert len(ledger.claim_pending(1, max_attempts=3)) == 1
+
+    result = requeue(store, ids=[1, 2], clock=clock)
+
+    assert result.requeued == 1
+    assert result.refused == [(1, "being processed (its lease has not expired)")]
+    rows = query(config.db_path, "SELECT id, status FROM pipeline_inputs ORDER BY id")
+    assert [tuple(row) for row in rows] == [(1, "processing"), (2, "pending")]
+
+
 def test_a_dead_owner_on_its_last_attempt_fails_its_input(
     config: PipelineConfig, tmp_path: Path, dead_process: Owner
 ) -> None:
-    store = sqlite_store(config.db_path)
+    store = _queued(config, tmp_path, 1)
     clock = ManualClock()
-    assert enqueue(store, _found(config, _files(tmp_path, 1))).queued == 1
     dead = Ledger(store, lease_seconds=300, clock=clock, owner=dead_process)
     assert len(dead.claim_pending(1, max_attempts=1)) == 1
 

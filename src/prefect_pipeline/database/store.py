@@ -68,6 +68,11 @@ def schema_columns(version: int = SCHEMA_VERSION) -> dict[str, set[str]]:
     return tables
 
 
+def _owner_key(owner: Owner) -> tuple[str, str, int, float]:
+    """The owner columns' values, in the order the statements list them."""
+    return (owner.host, owner.namespace, owner.pid, owner.started_at)
+
+
 def refuse_missing(display: str) -> MissingDatabase:
     """The error of a command that only reads, pointed at a database without our tables."""
     return MissingDatabase(
@@ -116,15 +121,7 @@ class Claim:
 
     def owner_values(self) -> tuple[Any, ...]:
         """The owner and flow run columns, in the order the claim statements list them."""
-        owner = self.owner
-        return (
-            owner.host,
-            owner.namespace,
-            owner.pid,
-            owner.started_at,
-            self.flow_run_id,
-            self.flow_run_url,
-        )
+        return (*_owner_key(self.owner), self.flow_run_id, self.flow_run_url)
 
 
 @dataclass(frozen=True)
@@ -194,14 +191,13 @@ _OWNERS = (
     " FROM pipeline_inputs WHERE status = 'processing' AND lease_expires_at >= ?"
     " AND owner_host = ? AND owner_namespace = ?"
 )
-_COUNT_OWNER = (
-    "SELECT count(*) FROM pipeline_inputs WHERE status = 'processing' AND lease_expires_at >= ?"
-    " AND owner_host = ? AND owner_namespace = ? AND owner_pid = ? AND owner_started_at = ?"
+#: One owner's claims; parameters: ``_owner_key``.
+_OF_OWNER = (
+    " status = 'processing' AND owner_host = ? AND owner_namespace = ? AND owner_pid = ?"
+    " AND owner_started_at = ?"
 )
-_EXPIRE_OWNER = (
-    "UPDATE pipeline_inputs SET lease_expires_at = ? WHERE status = 'processing'"
-    " AND owner_host = ? AND owner_namespace = ? AND owner_pid = ? AND owner_started_at = ?"
-)
+_COUNT_OWNER = f"SELECT count(*) FROM pipeline_inputs WHERE lease_expires_at >= ? AND{_OF_OWNER}"
+_EXPIRE_OWNER = f"UPDATE pipeline_inputs SET lease_expires_at = ? WHERE{_OF_OWNER}"
 _REGISTER = (
     "INSERT INTO pipeline_inputs (path, status, output_path, start_job, stop_job, size,"
     " mtime_ns, attempts, claim_token, run_id, lease_expires_at, created_at, updated_at,"
@@ -552,20 +548,12 @@ class Store(ABC):
     def count_live_claims_of(self, owner: Owner, now: str) -> int:
         """How many inputs ``owner`` holds under a lease that has not expired at ``now``
         (the expired ones are stale whoever held them)."""
-        row = self.execute(
-            _COUNT_OWNER, (now, owner.host, owner.namespace, owner.pid, owner.started_at)
-        ).fetchone()
-        return int(row[0])
+        return int(self.execute(_COUNT_OWNER, (now, *_owner_key(owner))).fetchone()[0])
 
     def expire_claims_of(self, owner: Owner, at: str) -> int:
         """End the leases of ``owner``'s claims at ``at`` (its process is gone): other
         commands may take them over as if the lease had run out."""
-        return int(
-            self.execute(
-                _EXPIRE_OWNER,
-                (at, owner.host, owner.namespace, owner.pid, owner.started_at),
-            ).rowcount
-        )
+        return int(self.execute(_EXPIRE_OWNER, (at, *_owner_key(owner))).rowcount)
 
     def fail_exhausted_leases(self, now: str, max_attempts: int) -> int:
         """Fail the inputs whose lease expired on their last allowed attempt."""
