@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -516,3 +517,48 @@ def test_a_sigterm_that_prefect_caught_mid_task_run_counts_as_the_interrupt() ->
     assert interrupts.caused_by_interrupt(prefects)
     assert interrupts.received()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # a second one waits for us
+
+
+def test_an_interrupt_lost_in_a_gc_callback_is_kept_quiet_and_still_stops(tmp_path: Path) -> None:
+    """A signal that arrives while the garbage collector runs a callback (distributed's
+    ``GCDiagnosis`` registers one in every process with a cluster) raises the handler's
+    ``KeyboardInterrupt`` where Python cannot raise it: Python prints "Exception ignored
+    in" with a traceback (seen once in CI under ``--log-level OFF``). The report is dropped
+    and the stop still comes, from the next ``check()``."""
+    script = tmp_path / "lost.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import gc, os, signal, sys
+            from prefect_pipeline import interrupts
+
+            interrupts.install()
+            fired = []
+
+            def callback(phase, info):
+                if phase == "start" and not fired:
+                    fired.append(True)
+                    os.kill(os.getpid(), signal.SIGINT)
+                    sum(range(1000))  # the handler runs here, inside the callback
+
+            gc.callbacks.append(callback)
+            gc.collect()
+            gc.callbacks.remove(callback)
+            print("received", interrupts.received(), flush=True)
+            try:
+                interrupts.check()
+            except KeyboardInterrupt:
+                print("stopped", flush=True)
+                sys.exit(130)
+            """
+        ),
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (
+        130,
+        "received True\nstopped\n",
+        "",
+    )

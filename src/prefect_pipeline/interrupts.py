@@ -37,6 +37,25 @@ def install() -> None:
     with contextlib.suppress(ValueError):
         signal.signal(signal.SIGINT, first)
         signal.signal(signal.SIGTERM, first)
+    if sys.unraisablehook is not _quiet_lost_interrupt:
+        global _previous_unraisablehook
+        _previous_unraisablehook = sys.unraisablehook
+        sys.unraisablehook = _quiet_lost_interrupt
+
+
+_previous_unraisablehook = sys.unraisablehook
+
+
+def _quiet_lost_interrupt(unraisable: Any) -> None:
+    """The handler's ``KeyboardInterrupt`` is lost when it lands in code whose errors Python
+    cannot raise: a finalizer, or a garbage-collector callback (distributed's
+    ``GCDiagnosis``). Python would print "Exception ignored in ..." with a traceback to a
+    terminal that asked for quiet; the signal is recorded, and ``check()`` raises it in the
+    loops that run long, so that report is dropped. Anything else goes to the previous
+    hook."""
+    if _received is not None and isinstance(unraisable.exc_value, KeyboardInterrupt):
+        return
+    _previous_unraisablehook(unraisable)
 
 
 def received() -> bool:
