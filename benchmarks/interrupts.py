@@ -93,12 +93,14 @@ def one(
     db = run / "pipeline.db"
     base = [str(PIPELINE), "--log-level", "OFF", "--db-path", str(db), "--output-dir",
             str(run / "out")]
+    # Workers start with the run: what is measured is how fast a run with them stops.
+    workers = ["--workers", case["workers"], "--workers-after", "0"]
     if case["command"] == "drain-db":
         subprocess.run([*base, "enqueue", str(inputs)], env=env, check=True,
                        capture_output=True)
-        argv = [*base, "drain-db", "--workers", case["workers"], "--json"]
+        argv = [*base, "drain-db", *workers, "--json"]
     else:
-        argv = [*base, "run-parallel", str(inputs), "--workers", case["workers"], "--json"]
+        argv = [*base, "run-parallel", str(inputs), *workers, "--json"]
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
     deadline = time.monotonic() + 300

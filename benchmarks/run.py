@@ -1645,6 +1645,15 @@ def large_vs_small_markdown(pairs: Sequence[dict]) -> list[str]:
     return lines
 
 
+def _workers_after_text(seconds: float | None) -> str:
+    """When a local cluster's workers started (``--workers-after``)."""
+    if seconds is None:
+        return "local workers started as the pipeline's default says (--workers-after)"
+    if seconds == 0:
+        return "local workers started with each run (--workers-after 0)"
+    return f"local workers started after {seconds:g} s of work (--workers-after {seconds:g})"
+
+
 def markdown_report(result: dict) -> str:
     """The summary tables plus context lines, as Markdown."""
     machine = result["machine"]
@@ -1663,7 +1672,8 @@ def markdown_report(result: dict) -> str:
             api += " (drainer modes: one shared server)"
         lines += [
             "",
-            f"scale {config['scale']}, repeats {config['repeats']}, Prefect API: {api}. "
+            f"scale {config['scale']}, repeats {config['repeats']}, Prefect API: {api}, "
+            f"{_workers_after_text(config.get('workers_after'))}. "
             "Times are medians over successful repeats; throughput uses the median wall time "
             "(MB/s: input bytes, 1 MB = 2^20 bytes); ratios are to the raw baseline's medians.",
             "",
@@ -1828,6 +1838,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--drainer-workers", type=int, default=1, metavar="N",
         help="drain-sqlite/drain-pg: --workers of each drain-db (default 1; 0: in-process)",
     )  # fmt: skip
+    parser.add_argument(
+        "--workers-after", type=float, metavar="SECONDS",
+        help="the commands' --workers-after (PIPELINE_WORKERS_AFTER): a local cluster's "
+        "workers start once a run has worked this long in its own process (0: at once; "
+        "default: the pipeline's default)",
+    )  # fmt: skip
     parser.add_argument("--address", help="scheduler of an existing Dask cluster to also test")
     parser.add_argument("--api-server", action="store_true", help="one shared Prefect server")
     parser.add_argument(
@@ -1850,6 +1866,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--repeats must be >= 1 and --scale > 0")
     if args.drainer_workers < 0:
         parser.error("--drainer-workers must be >= 0")
+    if args.workers_after is not None and not args.workers_after >= 0:
+        parser.error("--workers-after must be >= 0")
     args.api_server = args.api_server or bool(args.api_url)
     return args
 
@@ -1996,6 +2014,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; return 1 if any run failed or disagreed with raw."""
     args = parse_args(argv)
     exit_on_stop_signals()
+    # Every command inherits it (``base_env``); one of the developer's own must not change
+    # what is measured.
+    os.environ.pop("PIPELINE_WORKERS_AFTER", None)
+    if args.workers_after is not None:
+        os.environ["PIPELINE_WORKERS_AFTER"] = f"{args.workers_after:g}"
     results_dir = args.results_dir.resolve()
     scratch = results_dir / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
@@ -2052,6 +2075,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "modes": [spec.label for spec in plan] + suites,
             "address": args.address,
             "api_server": args.api_server,
+            "workers_after": args.workers_after,
         },
         "workloads": [{k: v for k, v in asdict(w).items() if k != "path"} for w in workloads],
         "summary": (summary := summarize(records, workloads)),

@@ -812,7 +812,10 @@ def test_harness_end_to_end(tmp_path: Path) -> None:
     ``test_fixed_costs_suite``, and a command's own temporary server in
     ``test_prefect_server``)."""
     api_url = os.environ["PREFECT_API_URL"]
-    args = ("--workers", "1", "--modes", "raw,sequential,parallel", "--api-url", api_url)
+    args = (
+        *("--workers", "1", "--workers-after", "0", "--modes", "raw,sequential,parallel"),
+        *("--api-url", api_url),
+    )
     data = _run_harness(tmp_path / "results", *args, timeout=850)
 
     assert data["errors"] == []
@@ -824,8 +827,10 @@ def test_harness_end_to_end(tmp_path: Path) -> None:
         for key in (*COUNT_KEYS, "content_digest"):
             assert record["counts"][key] == raw["counts"][key], (record["label"], key)
         assert record["summary"]["succeeded"] == raw["summary"]["succeeded"]
-    # Memory by role: Dask workers in Dask runs (the session's Prefect server is not the
-    # harness's to measure; the roles' rules are tested in ``test_process_roles``).
+    assert data["config"]["workers_after"] == 0
+    # Memory by role: Dask workers in Dask runs, started with the run (--workers-after 0).
+    # The session's Prefect server is not the harness's to measure; the roles' rules are
+    # tested in ``test_process_roles``.
     roles = {row["label"]: set(row["peak_by_role"]) for row in data["summary"]}
     assert roles["raw"] == {"command"}
     assert "command" in roles["sequential"]

@@ -194,7 +194,7 @@ def test_dask_workers_import_a_definition_from_the_current_directory(
             Path(sys.executable).parent / "pipeline", "--log-level", "OFF",
             "--definition", "here_jobs:pipeline",
             "--db-path", config.db_path, "--output-dir", config.output_dir,
-            "run-parallel", "inputs", "--workers", "1", "--json",
+            "run-parallel", "inputs", "--workers", "1", "--workers-after", "0", "--json",
         ],
         cwd=user_folder,
         env={**os.environ, "PYTHONPATH": ""},

@@ -513,3 +513,96 @@ def test_in_process_run_lets_each_groups_documents_go(config, tmp_path):  # type
     # Two groups of two in flight, plus the one being written: never the whole run (kept
     # to its end, the documents would number 7 at the seventh input already).
     assert max(_CountingWriter.alive) <= 6, _CountingWriter.alive
+
+
+# Workers on demand: a local cluster's workers start once the run outlasts --workers-after -
+
+
+class _WhereJobA(JobA):
+    """Job A that notes which process ran it (a file named after the pid). In the command's
+    own process it is slow (0.2 s an input) until a worker has run one, so that the run
+    lasts until its worker joins however long that takes on a loaded machine."""
+
+    def single_job(self, validated: Any) -> Any:
+        marks = Path(os.environ["PIPELINE_TEST_MARKS"])
+        (marks / str(os.getpid())).touch()
+        command = os.environ["PIPELINE_TEST_COMMAND_PID"]
+        if str(os.getpid()) == command and {p.name for p in marks.iterdir()} == {command}:
+            time.sleep(0.2)
+        return super().single_job(validated)
+
+
+def _where_definition() -> PipelineDefinition:
+    return PipelineDefinition().add_job("A", _WhereJobA).add_job("B", JobB).add_job("C", JobC)
+
+
+def _where_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    marks = tmp_path / "ran-in"
+    marks.mkdir()
+    monkeypatch.setenv("PIPELINE_TEST_MARKS", str(marks))
+    monkeypatch.setenv("PIPELINE_TEST_COMMAND_PID", str(os.getpid()))
+    return marks
+
+
+def _small_files(folder: Path, count: int) -> None:
+    folder.mkdir()
+    for n in range(count):
+        (folder / f"f{n:03d}.txt").write_text(f"line one of {n}\nline two\n")
+
+
+def test_a_run_shorter_than_workers_after_starts_no_worker(config, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """Ten small files take well under the default 5 s here: the run ends in the command's
+    own process, and none of its two workers (seconds of CPU each) is started."""
+    marks = _where_env(monkeypatch, tmp_path)
+    _small_files(tmp_path / "in", 10)
+
+    summary = run_parallel_from_files(
+        tmp_path / "in", config, definition=_where_definition(), workers=2
+    )
+
+    assert (summary.succeeded, summary.failed, summary.workers_started) == (10, 0, 0)
+    assert summary.dashboard_url is not None  # the cluster (its scheduler) was there
+    assert {p.name for p in marks.iterdir()} == {str(os.getpid())}
+    assert db_counts(config.db_path)["processed_records"] == 20
+
+
+def test_a_run_that_outlasts_workers_after_hands_its_groups_to_the_workers(  # type: ignore[no-untyped-def]
+    config, tmp_path, monkeypatch
+):
+    """Once the run has worked --workers-after seconds in its own process and has inputs
+    left, its workers start, and the groups go to them as soon as one has joined."""
+    marks = _where_env(monkeypatch, tmp_path)
+    _small_files(tmp_path / "in", 200)
+
+    summary = run_parallel_from_files(
+        tmp_path / "in",
+        config,
+        definition=_where_definition(),
+        workers=1,
+        workers_after_s=0.3,
+        first_group_files=1,
+        max_group_files=1,
+    )
+
+    assert (summary.succeeded, summary.failed, summary.workers_started) == (200, 0, 1)
+    ran_in = {int(p.name) for p in marks.iterdir()}
+    assert os.getpid() in ran_in and len(ran_in) == 2, ran_in
+    assert db_counts(config.db_path)["processed_records"] == 400
+
+
+def test_a_process_can_start_one_local_cluster_after_another() -> None:
+    """The first cluster of a process (``distributed`` not imported yet) leaves Dask's
+    config whole: a second run in the same Python process (the API, a notebook) starts
+    its own cluster too. Once, the first cluster's exit took distributed's defaults with
+    it and the second failed with "could not start a local Dask cluster: 'comm'"."""
+    script = """
+from prefect_pipeline.pipeline.cluster import DaskCluster
+for _ in range(2):
+    with DaskCluster(workers=1, workers_now=False) as cluster:
+        assert cluster.address.startswith("tcp://127.0.0.1:"), cluster.address
+print("two clusters")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert (result.returncode, result.stdout) == (0, "two clusters\n"), result.stderr

@@ -298,7 +298,8 @@ def test_two_drainers_share_the_queue_without_overlap(
     # Each with a Dask cluster of its own, as drainers on several machines would have; with
     # temporary servers (their PREFECT_HOME is the point), in process: a command claims and
     # writes in its own process either way.
-    args = command(config, "drain-db", "--workers", "1" if with_api else "0", "--json")
+    workers = ("--workers", "1", "--workers-after", "0") if with_api else ("--workers", "0")
+    args = command(config, "drain-db", *workers, "--json")
     drainers = [start(processes, args, env), start(processes, args, env)]
     start_line(config, drainers)
     outputs = [d.communicate(timeout=TIMEOUT) for d in drainers]
@@ -447,10 +448,13 @@ def test_a_signal_to_the_group_gives_claimed_inputs_back(
     if subcommand == "drain-db":
         # Without PREFECT_API_URL: its temporary server must stop with it.
         assert enqueue_tree(config, inputs) == 120
-        args = command(config, "drain-db", "--workers", workers, "--json")
+        args = command(config, "drain-db", "--workers", workers, "--json")  # 0: in process
         env = own_server_env(tmp_path)
     else:
-        args = command(config, "run-parallel", inputs, "--workers", workers, "--json")
+        # Its Dask worker started with it, so that the signal reaches one too.
+        args = command(
+            config, "run-parallel", inputs, "--workers", workers, "--workers-after", "0", "--json"
+        )
         env = api_env()
 
     runner = start(processes, args, env, new_group=True)

@@ -199,7 +199,7 @@ def test_with_a_dask_worker_one_bar_below_the_log_lines_and_the_json_summarys_fi
     command): one bar on the whole terminal, none left behind as the bar was redrawn while
     log lines scrolled above it (a short terminal: its scrollback is searched too); its
     figures those of an identical run's ``--json`` summary."""
-    run = ["run-parallel", str(tree), "--workers", "1"]
+    run = ["run-parallel", str(tree), "--workers", "1", "--workers-after", "0"]
     terminal = run_in_terminal([*_base(tmp_path / "terminal", "INFO"), *run], tmp_path, lines=8)
     plain = subprocess.run(
         [PIPELINE, *_base(tmp_path / "json", "OFF"), *run, "--json"],

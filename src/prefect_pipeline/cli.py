@@ -26,6 +26,7 @@ from prefect_pipeline.config import (
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_OUTPUT_DIR,
     DEFAULT_RETRY_DELAY,
+    DEFAULT_WORKERS_AFTER,
     PipelineConfig,
     parse_size,
 )
@@ -508,6 +509,17 @@ def _dask_options[F: Callable[..., Any]](func: F) -> F:
             help="Threads in each worker process.",
         ),
         click.option(
+            "--workers-after",
+            type=click.FloatRange(min=0),
+            default=DEFAULT_WORKERS_AFTER,
+            show_default=True,
+            envvar="PIPELINE_WORKERS_AFTER",
+            metavar="SECONDS",
+            help="Start the local cluster's workers once the run has worked this long in "
+            "this process and has inputs left: a shorter run never pays for them. 0 "
+            "starts them with the run. Env: PIPELINE_WORKERS_AFTER.",
+        ),
+        click.option(
             "--address",
             envvar="PIPELINE_DASK_ADDRESS",
             metavar="tcp://HOST:PORT",
@@ -585,6 +597,7 @@ def run_parallel(
     force: bool,
     workers: int | None,
     threads_per_worker: int,
+    workers_after: float,
     address: str | None,
     as_json: bool,
 ) -> None:
@@ -622,6 +635,7 @@ def run_parallel(
         recursive=recursive,
         workers=workers,
         threads_per_worker=threads_per_worker,
+        workers_after_s=workers_after,
         address=address,
         force=force,
         progress=Progress.wanted(config.log_level),
@@ -773,6 +787,7 @@ def drain_db(
     retry_delay: float,
     workers: int | None,
     threads_per_worker: int,
+    workers_after: float,
     address: str | None,
     as_json: bool,
 ) -> None:
@@ -803,6 +818,7 @@ def drain_db(
         retry_base_seconds=retry_delay,
         workers=workers,
         threads_per_worker=threads_per_worker,
+        workers_after_s=workers_after,
         address=address,
         progress=Progress.wanted(config.log_level),
         started_at=_process_start(),

@@ -70,6 +70,7 @@ class DaskCluster:
         threads_per_worker: int = 1,
         address: str | None = None,
         connect_timeout: float = 10.0,
+        workers_now: bool = True,
     ) -> None:
         if address and workers is not None:
             raise UsageError(
@@ -85,8 +86,13 @@ class DaskCluster:
         self.address = address
         #: Seconds an existing scheduler has to answer before the run gives up on it.
         self.connect_timeout = connect_timeout
+        #: Whether a local cluster's workers start with it; if not, ``start_workers()``.
+        self.workers_now = workers_now
         #: The local cluster's dashboard (None for an existing cluster: it is its owner's).
         self.dashboard_url: str | None = None
+        #: Worker processes this (local) cluster was asked to start: 0 until
+        #: ``start_workers()``.
+        self.workers_started = 0
         self._cluster: Any = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -123,9 +129,13 @@ class DaskCluster:
 
     def _start(self) -> None:
         import dask
+        import distributed  # noqa: F401 - before the set below: see there
 
         # Set until __exit__, so that the client made later (DaskTaskRunner) has them too;
-        # an existing cluster's scheduler and workers keep their own settings.
+        # an existing cluster's scheduler and workers keep their own settings. Importing
+        # distributed adds its defaults to Dask's config: imported inside the set, they
+        # would be taken for the set's own insertion and removed with it on exit, and the
+        # process's next cluster would fail ("'comm'").
         self._settings = dask.config.set(QUIET_DASK)
         try:
             self._start_cluster()
@@ -145,9 +155,10 @@ class DaskCluster:
         from distributed import LocalCluster
 
         try:
-            # The scheduler alone first (well under a second); the workers start in the
-            # background (seconds each: a process that imports Prefect's task engine), while
-            # the run already works on its first inputs in this process (``workers_ready``).
+            # The scheduler alone (well under a second). The workers are asked for by
+            # ``start_workers()``, when the run has shown it needs them: each is a process
+            # that spends seconds of CPU importing Prefect's task engine, and meanwhile the
+            # run works on its inputs in this process (``workers_ready``).
             self._cluster = LocalCluster(
                 n_workers=0,
                 threads_per_worker=self.threads_per_worker,
@@ -160,17 +171,27 @@ class DaskCluster:
                 silence_logs=os.environ.get("DASK_LOGGING__DISTRIBUTED", "warning").upper(),
                 preload=["prefect_pipeline.pipeline.worker_preload"],
             )
-            self._cluster.scale(self.workers)
         except Exception as exc:
             raise RunError(f"could not start a local Dask cluster: {exc}") from exc
         self.address = self._cluster.scheduler_address
         self.dashboard_url = self._cluster.dashboard_link or None
         logger.info(
-            "started a Dask LocalCluster with %d worker(s) at %s; dashboard %s",
+            "started a Dask LocalCluster for up to %d worker(s) at %s; dashboard %s",
             self.workers,
             self.address,
             self.dashboard_url or "unavailable",
         )
+        if self.workers_now:
+            self.start_workers()
+
+    def start_workers(self) -> None:
+        """Start the local cluster's workers (once; they join in the background). An
+        existing cluster's workers are its owner's: nothing to start."""
+        if self._cluster is None or self.workers_started:
+            return
+        self._cluster.scale(self.workers)
+        self.workers_started = self.workers
+        logger.info("starting %d Dask worker(s)", self.workers)
 
     @staticmethod
     def _check_reachable(address: str, timeout: float) -> None:

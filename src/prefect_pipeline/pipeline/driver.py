@@ -14,6 +14,7 @@ import queue
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from prefect_pipeline.compat import break_future_cycle, cancel_future, forget_task_results
@@ -67,6 +68,10 @@ class Plan:
     #: Whether the task runner has a worker yet; until then jobs that do not write run
     #: here, so the first inputs commit while the cluster's workers start.
     workers_ready: Callable[[], bool] = lambda: True
+    #: Start the task runner's workers (a local cluster's wait until the run has worked
+    #: ``options.workers_after_s`` here and has inputs left), and how many it started.
+    start_workers: Callable[[], None] = lambda: None
+    workers_started: Callable[[], int] = lambda: 0
     #: Where the run is watched (the flow sets a PrefectObserver).
     observer: RunObserver = field(default_factory=NullObserver)
 
@@ -103,6 +108,8 @@ class Driver:
         self._settled_count = 0
         # The leases' clock: the one that decides when they run out.
         self._last_renewal = self.clock.now()
+        # When this process started working on a group itself (workers not ready yet).
+        self._working_here_since: datetime | None = None
 
     def run(self) -> None:
         source = self.plan.source
@@ -161,6 +168,7 @@ class Driver:
         if not items:
             return
         if stage < len(self.chain) and not self.plan.workers_ready():
+            self._start_workers_if_due()
             results = self._run_inline(stage, items, None)
             self._advance(self.writer.record(items, stage, results), stage + 1)
             return
@@ -172,6 +180,16 @@ class Driver:
             future.add_done_callback(self._done.put)
         else:  # the chain's last job writes no rows: the writer records the end
             self.writer.finish(items)
+
+    def _start_workers_if_due(self) -> None:
+        """Ask for the workers once this process has worked ``workers_after_s`` on the run
+        and has a group to give them: a run that ends sooner never starts one."""
+        now = self.clock.now()
+        if self._working_here_since is None:
+            self._working_here_since = now
+        worked = (now - self._working_here_since).total_seconds()
+        if worked >= self.plan.options.workers_after_s:
+            self.plan.start_workers()
 
     def _next_stage(self, future: Any) -> None:
         # The future (which keeps its result), and the results, are released on return,
@@ -252,6 +270,7 @@ def drive(plan: Plan) -> RunSummary:
         driver.run()
     finally:
         plan.summary.writer_s = driver.writer.busy_s
+        plan.summary.workers_started = plan.workers_started()
     return read_summary(plan)
 
 

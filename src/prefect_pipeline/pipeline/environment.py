@@ -31,6 +31,10 @@ class Environment:
     ui_url: str | None = None
     #: Whether the task runner has a worker yet (until then the run works in this process).
     workers_ready: Callable[[], bool] = lambda: True
+    #: Start the local cluster's workers, if they wait for the run to need them.
+    start_workers: Callable[[], None] = lambda: None
+    #: How many worker processes the run started (a local cluster's; 0 otherwise).
+    workers_started: Callable[[], int] = lambda: 0
 
 
 @contextmanager
@@ -52,6 +56,7 @@ def run_environment(options: ParallelOptions) -> Iterator[Environment]:
             threads_per_worker=options.threads_per_worker,
             address=options.address,
             connect_timeout=options.connect_timeout,
+            workers_now=options.workers_after_s <= 0,
         ).start_in_background() as cluster:
             import prefect.flows  # noqa: F401 - the slow import, while the cluster starts
 
@@ -63,6 +68,8 @@ def run_environment(options: ParallelOptions) -> Iterator[Environment]:
                 cluster.dashboard_url,
                 api.ui_url(),
                 cluster.workers_ready,
+                cluster.start_workers,
+                lambda: cluster.workers_started,
             )
 
 
@@ -88,4 +95,7 @@ def describe_environment(options: ParallelOptions) -> str:
     workers = options.workers or default_workers()
     threads = options.threads_per_worker
     each = f", {threads} threads each" if threads > 1 else ""
-    return f"{api} and a Dask cluster of {workers} worker(s){each}"
+    when = ""
+    if options.workers_after_s > 0:
+        when = f" (started if the work outlasts {options.workers_after_s:g} s in this process)"
+    return f"{api} and a Dask cluster of {workers} worker(s){each}{when}"

@@ -7,7 +7,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from prefect_pipeline.clock import SYSTEM_CLOCK, Clock
-from prefect_pipeline.config import DEFAULT_LEASE_SECONDS, DEFAULT_RETRY_DELAY
+from prefect_pipeline.config import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_RETRY_DELAY,
+    DEFAULT_WORKERS_AFTER,
+)
 
 
 @dataclass(frozen=True)
@@ -16,6 +20,11 @@ class ParallelOptions:
 
     workers: int | None = None
     threads_per_worker: int = 1
+    #: A local cluster's workers start once the run has worked this long in the command's
+    #: own process and has inputs left (0: with the cluster). Each worker spends seconds
+    #: of CPU importing Prefect's task engine; a run shorter than that is faster without
+    #: them (the ski-rental rule: pay for them after working as long as they cost).
+    workers_after_s: float = DEFAULT_WORKERS_AFTER
     address: str | None = None
     force: bool = False
     #: A claimed input whose lease expires (its command died) may be taken by another one.
@@ -58,6 +67,8 @@ class ParallelOptions:
             check_workers(self.workers)
         if self.threads_per_worker < 1:
             raise UsageError("--threads-per-worker must be at least 1")
+        if not self.workers_after_s >= 0:  # also refuses NaN
+            raise UsageError("--workers-after must be 0 or more seconds")
 
     def with_overrides(self, overrides: dict[str, Any]) -> ParallelOptions:
         """A copy with the non-None ``overrides`` applied."""

@@ -139,6 +139,7 @@ def _shown_options(chain: list[Any], options: ParallelOptions, **more: Any) -> d
         "jobs": [spec.name for spec in chain],
         "workers": options.workers,
         "threads_per_worker": options.threads_per_worker,
+        "workers_after": options.workers_after_s,
         "address": options.address,
         "force": options.force,
         "lease_seconds": options.lease_seconds,
@@ -178,6 +179,8 @@ def _execute(plan: Plan, command: str, source: str, shown: dict[str, Any]) -> Ru
                 plan.task_runner = environment.task_runner
                 plan.ui_url = environment.ui_url
                 plan.workers_ready = environment.workers_ready
+                plan.start_workers = environment.start_workers
+                plan.workers_started = environment.workers_started
                 plan.summary.dashboard_url = environment.dashboard_url
                 try:
                     state = start_parallel(plan, command, source, shown)
