@@ -483,6 +483,8 @@ def run_parallel(
     if spec.mode == "address":
         assert ctx.address is not None
         where = ["--address", ctx.address]
+    elif spec.mode == "eager":
+        where = ["--workers", str(spec.workers), "--workers-after", "0"]
     else:
         where = ["--workers", str(spec.workers)]
     return run_pipeline(ctx, db, out, "run-parallel", str(workload.path), *where, "--json"), 0.0
@@ -770,6 +772,20 @@ register_mode(
         run=run_parallel,
         template=lambda spec, ctx: (
             f"{PIPELINE_TEMPLATE} run-parallel DIR --workers {spec.workers} --json"
+        ),
+        label_with_workers=True,
+    )
+)
+# The same with the workers started with the run, not once it has worked --workers-after
+# seconds in its own process: what the workers' start costs, in one invocation.
+register_mode(
+    Mode(
+        "eager",
+        workers=lambda args: list(args.workers),
+        run=run_parallel,
+        template=lambda spec, ctx: (
+            f"{PIPELINE_TEMPLATE} run-parallel DIR --workers {spec.workers} --workers-after 0 "
+            "--json"
         ),
         label_with_workers=True,
     )
@@ -1098,6 +1114,15 @@ FIXED_COSTS = (
         "startup-2", "start-up to the first input committed, 2 workers (startup_s)",
         "pipeline run-parallel SAMPLES --workers 2 --json",
         args=lambda i: ["run-parallel", str(i.samples), "--workers", "2", "--json"],
+        check=_has_startup, figure="startup",
+    ),
+    FixedCost(
+        "startup-2-eager",
+        "the same, the workers started with the run (--workers-after 0) (startup_s)",
+        "pipeline run-parallel SAMPLES --workers 2 --workers-after 0 --json",
+        args=lambda i: [
+            "run-parallel", str(i.samples), "--workers", "2", "--workers-after", "0", "--json"
+        ],
         check=_has_startup, figure="startup",
     ),
     FixedCost(
@@ -1826,8 +1851,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=_int_list, default=[1, 2])
     parser.add_argument(
         "--modes", type=_mode_list, default=list(DEFAULT_MODES),
-        help=f"default: {','.join(DEFAULT_MODES)}; also: run-all, drain-sqlite, drain-pg, "
-        "fixed-costs",
+        help=f"default: {','.join(DEFAULT_MODES)}; also: eager, run-all, drain-sqlite, "
+        "drain-pg, fixed-costs",
     )  # fmt: skip
     parser.add_argument(
         "--drainers", type=_int_list, default=[1, 2, 4],

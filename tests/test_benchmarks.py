@@ -524,6 +524,9 @@ def test_plan_follows_the_mode_registry() -> None:
     labels = [spec.label for spec in run.build_plan(_args("--workers", "1,2"))]
     assert labels == ["raw", "sequential", "parallel-1", "parallel-2", "drain-2"]
     assert run.build_plan(_args("--modes", "fixed-costs")) == []  # a suite only
+    eager = run.build_plan(_args("--modes", "parallel,eager", "--workers", "2"))
+    assert [s.label for s in eager] == ["raw", "parallel-2", "eager-2"]
+    assert "--workers 2 --workers-after 0" in run.MODES["eager"].template(eager[2], None)
     assert [s.label for s in run.build_plan(_args("--modes", "drain"))] == ["raw", "drain-2"]
     # A mode registered later is planned, labelled and selectable by name.
     drain = run.MODES["drain"]
@@ -592,7 +595,8 @@ with open(os.environ["STUB_LOG"], "a") as log:
     log.write(json.dumps({
         "command": command, "db": str(db), "home": str(home),
         "home_files": sorted(p.name for p in home.iterdir()),
-        "api_url": os.environ.get("PREFECT_API_URL"),
+        "api_url": os.environ.get("PREFECT_API_URL"), "args": args,
+        "workers_after": os.environ.get("PIPELINE_WORKERS_AFTER"),
     }) + "\n")
 if "PREFECT_API_URL" not in os.environ:
     (home / "prefect.db").touch()  # what a temporary server leaves in PREFECT_HOME
@@ -637,13 +641,18 @@ def test_fixed_costs_suite(tmp_path: Path) -> None:
     log = tmp_path / "stub.log"
     api = "http://127.0.0.1:9/api"
     args = ("--modes", "fixed-costs", "--repeats", "2", "--pipeline", str(_stub(tmp_path)))
-    result = _harness(tmp_path / "res", *args, "--api-url", api, env={"STUB_LOG": str(log)})
+    result = _harness(
+        tmp_path / "res", *args, "--api-url", api, "--workers-after", "2.5",
+        env={"STUB_LOG": str(log), "PIPELINE_WORKERS_AFTER": "7"},
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
 
     data = json.loads((tmp_path / "res" / "latest.json").read_text("utf-8"))
     assert data["summary"] == [] and data["errors"] == []
     rows = {row["key"]: row for row in data["suites"]["fixed-costs"]["summary"]}
-    assert list(rows) == ["error", "no-op", "drain-empty", "run-all", "startup-2", "first-use"]
+    assert list(rows) == [
+        "error", "no-op", "drain-empty", "run-all", "startup-2", "startup-2-eager", "first-use"
+    ]
     for key, row in rows.items():
         assert (row["temporary"]["ok_runs"], row["api"]["ok_runs"]) == (
             (2, 0) if key == "first-use" else (2, 2)
@@ -664,11 +673,16 @@ def test_fixed_costs_suite(tmp_path: Path) -> None:
     template, calls = calls[0], calls[1:]
     assert template["command"] == "run-all" and template["api_url"] is None
     # Per measurement: a new PREFECT_HOME and database (a preparation step shares them).
-    assert len({c["home"] for c in calls}) == len({c["db"] for c in calls}) == 22
+    assert len({c["home"] for c in calls}) == len({c["db"] for c in calls}) == 26
     assert sum(c["command"] == "enqueue" for c in calls) == 4
     for call in calls:
         if call["api_url"] is not None:
             assert call["api_url"] == api and call["home_files"] == []
+    # The harness's --workers-after reaches every command (not the developer's own value);
+    # the eager row starts its workers with the run.
+    assert {c["workers_after"] for c in calls} == {"2.5"}
+    eager = [c["args"] for c in calls if "--workers-after" in c["args"]]
+    assert len(eager) == 4 and all(a[a.index("--workers-after") + 1] == "0" for a in eager)
     first_use = [c for c in calls if c["api_url"] is None and c["home_files"] == []]
     assert len(first_use) == 2  # every other temporary-server home is a copy of the template's
     assert all(c["command"] == "run-all" for c in first_use)
