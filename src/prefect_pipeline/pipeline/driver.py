@@ -1,8 +1,7 @@
 """The driver: moves groups of inputs through the chain of jobs.
 
 Jobs that do not touch the database (A) are submitted to the flow's task runner (Dask
-workers, or a thread), or, until a worker has joined, to a thread of this process; jobs that
-do (B, C) go to the writer, in this thread. At most
+workers, or a thread); jobs that do (B, C) go to the writer, in this thread. At most
 ``in_flight_per_worker`` groups per worker are in flight, and groups are taken from the
 source only as others finish, so memory stays flat however many inputs there are. The
 driver renews the run's leases while it works and, when the queue has nothing claimable,
@@ -15,7 +14,7 @@ import queue
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from prefect_pipeline.compat import break_future_cycle, cancel_future, forget_task_results
@@ -109,10 +108,8 @@ class Driver:
         self._settled_count = 0
         # The leases' clock: the one that decides when they run out.
         self._last_renewal = self.clock.now()
-        # When this process started working on a group itself (workers not ready yet), and
-        # the thread it does that on.
+        # When this process started working on a group itself (workers not ready yet).
         self._working_here_since: datetime | None = None
-        self._here: Any = None
 
     def run(self) -> None:
         source = self.plan.source
@@ -170,41 +167,28 @@ class Driver:
                 return
         if not items:
             return
-        if stage == len(self.chain):  # the chain's last job writes no rows: record the end
-            self.writer.finish(items)
+        if stage < len(self.chain) and not self.plan.workers_ready():
+            self._start_workers_if_due()
+            results = self._run_inline(stage, items, None)
+            self._advance(self.writer.record(items, stage, results), stage + 1)
             return
-        if self.plan.workers_ready():
+        if stage < len(self.chain):
             future = self.tasks[stage].submit(
                 Group(items), self.plan.config, self.plan.options.force
             )
-        else:
-            self._start_workers_if_due()
-            future = self._submit_here(stage, items)
-        self.in_flight[future] = _InFlight(items, stage)
-        future.add_done_callback(self._done.put)
-
-    def _submit_here(self, stage: int, items: list[WorkItem]) -> Any:
-        """Run a job that does not write on this process's own thread, while the task
-        runner has no worker: the writer goes on in this thread meanwhile, as with
-        ``--workers 0``."""
-        if self._here is None:
-            from prefect.task_runners import ThreadPoolTaskRunner
-
-            self._here = ThreadPoolTaskRunner(max_workers=1).__enter__()
-        parameters = {"items": Group(items), "config": self.plan.config}
-        return self._here.submit(
-            self.tasks[stage], {**parameters, "force": self.plan.options.force}
-        )
-
-    def close(self) -> None:
-        """Stop this process's own task thread (its tasks are done or cancelled by now)."""
-        here, self._here = self._here, None
-        if here is not None:
-            here.__exit__(None, None, None)
+            self.in_flight[future] = _InFlight(items, stage)
+            future.add_done_callback(self._done.put)
+        else:  # the chain's last job writes no rows: the writer records the end
+            self.writer.finish(items)
 
     def _start_workers_if_due(self) -> None:
         """Ask for the workers once this process has worked ``workers_after_s`` on the run
-        and has a group to give them: a run that ends sooner never starts one."""
+        and has a group to give them: a run that ends sooner never starts one.
+
+        Looked at before each group this process runs itself, so a group that takes long
+        (one large file) is finished here before the workers are asked for. The group runs
+        in this thread, not on a thread of its own, so that Ctrl-C stops it at once (a
+        thread's job cannot be interrupted, and the clean-up would wait for it)."""
         now = self.clock.now()
         if self._working_here_since is None:
             self._working_here_since = now
@@ -264,8 +248,10 @@ class Driver:
         due = self.plan.source.next_due()
         if due is None:
             return False
-        delay = (due - self.clock.now()).total_seconds()
-        self.clock.sleep(min(max(delay, 0.05), MAX_RETRY_WAIT))
+        delay = min(max((due - self.clock.now()).total_seconds(), 0.05), MAX_RETRY_WAIT)
+        self.clock.sleep(delay)
+        if self._working_here_since is not None:  # waiting is not work: it buys no workers
+            self._working_here_since += timedelta(seconds=delay)
         return True
 
     def _renew_if_due(self) -> None:
@@ -290,9 +276,7 @@ def drive(plan: Plan) -> RunSummary:
     try:
         driver.run()
     finally:
-        driver.close()
         plan.summary.writer_s = driver.writer.busy_s
-        plan.summary.workers_started = plan.workers_started()
     return read_summary(plan)
 
 
@@ -312,6 +296,7 @@ def read_summary(plan: Plan) -> RunSummary:
     summary.held = len(summary.held_inputs)
     summary.total = summary.succeeded + summary.failed + summary.skipped + summary.held
     summary.records = counts["records"]
+    summary.workers_started = plan.workers_started()
     summary.failures = ledger.run_failures()
     if plan.first_commit_at is not None:
         summary.startup_s = plan.first_commit_at - plan.started_at
