@@ -476,17 +476,28 @@ def run_raw(
     return run_process(cmd, None, ctx.timeout_s, memory_limit=ctx.memory_limit), 0.0
 
 
+def parallel_where(spec: RunSpec, ctx: Context | None) -> list[str]:
+    """Where a ``run-parallel`` mode runs: a worker count (0: in-process; ``eager``: the
+    workers started with the run) or ``--address``."""
+    if spec.mode == "address":
+        return ["--address", str(ctx.address if ctx else None)]
+    where = ["--workers", str(spec.workers)]
+    if spec.mode == "eager":
+        where += ["--workers-after", "0"]
+    return where
+
+
+def parallel_template(spec: RunSpec, ctx: Context | None) -> str:
+    """A ``run-parallel`` mode's command, for the reports."""
+    return f"{PIPELINE_TEMPLATE} run-parallel DIR {' '.join(parallel_where(spec, ctx))} --json"
+
+
 def run_parallel(
     spec: RunSpec, ctx: Context, workload: Workload, db: Database, out: Path, record: RunRecord
 ) -> tuple[ProcResult, float]:
-    """``run-parallel`` with a worker count (0: in-process) or ``--address``."""
-    if spec.mode == "address":
-        assert ctx.address is not None
-        where = ["--address", ctx.address]
-    elif spec.mode == "eager":
-        where = ["--workers", str(spec.workers), "--workers-after", "0"]
-    else:
-        where = ["--workers", str(spec.workers)]
+    """``run-parallel`` where ``parallel_where`` says."""
+    assert spec.mode != "address" or ctx.address is not None
+    where = parallel_where(spec, ctx)
     return run_pipeline(ctx, db, out, "run-parallel", str(workload.path), *where, "--json"), 0.0
 
 
@@ -759,37 +770,21 @@ register_mode(
 )
 register_mode(
     Mode(
-        "sequential",
-        workers=lambda args: [0],
-        run=run_parallel,
-        template=lambda spec, ctx: f"{PIPELINE_TEMPLATE} run-parallel DIR --workers 0 --json",
+        "sequential", workers=lambda args: [0], run=run_parallel, template=parallel_template
     )
 )
-register_mode(
+PARALLEL = register_mode(
     Mode(
         "parallel",
         workers=lambda args: list(args.workers),
         run=run_parallel,
-        template=lambda spec, ctx: (
-            f"{PIPELINE_TEMPLATE} run-parallel DIR --workers {spec.workers} --json"
-        ),
+        template=parallel_template,
         label_with_workers=True,
     )
 )
 # The same with the workers started with the run, not once it has worked --workers-after
 # seconds in its own process: what the workers' start costs, in one invocation.
-register_mode(
-    Mode(
-        "eager",
-        workers=lambda args: list(args.workers),
-        run=run_parallel,
-        template=lambda spec, ctx: (
-            f"{PIPELINE_TEMPLATE} run-parallel DIR --workers {spec.workers} --workers-after 0 "
-            "--json"
-        ),
-        label_with_workers=True,
-    )
-)
+register_mode(dataclasses.replace(PARALLEL, name="eager"))
 register_mode(
     Mode(
         "drain",
@@ -841,9 +836,7 @@ register_mode(
         "address",
         workers=lambda args: [None] if args.address else [],
         run=run_parallel,
-        template=lambda spec, ctx: (
-            f"{PIPELINE_TEMPLATE} run-parallel DIR --address {ctx.address} --json"
-        ),
+        template=parallel_template,
     )
 )
 #: Modes that ``--modes`` selects by default.
