@@ -552,7 +552,8 @@ def _small_files(folder: Path, count: int) -> None:
 
 def test_a_run_shorter_than_workers_after_starts_no_worker(config, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     """Ten small files take well under the default 5 s here: the run ends in the command's
-    own process, and none of its two workers (seconds of CPU each) is started."""
+    own process, and neither its cluster nor any of its two workers (seconds of CPU each)
+    is started."""
     marks = _where_env(monkeypatch, tmp_path)
     _small_files(tmp_path / "in", 10)
 
@@ -561,7 +562,7 @@ def test_a_run_shorter_than_workers_after_starts_no_worker(config, tmp_path, mon
     )
 
     assert (summary.succeeded, summary.failed, summary.workers_started) == (10, 0, 0)
-    assert summary.dashboard_url is not None  # the cluster (its scheduler) was there
+    assert summary.dashboard_url is None  # no scheduler either
     assert {p.name for p in marks.iterdir()} == {str(os.getpid())}
     assert db_counts(config.db_path)["processed_records"] == 20
 
@@ -585,9 +586,58 @@ def test_a_run_that_outlasts_workers_after_hands_its_groups_to_the_workers(  # t
     )
 
     assert (summary.succeeded, summary.failed, summary.workers_started) == (200, 0, 1)
+    assert summary.dashboard_url is not None  # the cluster started with its worker
     ran_in = {int(p.name) for p in marks.iterdir()}
     assert os.getpid() in ran_in and len(ran_in) == 2, ran_in
     assert db_counts(config.db_path)["processed_records"] == 400
+
+
+def test_a_cluster_that_cannot_start_late_leaves_the_run_to_this_process(
+    config: PipelineConfig, tmp_path: Path
+) -> None:
+    """The workers are asked for in the middle of the run; if their cluster cannot start
+    (here Dask is told to preload a module that is not there into its scheduler), the run
+    loses its workers, not its inputs: a warning says why, and every input is done in the
+    command's process."""
+    from prefect.settings import PREFECT_API_URL
+
+    _small_files(tmp_path / "in", 30)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "DASK_DISTRIBUTED__SCHEDULER__PRELOAD": '["no_such_module_here"]',
+    }
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("pipeline")),
+            "--db-path",
+            str(config.db_path),
+            "--output-dir",
+            str(config.output_dir),
+            "run-parallel",
+            str(tmp_path / "in"),
+            "--workers",
+            "1",
+            "--workers-after",
+            "0.01",
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    # (workers_started says the run asked for one: the summary may be read before the
+    # cluster's start has failed, in the background.)
+    assert (summary["succeeded"], summary["failed"], summary["dashboard_url"]) == (30, 0, None)
+    [warning] = [line for line in done.stderr.splitlines() if "could not start" in line]
+    assert "WARNING could not start a local Dask cluster: " in warning, warning
+    assert "No module named 'no_such_module_here'" in warning, warning
+    assert warning.endswith("; the run goes on in this process"), warning
+    assert db_counts(config.db_path)["processed_records"] == 60
 
 
 def test_a_process_can_start_one_local_cluster_after_another() -> None:
@@ -598,7 +648,7 @@ def test_a_process_can_start_one_local_cluster_after_another() -> None:
     script = """
 from prefect_pipeline.pipeline.cluster import DaskCluster
 for _ in range(2):
-    with DaskCluster(workers=1, workers_now=False) as cluster:
+    with DaskCluster(workers=1, workers_now=True) as cluster:
         assert cluster.address.startswith("tcp://127.0.0.1:"), cluster.address
 print("two clusters")
 """

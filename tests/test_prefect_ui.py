@@ -571,7 +571,8 @@ def test_a_local_clusters_dashboard_is_printed_once_and_kept_with_the_run(
     args = ["--db-path", str(config.db_path), "--output-dir", str(config.output_dir)]
 
     done = subprocess.run(
-        [str(PIPELINE), *args, "run-parallel", str(folder), "--workers", "1", "--json"],
+        [str(PIPELINE), *args, "run-parallel", str(folder), "--workers", "1", "--json",
+         "--workers-after", "0"],  # the cluster (and its dashboard) start with the run
         env=api_env(), text=True, capture_output=True, timeout=240,
     )
 

@@ -775,6 +775,29 @@ def test_a_transient_error_is_retried_after_a_delay(
     }
 
 
+def test_waiting_for_a_retry_does_not_count_towards_workers_after(
+    config: PipelineConfig, tmp_path: Path, flaky_definition: PipelineDefinition
+) -> None:
+    """A drain that spends a minute waiting for its one input's retry has not worked a
+    minute: its workers are for work, and with --workers-after 30 none is started."""
+    path = write_files(tmp_path / "inputs", {"flaky.txt": "r1\n"})["flaky.txt"]
+    queue_files(config, path)
+
+    clock = ManualClock()
+    summary = run_parallel_from_database(
+        config,
+        definition=flaky_definition,
+        workers=1,
+        workers_after_s=30,
+        max_attempts=2,
+        retry_base_seconds=60,
+        clock=clock,
+    )
+    assert sum(clock.slept) >= 60  # on the run's clock, past --workers-after
+    assert (summary.succeeded, summary.failed, summary.workers_started) == (1, 0, 0)
+    assert rows(config)[0]["attempts"] == 2
+
+
 def test_an_input_that_always_fails_stops_after_max_attempts(
     config: PipelineConfig, tmp_path: Path, flaky_definition: PipelineDefinition
 ) -> None:

@@ -42,7 +42,7 @@ def test_a_served_drain_runs_when_triggered_and_fails_with_its_inputs(
            "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     server = subprocess.Popen(
         [str(PIPELINE), *base, "serve", "--name", name, "--interval", "3600",
-         "--workers", "0"],
+         "--workers", "0", "--workers-after", "2.5"],
         env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         start_new_session=True,
     )
@@ -58,6 +58,7 @@ def test_a_served_drain_runs_when_triggered_and_fails_with_its_inputs(
                     assert time.monotonic() < deadline, "the deployment never appeared"
                     time.sleep(0.5)
             assert deployment.parameters["workers"] == 0
+            assert deployment.parameters["workers_after"] == 2.5
             assert "database" not in deployment.parameters  # no URL, no password in Prefect
             flow_run = client.create_flow_run_from_deployment(deployment.id)
             while True:

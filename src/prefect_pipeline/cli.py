@@ -991,6 +991,15 @@ def server_status() -> None:
     "--stop-after", metavar="JOB", help=f"Job to stop after: {_JOBS_HELP}. Default: the last."
 )
 @click.option("--workers", type=click.IntRange(min=0), help="Dask workers per drain.")
+@click.option(
+    "--workers-after",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_WORKERS_AFTER,
+    show_default=True,
+    metavar="SECONDS",
+    help="Start a drain's workers once it has worked this long in its own process; 0 "
+    "starts them with the drain.",
+)
 @click.option("--address", metavar="tcp://HOST:PORT", help="An existing Dask scheduler.")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=DEFAULT_MAX_ATTEMPTS,
               show_default=True, help="Attempts per input for errors a retry may cure.")
@@ -1009,6 +1018,7 @@ def serve(
     start_from: str | None,
     stop_after: str | None,
     workers: int | None,
+    workers_after: float,
     address: str | None,
     max_attempts: int,
     retry_delay: float,
@@ -1075,6 +1085,7 @@ def serve(
         cron=cron,
         parameters={
             "workers": workers,
+            "workers_after": workers_after,
             "limit": limit,
             "start_from": start_from,
             "stop_after": stop_after,

@@ -86,13 +86,16 @@ class DaskCluster:
         self.address = address
         #: Seconds an existing scheduler has to answer before the run gives up on it.
         self.connect_timeout = connect_timeout
-        #: Whether a local cluster's workers start with it; if not, ``start_workers()``.
+        #: Whether a local cluster starts with the run; if not, ``start_workers()``.
         self.workers_now = workers_now
         #: The local cluster's dashboard (None for an existing cluster: it is its owner's).
         self.dashboard_url: str | None = None
         #: Worker processes this (local) cluster was asked to start: 0 until
-        #: ``start_workers()``.
+        #: ``start_workers()``, which starts the cluster itself unless ``workers_now``.
         self.workers_started = 0
+        #: Whether this is a cluster of the run's own (not an existing scheduler).
+        self._local = not address
+        self._asked = False  # for the workers, once
         self._cluster: Any = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -128,38 +131,33 @@ class DaskCluster:
         return self
 
     def _start(self) -> None:
-        import dask
-        import distributed  # noqa: F401 - before the set below: see there
-
-        # Set until __exit__, so that the client made later (DaskTaskRunner) has them too;
-        # an existing cluster's scheduler and workers keep their own settings. Importing
-        # distributed adds its defaults to Dask's config: imported inside the set, they
-        # would be taken for the set's own insertion and removed with it on exit, and the
-        # process's next cluster would fail ("'comm'").
-        self._settings = dask.config.set(QUIET_DASK)
-        try:
-            self._start_cluster()
-        except BaseException:
-            self._restore_settings()  # __exit__ does not run when __enter__ raises
-            raise
-
-    def _restore_settings(self) -> None:
-        if self._settings is not None:
-            self._settings.__exit__(None, None, None)
-            self._settings = None
-
-    def _start_cluster(self) -> None:
         if self.address:
-            self._check_reachable(self.address, self.connect_timeout)
-            return
-        from distributed import LocalCluster
+            self._quiet_dask()  # for the client this process makes (the scheduler's are its own)
+            try:
+                self._check_reachable(self.address, self.connect_timeout)
+            except BaseException:
+                self._restore_settings()  # __exit__ does not run when __enter__ raises
+                raise
+        elif self.workers_now:
+            self._asked = True
+            self.workers_started = self.workers
+            self._start_local()
+        # Otherwise nothing starts yet, not even an import of Dask: ``start_workers()``
+        # starts the cluster when the run has shown it needs workers, and a run that ends
+        # sooner pays for neither the scheduler (most of a second of CPU) nor its memory.
 
+    def _start_local(self) -> None:
+        """Start a LocalCluster, ask it for the workers, and keep it (for ``__exit__``)."""
         try:
-            # The scheduler alone (well under a second). The workers are asked for by
-            # ``start_workers()``, when the run has shown it needs them: each is a process
-            # that spends seconds of CPU importing Prefect's task engine, and meanwhile the
-            # run works on its inputs in this process (``workers_ready``).
-            self._cluster = LocalCluster(
+            # Inside: a Dask setting distributed refuses (its log level, say) fails its
+            # import, and that is a cluster that cannot start like any other.
+            self._quiet_dask()
+            from distributed import LocalCluster
+
+            # The scheduler (most of a second), then the workers, asked for without waiting:
+            # each is a process that spends seconds of CPU importing Prefect's task engine,
+            # and meanwhile the run goes on in this process (``workers_ready``).
+            cluster = LocalCluster(
                 n_workers=0,
                 threads_per_worker=self.threads_per_worker,
                 processes=True,
@@ -172,26 +170,66 @@ class DaskCluster:
                 preload=["prefect_pipeline.pipeline.worker_preload"],
             )
         except Exception as exc:
-            raise RunError(f"could not start a local Dask cluster: {exc}") from exc
-        self.address = self._cluster.scheduler_address
-        self.dashboard_url = self._cluster.dashboard_link or None
+            self._restore_settings()  # __exit__ does not run when __enter__ raises
+            raise RunError(
+                f"could not start a local Dask cluster: {type(exc).__name__}: {exc}"
+            ) from exc
+        except BaseException:
+            self._restore_settings()
+            raise
+        try:
+            cluster.scale(self.workers)
+        except BaseException:
+            cluster.close()
+            self._restore_settings()
+            raise
+        self.address = cluster.scheduler_address
+        self.dashboard_url = cluster.dashboard_link or None
+        self._cluster = cluster  # last: workers_ready() looks at it from the run's thread
         logger.info(
-            "started a Dask LocalCluster for up to %d worker(s) at %s; dashboard %s",
-            self.workers,
+            "started a Dask LocalCluster at %s for %d worker(s); dashboard %s",
             self.address,
+            self.workers,
             self.dashboard_url or "unavailable",
         )
-        if self.workers_now:
-            self.start_workers()
+
+    def _quiet_dask(self) -> None:
+        """Dask's settings for the run (``QUIET_DASK``), until ``__exit__``: the cluster's
+        and the client's, made later by the task runner."""
+        import dask
+        import distributed  # noqa: F401 - before the set below
+
+        # Importing distributed adds its defaults to Dask's config: imported inside the
+        # set, they would be taken for the set's own insertion and removed with it on exit,
+        # and the process's next cluster would fail ("'comm'").
+        self._settings = dask.config.set(QUIET_DASK)
+
+    def _restore_settings(self) -> None:
+        if self._settings is not None:
+            self._settings.__exit__(None, None, None)
+            self._settings = None
 
     def start_workers(self) -> None:
-        """Start the local cluster's workers (once; they join in the background). An
-        existing cluster's workers are its owner's: nothing to start."""
-        if self._cluster is None or self.workers_started:
+        """Start the local cluster and its workers, in the background (once; they join as
+        each is ready, and the run goes on here meanwhile). An existing cluster's workers
+        are its owner's: nothing to start."""
+        if not self._local or self._asked:
             return
-        self._cluster.scale(self.workers)
+        self._asked = True
         self.workers_started = self.workers
-        logger.info("starting %d Dask worker(s)", self.workers)
+        logger.info("starting a Dask cluster of %d worker(s)", self.workers)
+        self._thread = threading.Thread(
+            target=self._start_late, daemon=True, name="dask-cluster-start"
+        )
+        self._thread.start()
+
+    def _start_late(self) -> None:
+        try:
+            self._start_local()
+        except Exception as exc:
+            # The run loses its workers, not its inputs: it goes on in this process.
+            self.workers_started = 0
+            logger.warning("%s; the run goes on in this process", exc)
 
     @staticmethod
     def _check_reachable(address: str, timeout: float) -> None:
@@ -219,17 +257,21 @@ class DaskCluster:
 
     def workers_ready(self) -> bool:
         """Whether a worker has joined (always, for an existing cluster: it is its owner's)."""
-        if self._cluster is None:
+        if not self._local:
             return True
-        return len(self._cluster.scheduler.workers) > 0
+        cluster = self._cluster
+        return cluster is not None and len(cluster.scheduler.workers) > 0
 
     def task_runner(self) -> Any:
-        """A ``DaskTaskRunner`` connected to this cluster (naming its Dask tasks after the
-        groups they hold)."""
-        from prefect_pipeline.compat import dask_task_runner
+        """The run's task runner: it connects to this cluster when the first group is
+        submitted, which is after ``workers_ready()``."""
+        from prefect_pipeline.pipeline.task_runner import LateDaskTaskRunner
 
-        assert self.address is not None
-        return dask_task_runner(self.address)
+        def address() -> str:
+            assert self.address is not None, "no group is submitted before a worker joins"
+            return self.address
+
+        return LateDaskTaskRunner(address)
 
     def __exit__(self, *exc_info: object) -> None:
         if self._thread is not None:  # still starting: let it finish, then close it

@@ -23,6 +23,7 @@ from prefect_pipeline.config import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_RETRY_DELAY,
+    DEFAULT_WORKERS_AFTER,
     PipelineConfig,
 )
 from prefect_pipeline.exceptions import Interrupted
@@ -41,6 +42,7 @@ def drain_queue(
     retry_delay: float = DEFAULT_RETRY_DELAY,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     address: str | None = None,
+    workers_after: float = DEFAULT_WORKERS_AFTER,
 ) -> Any:
     """Run the queued inputs (``pipeline drain-db``) with these options; the database, the
     output folder and the pipeline come from the serving process's environment."""
@@ -60,6 +62,7 @@ def drain_queue(
             stop_after=stop_after,
             limit=limit,
             workers=workers,
+            workers_after_s=workers_after,
             address=address,
             max_attempts=max_attempts,
             retry_base_seconds=retry_delay,

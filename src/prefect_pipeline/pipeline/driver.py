@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,6 +24,7 @@ from prefect_pipeline.interrupts import check as check_interrupt
 from prefect_pipeline.jobs.base import UNEXPECTED_ERROR, JobResult
 from prefect_pipeline.logs import get_logger
 from prefect_pipeline.pipeline.definition import JobSpec
+from prefect_pipeline.pipeline.environment import Environment
 from prefect_pipeline.pipeline.observe import POLL_SECONDS, NullObserver, RunObserver
 from prefect_pipeline.pipeline.options import ParallelOptions
 from prefect_pipeline.pipeline.progress import Progress
@@ -55,23 +56,13 @@ class Plan:
     source: Source
     progress: Progress
     started_at: float
-    #: Task slots of the task runner (workers x threads); set once it has started.
-    workers: int = 1
     #: The first group, claimed before anything started (it proved there is work).
     primed: list[WorkItem] = field(default_factory=list)
     first_commit_at: float | None = None
     summary: RunSummary = field(default_factory=RunSummary)
-    #: What the flow runs on (set once the environment has started), and the Prefect UI's
-    #: address when the API has a UI that outlives the run.
-    task_runner: Any = None
-    ui_url: str | None = None
-    #: Whether the task runner has a worker yet; until then jobs that do not write run
-    #: here, so the first inputs commit while the cluster's workers start.
-    workers_ready: Callable[[], bool] = lambda: True
-    #: Start the task runner's workers (a local cluster's wait until the run has worked
-    #: ``options.workers_after_s`` here and has inputs left), and how many it started.
-    start_workers: Callable[[], None] = lambda: None
-    workers_started: Callable[[], int] = lambda: 0
+    #: What the flow runs on (set once it has started): its task runner, its task slots,
+    #: the Prefect UI, and the workers, which start when the run needs them.
+    environment: Environment = field(default_factory=Environment)
     #: Where the run is watched (the flow sets a PrefectObserver).
     observer: RunObserver = field(default_factory=NullObserver)
 
@@ -101,7 +92,7 @@ class Driver:
             before_commit=self._renew_if_due,
         )
         self.in_flight: dict[Any, _InFlight] = {}
-        self.max_in_flight = max(2, plan.options.in_flight_per_worker * plan.workers)
+        self.max_in_flight = max(2, plan.options.in_flight_per_worker * plan.environment.slots)
         # Filled by the futures' done callbacks (in Dask's or the pool's thread).
         self._done: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._renew_every = plan.options.lease_seconds / 3
@@ -167,7 +158,7 @@ class Driver:
                 return
         if not items:
             return
-        if stage < len(self.chain) and not self.plan.workers_ready():
+        if stage < len(self.chain) and not self.plan.environment.workers_ready():
             self._start_workers_if_due()
             results = self._run_inline(stage, items, None)
             self._advance(self.writer.record(items, stage, results), stage + 1)
@@ -194,7 +185,7 @@ class Driver:
             self._working_here_since = now
         worked = (now - self._working_here_since).total_seconds()
         if worked >= self.plan.options.workers_after_s:
-            self.plan.start_workers()
+            self.plan.environment.start_workers()
 
     def _next_stage(self, future: Any) -> None:
         # The future (which keeps its result), and the results, are released on return,
@@ -296,7 +287,8 @@ def read_summary(plan: Plan) -> RunSummary:
     summary.held = len(summary.held_inputs)
     summary.total = summary.succeeded + summary.failed + summary.skipped + summary.held
     summary.records = counts["records"]
-    summary.workers_started = plan.workers_started()
+    summary.workers_started = plan.environment.workers_started
+    summary.dashboard_url = plan.environment.dashboard_url
     summary.failures = ledger.run_failures()
     if plan.first_commit_at is not None:
         summary.startup_s = plan.first_commit_at - plan.started_at

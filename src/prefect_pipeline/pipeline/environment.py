@@ -3,12 +3,14 @@ started together.
 
 Each takes seconds on its own, so start-up is ordered for overlap: the temporary Prefect
 server's process starts first (``PrefectApi``, without importing Prefect), then the Dask
-cluster (in a thread), and only then does this process import Prefect.
+cluster (in a thread), and only then does this process import Prefect. A run's own cluster
+starts there only with ``--workers-after 0``; otherwise when the run has worked that long
+in this process (``Environment.start_workers``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,21 +22,35 @@ from prefect_pipeline.pipeline.server import PrefectApi
 
 @dataclass(frozen=True)
 class Environment:
-    """What a run's flow runs on."""
+    """What a run's flow runs on (before it starts: nothing, one slot)."""
 
-    task_runner: Any
+    task_runner: Any = None
     #: Tasks that can run at once (workers x threads).
-    slots: int
-    #: The local cluster's Dask dashboard, if there is one.
-    dashboard_url: str | None = None
+    slots: int = 1
     #: The Prefect UI, when the API has one that outlives the run (not a temporary server).
     ui_url: str | None = None
-    #: Whether the task runner has a worker yet (until then the run works in this process).
-    workers_ready: Callable[[], bool] = lambda: True
-    #: Start the local cluster's workers, if they wait for the run to need them.
-    start_workers: Callable[[], None] = lambda: None
-    #: How many worker processes the run started (a local cluster's; 0 otherwise).
-    workers_started: Callable[[], int] = lambda: 0
+    #: The Dask cluster the task runner submits to (None: a thread of this process).
+    cluster: DaskCluster | None = None
+
+    def workers_ready(self) -> bool:
+        """Whether the task runner has a worker yet (until then the run works here)."""
+        return self.cluster is None or self.cluster.workers_ready()
+
+    def start_workers(self) -> None:
+        """Start the run's own cluster and its workers, if they wait for the run to need
+        them."""
+        if self.cluster is not None:
+            self.cluster.start_workers()
+
+    @property
+    def workers_started(self) -> int:
+        """How many worker processes the run started (its own cluster's; 0 otherwise)."""
+        return self.cluster.workers_started if self.cluster is not None else 0
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """The run's own cluster's Dask dashboard, once that cluster has started."""
+        return self.cluster.dashboard_url if self.cluster is not None else None
 
 
 @contextmanager
@@ -49,7 +65,7 @@ def run_environment(options: ParallelOptions) -> Iterator[Environment]:
             from prefect.task_runners import ThreadPoolTaskRunner
 
             api.wait()
-            yield Environment(ThreadPoolTaskRunner(max_workers=1), 1, ui_url=api.ui_url())
+            yield Environment(ThreadPoolTaskRunner(max_workers=1), 1, api.ui_url())
             return
         with DaskCluster(
             workers=options.workers if not options.address else None,
@@ -62,15 +78,8 @@ def run_environment(options: ParallelOptions) -> Iterator[Environment]:
 
             api.wait()
             cluster.wait()
-            yield Environment(
-                cluster.task_runner(),
-                cluster.workers * cluster.threads_per_worker,
-                cluster.dashboard_url,
-                api.ui_url(),
-                cluster.workers_ready,
-                cluster.start_workers,
-                lambda: cluster.workers_started,
-            )
+            slots = cluster.workers * cluster.threads_per_worker
+            yield Environment(cluster.task_runner(), slots, api.ui_url(), cluster)
 
 
 def describe_environment(options: ParallelOptions) -> str:

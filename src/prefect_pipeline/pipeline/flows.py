@@ -237,7 +237,7 @@ def run_parallel(
     Cancel stopped it.
     """
     plan = _PLANS.pop(run_id)
-    observer = PrefectObserver(database, plan.ui_url)
+    observer = PrefectObserver(database, plan.environment.ui_url)
     plan.observer = observer
     plan.ledger.stamp_flow_run(observer.flow_run_id, observer.url)
     try:
@@ -270,7 +270,7 @@ def start_parallel(plan: Plan, command: str, source: str, options: dict[str, Any
     run_id = plan.ledger.run_id
     _PLANS[run_id] = plan
     try:
-        state: Any = run_parallel.with_options(task_runner=plan.task_runner)(
+        state: Any = run_parallel.with_options(task_runner=plan.environment.task_runner)(
             command,
             source,
             plan.config.database.display,

@@ -175,13 +175,7 @@ def _execute(plan: Plan, command: str, source: str, shown: dict[str, Any]) -> Ru
             plan.progress.starting(describe_environment(plan.options))
             with run_environment(plan.options) as environment:
                 plan.progress.ready()
-                plan.workers = environment.slots
-                plan.task_runner = environment.task_runner
-                plan.ui_url = environment.ui_url
-                plan.workers_ready = environment.workers_ready
-                plan.start_workers = environment.start_workers
-                plan.workers_started = environment.workers_started
-                plan.summary.dashboard_url = environment.dashboard_url
+                plan.environment = environment
                 try:
                     state = start_parallel(plan, command, source, shown)
                     summary = state.result(raise_on_failure=False)
