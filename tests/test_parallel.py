@@ -453,10 +453,12 @@ def test_existing_cluster_of_real_processes(cli_runner, config, tmp_path):  # ty
                 proc.kill()
 
 
-def test_local_cluster_keeps_no_message_logs():  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("late", [False, True], ids=["with-the-run", "late"])
+def test_local_cluster_keeps_no_message_logs(late: bool) -> None:
     """Dask's per-connection message logs would keep every group sent alive (memory that
     grows with the file count): the run's own cluster turns them off, in this process and
-    in its workers, and gives the process its settings back afterwards."""
+    in its workers, and gives the process its settings back afterwards - whether it starts
+    with the run or later, from its own thread, when the run needs workers."""
     import dask
     from distributed import Client
 
@@ -465,12 +467,19 @@ def test_local_cluster_keeps_no_message_logs():  # type: ignore[no-untyped-def]
 
     keys = list(QUIET_DASK)
     before = [dask.config.get(key) for key in keys]
-    with DaskCluster(workers=1) as cluster, Client(cluster.address) as client:
-        client.wait_for_workers(1, timeout=120)  # they start in the background
-        in_workers = client.run(lambda: [dask.config.get(key) for key in keys])
-        assert list(in_workers.values()) == [list(QUIET_DASK.values())]
-        log = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.transition_log)
-        assert log.maxlen == 0
+    with DaskCluster(workers=1, workers_now=not late) as cluster:
+        if late:
+            assert cluster.address is None  # nothing started with the run
+            cluster.start_workers()
+        deadline = time.monotonic() + 120
+        while not cluster.workers_ready():  # they start in the background
+            assert time.monotonic() < deadline, "no worker joined"
+            time.sleep(0.1)
+        with Client(cluster.address) as client:
+            in_workers = client.run(lambda: [dask.config.get(key) for key in keys])
+            assert list(in_workers.values()) == [list(QUIET_DASK.values())]
+            log = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.transition_log)
+            assert log.maxlen == 0
     assert [dask.config.get(key) for key in keys] == before
 
 
@@ -592,6 +601,28 @@ def test_a_run_that_outlasts_workers_after_hands_its_groups_to_the_workers(  # t
     assert db_counts(config.db_path)["processed_records"] == 400
 
 
+def test_a_run_that_needs_no_workers_does_not_import_dask(tmp_path: Path) -> None:
+    """A short run with --workers 2 (in a fresh interpreter: pytest's has Dask already)
+    ends without importing distributed: no scheduler, no workers, none of their CPU."""
+    from prefect.settings import PREFECT_API_URL
+
+    _small_files(tmp_path / "in", 5)
+    script = f"""
+import sys
+from prefect_pipeline.config import PipelineConfig
+from prefect_pipeline.pipeline.parallel import run_parallel_from_files
+config = PipelineConfig(output_dir={str(tmp_path / "out")!r}, db_path={str(tmp_path / "p.db")!r},
+                        log_level="OFF")
+summary = run_parallel_from_files({str(tmp_path / "in")!r}, config, workers=2)
+print(summary.succeeded, summary.workers_started, "distributed" in sys.modules)
+"""
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env
+    )
+    assert (result.returncode, result.stdout) == (0, "5 0 False\n"), result.stderr
+
+
 def test_a_cluster_that_cannot_start_late_leaves_the_run_to_this_process(
     config: PipelineConfig, tmp_path: Path
 ) -> None:
@@ -630,9 +661,9 @@ def test_a_cluster_that_cannot_start_late_leaves_the_run_to_this_process(
 
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
-    # (workers_started says the run asked for one: the summary may be read before the
-    # cluster's start has failed, in the background.)
-    assert (summary["succeeded"], summary["failed"], summary["dashboard_url"]) == (30, 0, None)
+    # workers_started counts the workers the run asked for: one, which never joined.
+    assert (summary["succeeded"], summary["failed"], summary["workers_started"]) == (30, 0, 1)
+    assert summary["dashboard_url"] is None
     [warning] = [line for line in done.stderr.splitlines() if "could not start" in line]
     assert "WARNING could not start a local Dask cluster: " in warning, warning
     assert "No module named 'no_such_module_here'" in warning, warning

@@ -104,8 +104,9 @@ class DaskCluster:
     def start_in_background(self) -> DaskCluster:
         """Start (or check) the cluster in a thread; ``wait()`` joins it. Meanwhile the
         caller can import Prefect and wait for its server."""
-        self._thread = threading.Thread(target=self._start_catching, daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._start_catching, daemon=True)
+        thread.start()
+        self._thread = thread  # once started: __exit__ joins only a started thread
         return self
 
     def _start_catching(self) -> None:
@@ -124,10 +125,10 @@ class DaskCluster:
         return self
 
     def __enter__(self) -> DaskCluster:
-        """Start the cluster, or finish starting it if ``start_in_background`` began."""
-        if self._thread is not None:
-            return self.wait()
-        self._start()
+        """Start the cluster, unless ``start_in_background`` is starting it: then the body
+        goes on meanwhile (Prefect's import, say) and calls ``wait()`` when it needs it."""
+        if self._thread is None:
+            self._start()
         return self
 
     def _start(self) -> None:
@@ -169,18 +170,17 @@ class DaskCluster:
                 silence_logs=os.environ.get("DASK_LOGGING__DISTRIBUTED", "warning").upper(),
                 preload=["prefect_pipeline.pipeline.worker_preload"],
             )
+            try:
+                cluster.scale(self.workers)
+            except BaseException:
+                cluster.close()
+                raise
         except Exception as exc:
             self._restore_settings()  # __exit__ does not run when __enter__ raises
             raise RunError(
                 f"could not start a local Dask cluster: {type(exc).__name__}: {exc}"
             ) from exc
         except BaseException:
-            self._restore_settings()
-            raise
-        try:
-            cluster.scale(self.workers)
-        except BaseException:
-            cluster.close()
             self._restore_settings()
             raise
         self.address = cluster.scheduler_address
@@ -218,17 +218,15 @@ class DaskCluster:
         self._asked = True
         self.workers_started = self.workers
         logger.info("starting a Dask cluster of %d worker(s)", self.workers)
-        self._thread = threading.Thread(
-            target=self._start_late, daemon=True, name="dask-cluster-start"
-        )
-        self._thread.start()
+        thread = threading.Thread(target=self._start_late, daemon=True, name="dask-cluster-start")
+        thread.start()
+        self._thread = thread  # once started: __exit__ joins only a started thread
 
     def _start_late(self) -> None:
         try:
             self._start_local()
         except Exception as exc:
             # The run loses its workers, not its inputs: it goes on in this process.
-            self.workers_started = 0
             logger.warning("%s; the run goes on in this process", exc)
 
     @staticmethod
@@ -274,9 +272,15 @@ class DaskCluster:
         return LateDaskTaskRunner(address)
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._thread is not None:  # still starting: let it finish, then close it
-            self._thread.join()
-            self._thread = None
+        interrupted: BaseException | None = None
+        while self._thread is not None:  # still starting: let it finish, then close it
+            try:
+                self._thread.join()
+                self._thread = None
+            except KeyboardInterrupt as exc:
+                # Ctrl-C or SIGTERM during the wait (a late start takes about a second):
+                # the cluster it is making must still be closed, and the settings restored.
+                interrupted = exc
         try:
             if self._cluster is not None:
                 started = time.perf_counter()
@@ -285,3 +289,5 @@ class DaskCluster:
                 logger.debug("closed the Dask cluster in %.2f s", time.perf_counter() - started)
         finally:
             self._restore_settings()
+        if interrupted is not None:
+            raise interrupted

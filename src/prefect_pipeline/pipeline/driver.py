@@ -174,7 +174,8 @@ class Driver:
 
     def _start_workers_if_due(self) -> None:
         """Ask for the workers once this process has worked ``workers_after_s`` on the run
-        and has a group to give them: a run that ends sooner never starts one.
+        and has inputs left to give them: a run that ends sooner (or is at its last group)
+        never starts one.
 
         Looked at before each group this process runs itself, so a group that takes long
         (one large file) is finished here before the workers are asked for. The group runs
@@ -184,7 +185,7 @@ class Driver:
         if self._working_here_since is None:
             self._working_here_since = now
         worked = (now - self._working_here_since).total_seconds()
-        if worked >= self.plan.options.workers_after_s:
+        if worked >= self.plan.options.workers_after_s and not self.plan.source.exhausted:
             self.plan.environment.start_workers()
 
     def _next_stage(self, future: Any) -> None:
