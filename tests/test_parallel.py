@@ -87,6 +87,22 @@ def make_tree(root: Path) -> dict[str, list[Path]]:
     return {"good": good, "bad": [root / "binary.dat", root / "latin1.txt"]}
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["a", "a.txt", "a.b.c", "a.", "a..", ".a", "..a", "a..b", "x.tar.gz", "é.ü", "a .b",
+     "a.b ", "...", "a.\n", "日本.txt", "a.b."],
+)
+def test_discovery_names_outputs_by_the_stem_pathlib_gives(name: str) -> None:
+    """Output names are stored in the ledger and on disk: discovery's own stem (no path
+    object per file) must be pathlib's, or a later version would name the same input's
+    JSON differently."""
+    from pathlib import PurePath
+
+    from prefect_pipeline.pipeline.discovery import stem_of
+
+    assert stem_of(name) == PurePath(name).stem
+
+
 def run_cli(cli_runner, config: PipelineConfig, *args: str):  # type: ignore[no-untyped-def]
     result = cli_runner(
         "--log-level",

@@ -60,17 +60,23 @@ class Ignored:
     reason: str
 
 
+def stem_of(name: str) -> str:
+    """``PurePath(name).stem`` of a file name, without making a path (once per file)."""
+    dot = name.rfind(".")
+    return name[:dot] if 0 < dot < len(name) - 1 else name
+
+
 def output_names(names: Iterable[str]) -> dict[str, str]:
     """Map each file name of one folder to its JSON name, deterministically and uniquely."""
     names = sorted(names)
     stems: dict[str, int] = {}
     for name in names:
-        stem = Path(name).stem
+        stem = stem_of(name)
         stems[stem] = stems.get(stem, 0) + 1
     taken: set[str] = set()
     result = {}
     for name in names:
-        stem = Path(name).stem
+        stem = stem_of(name)
         base = stem if stems[stem] == 1 else name
         candidate = f"{base}{OUTPUT_SUFFIX}"
         counter = 2
@@ -143,10 +149,12 @@ def _walk(
     regular: list[str] = []
     subfolders: list[Path] = []
     real_folder = os.path.realpath(folder)
+    # Per file, text paths only (``entry.path`` is the folder's path joined with the name):
+    # a pathlib join and its str() cost more than the rest of a small file's discovery.
     for entry in entries:
         if entry.name.startswith("."):
             continue
-        path = folder / entry.name
+        path = entry.path
         if not utf8_name(entry.name):
             yield Ignored(printable(path), NOT_UTF8)
             continue
@@ -158,7 +166,7 @@ def _walk(
             continue
         if is_link:
             if not _inside(real, real_root):
-                yield Ignored(str(path), "symlink points outside the input directory")
+                yield Ignored(path, "symlink points outside the input directory")
                 continue
             if os.path.isdir(real):
                 # A link to a folder inside the root is reached through the folder itself;
@@ -167,11 +175,11 @@ def _walk(
         try:
             st = os.stat(path)
         except OSError as exc:
-            yield Ignored(str(path), f"cannot stat ({exc.strerror})")
+            yield Ignored(path, f"cannot stat ({exc.strerror})")
             continue
         if stat.S_ISDIR(st.st_mode):
             if recursive:
-                subfolders.append(path)
+                subfolders.append(Path(path))
         elif stat.S_ISREG(st.st_mode):
             regular.append(entry.name)
             if fnmatch.fnmatch(entry.name, pattern):
@@ -184,14 +192,15 @@ def _walk(
                 if stat.S_ISSOCK(st.st_mode)
                 else "device file"
             )
-            yield Ignored(str(path), f"{kind}, not a regular file")
+            yield Ignored(path, f"{kind}, not a regular file")
     if files:
-        relative = folder.relative_to(root)
+        in_folder = os.fspath(folder)
+        out_folder = os.fspath(out / folder.relative_to(root))
         names = output_names(regular)
         for name, st in files:
             yield Found(
-                path=str(folder / name),
-                output_path=str(out / relative / names[name]),
+                path=os.path.join(in_folder, name),
+                output_path=os.path.join(out_folder, names[name]),
                 size=st.st_size,
                 mtime_ns=st.st_mtime_ns,
             )
