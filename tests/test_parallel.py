@@ -684,6 +684,7 @@ def test_a_cluster_that_cannot_start_late_leaves_the_run_to_this_process(
     assert "WARNING could not start a local Dask cluster: " in warning, warning
     assert "No module named 'no_such_module_here'" in warning, warning
     assert warning.endswith("; the run goes on in this process"), warning
+    assert "Cluster closed without starting up" not in done.stderr  # Dask's echo of it
     assert db_counts(config.db_path)["processed_records"] == 60
 
 

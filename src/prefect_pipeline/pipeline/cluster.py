@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect_pipeline.compat import QUIET_DASK
@@ -57,6 +60,25 @@ def check_address(address: str) -> str:
     if match is None or not 0 < int(match.group(3)) < 65536:
         raise UsageError(f"--address {address!r}: expected tcp://HOST:PORT")
     return address.strip()
+
+
+class _DropStartFailureEcho(logging.Filter):
+    """Drops distributed's own "Cluster closed without starting up": the failure is
+    reported once, by the run, with its cause."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "Cluster closed without starting up"
+
+
+@contextmanager
+def _without_dask_echo() -> Iterator[None]:
+    spec_logger = logging.getLogger("distributed.deploy.spec")
+    echo = _DropStartFailureEcho()
+    spec_logger.addFilter(echo)
+    try:
+        yield
+    finally:
+        spec_logger.removeFilter(echo)
 
 
 class DaskCluster:
@@ -158,18 +180,19 @@ class DaskCluster:
             # The scheduler (most of a second), then the workers, asked for without waiting:
             # each is a process that spends seconds of CPU importing Prefect's task engine,
             # and meanwhile the run goes on in this process (``workers_ready``).
-            cluster = LocalCluster(
-                n_workers=0,
-                threads_per_worker=self.threads_per_worker,
-                processes=True,
-                # Port 0 picks a free port, so two runs (or a user's own dashboard) never
-                # clash; on the loopback, like the scheduler and the workers.
-                dashboard_address="127.0.0.1:0",
-                scheduler_port=0,
-                host="127.0.0.1",
-                silence_logs=os.environ.get("DASK_LOGGING__DISTRIBUTED", "warning").upper(),
-                preload=["prefect_pipeline.pipeline.worker_preload"],
-            )
+            with _without_dask_echo():
+                cluster = LocalCluster(
+                    n_workers=0,
+                    threads_per_worker=self.threads_per_worker,
+                    processes=True,
+                    # Port 0 picks a free port, so two runs (or a user's own dashboard) never
+                    # clash; on the loopback, like the scheduler and the workers.
+                    dashboard_address="127.0.0.1:0",
+                    scheduler_port=0,
+                    host="127.0.0.1",
+                    silence_logs=os.environ.get("DASK_LOGGING__DISTRIBUTED", "warning").upper(),
+                    preload=["prefect_pipeline.pipeline.worker_preload"],
+                )
             try:
                 cluster.scale(self.workers)
             except BaseException:
