@@ -314,6 +314,17 @@ def cli_runner() -> CliInvoke:
 # Helpers ------------------------------------------------------------------------------
 
 
+def api_env() -> dict[str, str]:
+    """This process's environment with the session's Prefect API URL, for a command run as
+    a child process (the harness sets it through Prefect's settings context too, which a
+    child does not see)."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    assert url, "the session's Prefect server is not configured"
+    return {**os.environ, "PREFECT_API_URL": str(url)}
+
+
 class ManualClock:
     """A ``Clock`` whose time moves only when told (``advance``) or when something sleeps
     on it: lease and retry tests run instantly."""

@@ -29,7 +29,7 @@ from prefect_pipeline.jobs import JobA, JobB, JobC
 from prefect_pipeline.jobs.job_a import ProcessedDocument
 from prefect_pipeline.pipeline.definition import PipelineDefinition
 from prefect_pipeline.pipeline.parallel import run_parallel_from_files
-from tests.conftest import db_counts, files_under, query
+from tests.conftest import api_env, db_counts, files_under, query
 
 pytestmark = pytest.mark.slow
 
@@ -620,8 +620,6 @@ def test_a_run_that_outlasts_workers_after_hands_its_groups_to_the_workers(  # t
 def test_a_run_that_needs_no_workers_does_not_import_dask(tmp_path: Path) -> None:
     """A short run with --workers 2 (in a fresh interpreter: pytest's has Dask already)
     ends without importing distributed: no scheduler, no workers, none of their CPU."""
-    from prefect.settings import PREFECT_API_URL
-
     _small_files(tmp_path / "in", 5)
     script = f"""
 import sys
@@ -632,9 +630,8 @@ config = PipelineConfig(output_dir={str(tmp_path / "out")!r}, db_path={str(tmp_p
 summary = run_parallel_from_files({str(tmp_path / "in")!r}, config, workers=2)
 print(summary.succeeded, summary.workers_started, "distributed" in sys.modules)
 """
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=api_env()
     )
     assert (result.returncode, result.stdout) == (0, "5 0 False\n"), result.stderr
 
@@ -646,14 +643,8 @@ def test_a_cluster_that_cannot_start_late_leaves_the_run_to_this_process(
     (here Dask is told to preload a module that is not there into its scheduler), the run
     loses its workers, not its inputs: a warning says why, and every input is done in the
     command's process."""
-    from prefect.settings import PREFECT_API_URL
-
     _small_files(tmp_path / "in", 30)
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        "DASK_DISTRIBUTED__SCHEDULER__PRELOAD": '["no_such_module_here"]',
-    }
+    env = {**api_env(), "DASK_DISTRIBUTED__SCHEDULER__PRELOAD": '["no_such_module_here"]'}
     done = subprocess.run(
         [
             str(Path(sys.executable).with_name("pipeline")),

@@ -26,7 +26,7 @@ from prefect_pipeline.jobs import JobA, JobB, JobC
 from prefect_pipeline.pipeline.definition import PipelineDefinition, default_pipeline
 from prefect_pipeline.pipeline.flows import run_pipeline, single_run_parameters
 from prefect_pipeline.pipeline.observe import artifact_key
-from tests.conftest import CliInvoke, query
+from tests.conftest import CliInvoke, api_env, query
 
 PIPELINE = Path(sys.executable).with_name("pipeline")
 
@@ -273,12 +273,6 @@ def wait_for(predicate: Any, timeout: float = 120) -> Any:
             return value
         time.sleep(0.1)
     raise AssertionError("timed out")
-
-
-def api_env() -> dict[str, str]:
-    from prefect.settings import PREFECT_API_URL
-
-    return {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
 
 
 def test_cancel_in_prefect_stops_the_run_between_groups(

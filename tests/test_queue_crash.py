@@ -30,7 +30,7 @@ from prefect_pipeline.config import PipelineConfig
 from prefect_pipeline.database import close_all
 from prefect_pipeline.database.queue import enqueue as enqueue_inputs
 from prefect_pipeline.pipeline.discovery import iter_inputs
-from tests.conftest import db_counts, query, seeded_prefect_home, sqlite_store
+from tests.conftest import api_env, db_counts, query, seeded_prefect_home, sqlite_store
 
 pytestmark = pytest.mark.slow
 
@@ -38,16 +38,6 @@ PIPELINE = Path(sys.executable).with_name("pipeline")
 
 #: How long a command may take before the test gives up on it.
 TIMEOUT = 150
-
-
-def api_env() -> dict[str, str]:
-    """This process's environment plus the harness's API URL (set through Prefect's
-    settings context, which child processes do not see)."""
-    from prefect.settings import PREFECT_API_URL
-
-    url = PREFECT_API_URL.value()
-    assert url, "the session's Prefect server is not configured"
-    return {**os.environ, "PREFECT_API_URL": url}
 
 
 def command(config: PipelineConfig, *args: str | os.PathLike[str]) -> list[str]:

@@ -17,7 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 
 from prefect_pipeline.config import PipelineConfig
-from tests.conftest import CliInvoke, query, sqlite_store
+from tests.conftest import CliInvoke, api_env, query, sqlite_store
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,6 @@ PIPELINE = Path(sys.executable).with_name("pipeline")
 def test_a_served_drain_runs_when_triggered_and_fails_with_its_inputs(
     cli_runner: CliInvoke, config: PipelineConfig, tmp_path: Path
 ) -> None:
-    from prefect.settings import PREFECT_API_URL
-
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / "a.txt").write_text("a1\na2\n")
@@ -38,8 +36,7 @@ def test_a_served_drain_runs_when_triggered_and_fails_with_its_inputs(
             str(config.output_dir)]
     assert cli_runner(*base, "enqueue", inputs).exit_code == 0
     name = f"test-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-           "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    env = {**api_env(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     server = subprocess.Popen(
         [str(PIPELINE), *base, "serve", "--name", name, "--interval", "3600",
          "--workers", "0", "--workers-after", "2.5"],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import db_counts, files_under
+from tests.conftest import api_env, db_counts, files_under
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +29,6 @@ def _command(*args: str | os.PathLike[str]) -> list[str]:
     return [setpriv, f"--bounding-set={drop}", f"--inh-caps={drop}", "--", *pipeline]
 
 
-def _env() -> dict[str, str]:
-    from prefect.settings import PREFECT_API_URL
-
-    return {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-
-
 def test_unreadable_file_is_one_line_error_and_writes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "secret.txt"
     path.write_text("you cannot read me\n")
@@ -42,7 +36,7 @@ def test_unreadable_file_is_one_line_error_and_writes_nothing(tmp_path: Path) ->
     db, out = tmp_path / "p.db", tmp_path / "out"
     result = subprocess.run(
         _command("--log-level", "OFF", "--db-path", db, "--output-dir", out, "run-all", path),
-        env=_env(),
+        env=api_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -77,7 +71,7 @@ def test_unreadable_file_fails_alone_in_a_parallel_run(tmp_path: Path) -> None:
             "0",
             "--json",
         ),
-        env=_env(),
+        env=api_env(),
         capture_output=True,
         text=True,
         timeout=120,

@@ -62,23 +62,20 @@ def check_address(address: str) -> str:
     return address.strip()
 
 
-class _DropStartFailureEcho(logging.Filter):
+def _not_dask_echo(record: logging.LogRecord) -> bool:
     """Drops distributed's own "Cluster closed without starting up": the failure is
     reported once, by the run, with its cause."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != "Cluster closed without starting up"
+    return record.getMessage() != "Cluster closed without starting up"
 
 
 @contextmanager
 def _without_dask_echo() -> Iterator[None]:
     spec_logger = logging.getLogger("distributed.deploy.spec")
-    echo = _DropStartFailureEcho()
-    spec_logger.addFilter(echo)
+    spec_logger.addFilter(_not_dask_echo)
     try:
         yield
     finally:
-        spec_logger.removeFilter(echo)
+        spec_logger.removeFilter(_not_dask_echo)
 
 
 class DaskCluster:
@@ -117,7 +114,6 @@ class DaskCluster:
         self.workers_started = 0
         #: Whether this is a cluster of the run's own (not an existing scheduler).
         self._local = not address
-        self._asked = False  # for the workers, once
         self._cluster: Any = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -162,7 +158,6 @@ class DaskCluster:
                 self._restore_settings()  # __exit__ does not run when __enter__ raises
                 raise
         elif self.workers_now:
-            self._asked = True
             self.workers_started = self.workers
             self._start_local()
         # Otherwise nothing starts yet, not even an import of Dask: ``start_workers()``
@@ -236,9 +231,8 @@ class DaskCluster:
         """Start the local cluster and its workers, in the background (once; they join as
         each is ready, and the run goes on here meanwhile). An existing cluster's workers
         are its owner's: nothing to start."""
-        if not self._local or self._asked:
+        if not self._local or self.workers_started:  # asked for once only
             return
-        self._asked = True
         self.workers_started = self.workers
         logger.info("starting a Dask cluster of %d worker(s)", self.workers)
         thread = threading.Thread(target=self._start_late, daemon=True, name="dask-cluster-start")
