@@ -736,6 +736,129 @@ def test_c_rejects_a_batch_id_sqlite_cannot_hold(config: PipelineConfig, stored_
     assert result.error_kind == "input"
 
 
+# A group of inputs at once (execute_all, as the writer runs jobs B and C) -----------------
+
+
+def _twins(config: PipelineConfig) -> tuple[PipelineConfig, PipelineConfig]:
+    """Two configurations with databases of their own: one run one by one, one as a group."""
+    return config, config.model_copy(update={"db_path": config.db_path.with_name("twin.db")})
+
+
+def _comparable(results: list[JobResult]) -> list[tuple[Any, ...]]:
+    return [
+        (r.job_name, r.success, r.output, r.error, r.error_kind, r.note, r.details, r.facts,
+         r.summary)
+        for r in results
+    ]
+
+
+def _tables(config: PipelineConfig) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the job tables but their timestamps and the records' ids (SQLite gives
+    a deleted record's id again: which one depends on when the delete ran)."""
+    return {
+        "batches": [
+            tuple(r) for r in query(
+                config.db_path,
+                "SELECT id, source_path, sha256, record_count, status, output_path"
+                " FROM processing_batches ORDER BY id",
+            )
+        ],
+        "records": [
+            tuple(r) for r in query(
+                config.db_path,
+                "SELECT batch_id, record_index, line_number, content, status"
+                " FROM processed_records ORDER BY batch_id, record_index",
+            )
+        ],
+    }
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["plain", "force"])
+def test_a_group_gives_what_each_input_alone_gives(
+    config: PipelineConfig, tmp_path: Path, force: bool
+) -> None:
+    # Stored before: p and q. Then q changes and r is new, so the group holds content that
+    # is already stored (p), content that replaces its file's earlier batch (q) and a new
+    # file (r); with --force every one is written anew.
+    texts = {"p": b"p1\np2\n", "q": b"q1\n", "r": b"r1\n\nr2\n"}
+    docs = {n: run_a(config, write(tmp_path / "in" / f"{n}.txt", t)) for n, t in texts.items()}
+    q2 = run_a(config, write(tmp_path / "in" / "q.txt", b"q1 changed\nq2\n"))
+    group = [docs["p"], q2, docs["r"]]
+    alone, together = _twins(config)
+    for twin in (alone, together):
+        for doc in (docs["p"], docs["q"]):
+            run_b(twin, doc)
+
+    one_by_one = [JobB(alone, force=force).execute(doc) for doc in group]
+    at_once = JobB(together, force=force).execute_all(group)
+
+    assert _comparable(at_once) == _comparable(one_by_one)
+    assert [r.success for r in at_once] == [True, True, True]
+    assert [r.details["unchanged"] for r in at_once] == [not force, False, False]
+    assert _tables(together) == _tables(alone)
+
+    # Job C on the batches, some twice finalized: the same again.
+    batches = [r.output for r in at_once]
+    JobC(alone).execute(batches[0])
+    JobC(together).execute(batches[0])
+    assert _comparable(JobC(together).execute_all(batches)) == _comparable(
+        [JobC(alone).execute(b) for b in batches]
+    )
+    assert _tables(together) == _tables(alone)
+
+
+def test_a_failing_input_in_a_group_fails_alone(config: PipelineConfig, tmp_path: Path) -> None:
+    # The group's statements break on one input's records: the group rolls back, then each
+    # input runs in a savepoint of its own.
+    good = [run_a(config, write(tmp_path / f"{n}.txt", f"{n} 1\n{n} 2\n".encode())) for n in "xy"]
+    bad = _unstorable(run_a(config, write(tmp_path / "bad.txt", b"b one\n")))
+    committed: list[tuple[list[int], list[Any]]] = []
+
+    results = JobB(config).execute_all(
+        [good[0], bad, "missing.json", good[1]],
+        on_commit=lambda at, outcomes: committed.append(
+            (list(at), [o.output for o in outcomes])
+        ),
+    )
+
+    assert [r.success for r in results] == [True, False, False, True]
+    assert "UnicodeEncodeError" in (results[1].error or "")
+    assert results[1].error_kind == "unexpected"
+    assert results[2].error_kind == "input"  # refused by validation, before the group ran
+    assert committed == [([0], [results[0].output]), ([3], [results[3].output])]
+    assert db_counts(config.db_path) == {
+        "pipeline_inputs": 0, "processing_batches": 2, "processed_records": 4,
+    }
+
+
+def test_a_group_with_an_unknown_batch_finalizes_the_others(
+    config: PipelineConfig, stored_batch: int, tmp_path: Path
+) -> None:
+    other = run_b(config, run_a(config, write(tmp_path / "other.txt", b"o\n"))).output
+
+    results = JobC(config).execute_all([stored_batch, 999, other])
+
+    assert [r.success for r in results] == [True, False, True]
+    assert results[1].error == "batch 999: no such batch"
+    statuses = query(config.db_path, "SELECT DISTINCT status FROM processed_records")
+    assert [r["status"] for r in statuses] == ["finalized"]
+
+
+def test_one_file_twice_in_a_group_is_stored_in_order(
+    config: PipelineConfig, tmp_path: Path
+) -> None:
+    path = write(tmp_path / "f.txt", b"first\n")
+    first = run_a(config, path)
+    second = run_a(config, write(path, b"second\nsecond 2\n"))
+
+    results = JobB(config).execute_all([first, second, first])
+
+    replaced = "replaced 1 earlier batch(es) of this file"
+    assert [r.note for r in results] == [None, replaced, replaced]
+    [batch] = query(config.db_path, "SELECT id, record_count FROM processing_batches")
+    assert (batch["id"], batch["record_count"]) == (results[2].output, 1)
+
+
 # BaseJob --------------------------------------------------------------------------------
 
 

@@ -1031,8 +1031,9 @@ def test_a_claim_taken_over_after_its_lease_expired_is_rejected(
             created_at=utcnow(),
             output_path=None,
         )
-        slow.mark_done(1, Finished("C", batch_id=1, sha256="0" * 64, records_written=0,
-                                   unchanged=False))
+        slow.mark_done(
+            [(1, Finished("C", batch_id=1, sha256="0" * 64, records_written=0, unchanged=False))]
+        )
     assert rows(config, "id = 1")[0] == before
     assert db_counts(config.db_path) == {
         "pipeline_inputs": 3,
@@ -1047,8 +1048,9 @@ def test_a_claim_taken_over_after_its_lease_expired_is_rejected(
 
     # The command that holds the claim can finish it.
     with queued_db.transaction():
-        fast.mark_done(1, Finished("C", batch_id=None, sha256=None, records_written=0,
-                                   unchanged=False))
+        fast.mark_done(
+            [(1, Finished("C", batch_id=None, sha256=None, records_written=0, unchanged=False))]
+        )
     after = rows(config, "id = 1")[0]
     assert (after["status"], after["attempts"], after["claim_token"]) == ("done", 2, None)
 

@@ -126,6 +126,31 @@ def test_the_batches_of_a_path_but_one_content_are_deleted(store: Store) -> None
     assert [r[0] for r in store.execute("SELECT id FROM processing_batches")] == [other]
 
 
+def test_a_group_of_batches_in_a_few_statements(store: Store) -> None:
+    # What jobs B and C run on a group of inputs at once.
+    a, b = "/in/a.txt", "/in/b.txt"
+    with store.transaction():
+        ids = store.insert_batches(
+            [(a, "a" * 64, 2, None), (b, "b" * 64, 1, "/out/b.json")], created_at=NOW
+        )
+        assert set(ids) == {a, b} and ids[a] != ids[b]
+        store.insert_records(ids[a], records_json("one", "two"))
+        store.insert_records(ids[b], records_json("three"))
+
+        assert sorted(store.batches_of([a, b, "/in/none.txt"])) == sorted(
+            [(ids[a], a, "a" * 64, "pending"), (ids[b], b, "b" * 64, "pending")]
+        )
+        assert store.batches([ids[a], ids[b] + 1000]) == {ids[a]: ("pending", 2)}
+        store.finalize_batches([ids[a]], NOW)
+        assert store.batches([ids[a], ids[b]]) == {ids[a]: ("finalized", 2), ids[b]: ("pending", 1)}
+        finalized = store.execute(
+            "SELECT count(*) FROM processed_records WHERE status = 'finalized'"
+        ).fetchone()[0]
+        assert finalized == 2
+        store.delete_batches([ids[b]])
+    assert (count(store, "processing_batches"), count(store, "processed_records")) == (1, 2)
+
+
 def test_a_savepoint_rolls_back_alone(store: Store) -> None:
     with store.transaction():
         kept = new_batch(store, "/in/kept.txt")
@@ -195,14 +220,37 @@ def test_done_only_while_the_claim_holds(store: Store) -> None:
     finished = Finished("C", batch_id=None, sha256=None, records_written=0, unchanged=False)
 
     with pytest.raises(ClaimLostError), store.transaction():
-        slow.mark_done(claimed.input_id, finished)
+        slow.mark_done([(claimed.input_id, finished)])
     assert slow.mark_failed(claimed.input_id, job="A", error="late") is False
     assert slow.release() == 0
 
     with store.transaction():
-        fast.mark_done(taken.input_id, finished)
+        fast.mark_done([(taken.input_id, finished)])
     assert fast.run_counts()["done"] == 1
     assert slow.run_counts()["done"] == 0
+
+
+def test_a_group_is_marked_done_only_where_the_claim_holds(store: Store) -> None:
+    queue(store, "a", "b", "c")
+    ledger = Ledger(store, lease_seconds=60, clock=ManualClock())
+    a, b, c = ledger.claim_pending(3, max_attempts=3)
+    with store.transaction():  # another command took c over
+        store.execute("UPDATE pipeline_inputs SET claim_token = 'other' WHERE id = ?",
+                      (c.input_id,))
+    finished = Finished("C", 7, "f" * 64, 2, False)
+    group = [(i.input_id, finished) for i in (a, b, c)]
+
+    with pytest.raises(RuntimeError), store.transaction():
+        assert store.mark_done(group, ledger.token, NOW) == 2
+        raise RuntimeError("rolled back: nothing of it stays")
+    with pytest.raises(ClaimLostError, match="1 input"), store.transaction():
+        ledger.mark_done(group)
+    with store.transaction():
+        ledger.mark_done(group[:2])
+
+    rows = store.inputs_by_path(["/in/a", "/in/b", "/in/c"])
+    assert [rows[f"/in/{n}"].status for n in "abc"] == ["done", "done", "processing"]
+    assert rows["/in/a"].sha256 == "f" * 64
 
 
 def test_done_records_the_version_read_when_given(store: Store) -> None:
@@ -212,10 +260,11 @@ def test_done_records_the_version_read_when_given(store: Store) -> None:
 
     with store.transaction():
         ledger.mark_done(
-            a.input_id,
-            Finished("C", 1, "a" * 64, 3, False, size=12, mtime_ns=99),
+            [
+                (a.input_id, Finished("C", 1, "a" * 64, 3, False, size=12, mtime_ns=99)),
+                (b.input_id, Finished("C", 2, "b" * 64, 1, False)),
+            ]
         )
-        ledger.mark_done(b.input_id, Finished("C", 2, "b" * 64, 1, False))
 
     rows = store.inputs_by_path(["/in/a", "/in/b"])
     assert (rows["/in/a"].size, rows["/in/a"].mtime_ns) == (12, 99)

@@ -230,11 +230,14 @@ class Ledger:
 
     # Outcomes --------------------------------------------------------------------------
 
-    def mark_done(self, input_id: int, finished: Finished) -> None:
-        """Mark a claimed input done. Call inside the transaction of its last job's writes;
-        raises ``ClaimLostError`` (rolling them back) if the claim no longer holds."""
-        if not self.store.mark_done(input_id, self.token, finished, iso(self.clock.now())):
-            raise ClaimLostError(f"input {input_id}: claim lost (lease expired)")
+    def mark_done(self, done: Sequence[tuple[int, Finished]]) -> None:
+        """Mark claimed inputs done: ``(input id, what it finished with)``. Call inside the
+        transaction of their last job's writes; raises ``ClaimLostError`` (rolling them
+        back) if the claim of any no longer holds."""
+        marked = self.store.mark_done(done, self.token, iso(self.clock.now()))
+        if marked != len(done):
+            which = f"input {done[0][0]}" if len(done) == 1 else f"{len(done) - marked} input(s)"
+            raise ClaimLostError(f"{which}: claim lost (lease expired)")
 
     def mark_failed(
         self, input_id: int, *, job: str, error: str, retry_in: float | None = None

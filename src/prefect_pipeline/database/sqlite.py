@@ -11,8 +11,9 @@ schema version lives in ``PRAGMA user_version``; and a claim is one ``UPDATE ...
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,10 @@ from prefect_pipeline.database.store import (
     SCHEMA_VERSION,
     Claim,
     ClaimedRow,
+    Finished,
     Store,
     check_tables,
+    done_values,
     refuse_missing,
     schema_columns,
 )
@@ -73,6 +76,24 @@ _CLAIM_DUE = (
     " RETURNING id, path, output_path, attempts"
 )
 
+
+# A group's inputs marked done in one statement, their values read out of a JSON array of
+# ``[id, done_values...]`` (as the records are: no executemany, see above). ``+claim_token``
+# keeps SQLite from walking the run's claims by their index and scanning the array for each
+# (quadratic: 10,000 inputs took 47 s in the writer instead of 3): it looks each input up by
+# its id instead.
+_MARK_DONE_ALL = (
+    "UPDATE pipeline_inputs SET status = 'done', batch_id = json_extract(v.value, '$[1]'),"
+    " sha256 = json_extract(v.value, '$[2]'),"
+    " records_written = json_extract(v.value, '$[3]'),"
+    " outcome = json_extract(v.value, '$[4]'), last_job = json_extract(v.value, '$[5]'),"
+    " last_error = NULL, size = coalesce(json_extract(v.value, '$[6]'), size),"
+    " mtime_ns = coalesce(json_extract(v.value, '$[7]'), mtime_ns),"
+    " claim_token = NULL, lease_expires_at = NULL, not_before = NULL,"
+    " finished_at = ?, updated_at = ?"
+    " FROM json_each(?) AS v"
+    " WHERE pipeline_inputs.id = json_extract(v.value, '$[0]') AND +claim_token = ?"
+)
 
 
 def _add_owner_and_flow_run(db: SqliteDatabase) -> None:
@@ -174,6 +195,12 @@ class SqliteStore(Store):
 
     def insert_records(self, batch_id: int, records_json: str, json_path: str = "$") -> None:
         self.execute(_INSERT_RECORDS, (batch_id, records_json, json_path))
+
+    def mark_done(self, done: Sequence[tuple[int, Finished]], token: str, now: str) -> int:
+        if len(done) < 2:
+            return super().mark_done(done, token, now)
+        values = json.dumps([[input_id, *done_values(finished)] for input_id, finished in done])
+        return int(self.execute(_MARK_DONE_ALL, (now, now, values, token)).rowcount)
 
     def claim_due(self, claim: Claim, *, limit: int, max_bytes: int) -> list[ClaimedRow]:
         # One statement inside BEGIN IMMEDIATE: no other writer runs between the choice of

@@ -177,6 +177,34 @@ class Finished:
     mtime_ns: int | None = None
 
 
+def done_values(finished: Finished) -> tuple[Any, ...]:
+    """What marking an input done stores, in the order of ``_MARK_DONE``'s columns."""
+    return (
+        finished.batch_id,
+        finished.sha256,
+        finished.records_written,
+        "unchanged" if finished.unchanged else "processed",
+        finished.last_job,
+        finished.size,
+        finished.mtime_ns,
+    )
+
+
+#: Bound parameters per statement, below every backend's limit (SQLite: 32,766).
+_IN_CHUNK = 900
+
+
+def _chunks(values: Sequence[Any], size: int = 0) -> Iterator[list[Any]]:
+    """``values`` in pieces small enough for one statement's parameters."""
+    size = size or _IN_CHUNK
+    for start in range(0, len(values), size):
+        yield list(values[start : start + size])
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" * len(values))
+
+
 _SELECT_INPUTS = (
     "SELECT id, path, status, size, mtime_ns, sha256, start_job, stop_job, lease_expires_at,"
     " owner_host, owner_namespace, owner_pid, owner_started_at"
@@ -287,6 +315,25 @@ _INSERT_BATCH = (
     " output_path) VALUES (?, ?, ?, 'pending', ?, ?) RETURNING id"
 )
 _GET_BATCH = "SELECT status, record_count FROM processing_batches WHERE id = ?"
+# A group's batches at once (jobs B and C on many small inputs): a few statements per group
+# instead of several per input.
+_BATCHES_OF = (
+    "SELECT id, source_path, sha256, status FROM processing_batches"
+    " WHERE source_path IN ({marks})"
+)
+_GET_BATCHES = "SELECT id, status, record_count FROM processing_batches WHERE id IN ({marks})"
+_DELETE_BATCHES = "DELETE FROM processing_batches WHERE id IN ({marks})"
+_INSERT_BATCHES = (
+    "INSERT INTO processing_batches (source_path, sha256, record_count, status, created_at,"
+    " output_path) VALUES {rows} RETURNING id, source_path"
+)
+_FINALIZE_BATCHES = (
+    "UPDATE processing_batches SET status = 'finalized', finalized_at = ? WHERE id IN ({marks})"
+)
+_FINALIZE_RECORDS_OF = (
+    "UPDATE processed_records SET status = 'finalized'"
+    " WHERE batch_id IN ({marks}) AND status != 'finalized'"
+)
 _FINALIZE_BATCH = (
     "UPDATE processing_batches SET status = 'finalized', finalized_at = ? WHERE id = ?"
 )
@@ -294,8 +341,6 @@ _FINALIZE_RECORDS = (
     "UPDATE processed_records SET status = 'finalized' WHERE batch_id = ? AND status != 'finalized'"
 )
 
-#: Bound parameters per statement, below every backend's limit (SQLite: 32,766).
-_IN_CHUNK = 900
 
 
 class Store(ABC):
@@ -488,15 +533,60 @@ class Store(ABC):
         self.execute(_FINALIZE_BATCH, (at, batch_id))
         self.execute(_FINALIZE_RECORDS, (batch_id,))
 
+    # The same for a group of inputs (``group_job``) ---------------------------------------
+
+    def batches_of(self, source_paths: Sequence[str]) -> list[tuple[int, str, str, str]]:
+        """Every stored batch of these files: ``(id, source_path, sha256, status)``."""
+        rows: list[tuple[int, str, str, str]] = []
+        for chunk in _chunks(source_paths):
+            sql = _BATCHES_OF.format(marks=_marks(chunk))
+            rows.extend(tuple(row) for row in self.execute(sql, chunk))  # type: ignore[misc]
+        return rows
+
+    def delete_batches(self, batch_ids: Sequence[int]) -> None:
+        """Delete these batches and (through the foreign key) their records."""
+        for chunk in _chunks(batch_ids):
+            self.execute(_DELETE_BATCHES.format(marks=_marks(chunk)), chunk)
+
+    def insert_batches(
+        self, batches: Sequence[tuple[str, str, int, str | None]], *, created_at: str
+    ) -> dict[str, int]:
+        """New pending batches of distinct files, ``(source_path, sha256, record_count,
+        output_path)``; returns each file's new batch id."""
+        ids: dict[str, int] = {}
+        for chunk in _chunks(batches, _IN_CHUNK // 5):
+            rows = ", ".join(["(?, ?, ?, 'pending', ?, ?)"] * len(chunk))
+            values = [
+                value
+                for source_path, sha256, count, output_path in chunk
+                for value in (source_path, sha256, count, created_at, output_path)
+            ]
+            cursor = self.execute(_INSERT_BATCHES.format(rows=rows), values)
+            ids.update((path, int(batch_id)) for batch_id, path in cursor)
+        return ids
+
+    def batches(self, batch_ids: Sequence[int]) -> dict[int, tuple[str, int]]:
+        """The batches of these ids that exist: ``{id: (status, record_count)}``."""
+        found: dict[int, tuple[str, int]] = {}
+        for chunk in _chunks(batch_ids):
+            sql = _GET_BATCHES.format(marks=_marks(chunk))
+            found.update((row[0], (row[1], row[2])) for row in self.execute(sql, chunk))
+        return found
+
+    def finalize_batches(self, batch_ids: Sequence[int], at: str) -> None:
+        """Mark these batches and their records finalized."""
+        for chunk in _chunks(batch_ids, _IN_CHUNK - 1):
+            self.execute(_FINALIZE_BATCHES.format(marks=_marks(chunk)), [at, *chunk])
+            self.execute(_FINALIZE_RECORDS_OF.format(marks=_marks(chunk)), chunk)
+
     # The ledger --------------------------------------------------------------------------
 
     def inputs_by_path(self, paths: Sequence[str]) -> dict[str, InputRow]:
         """The ledger rows of these paths (those that have one). Inside a transaction, a
         backend with row locks holds them until it ends."""
         rows: dict[str, InputRow] = {}
-        for start in range(0, len(paths), _IN_CHUNK):
-            chunk = paths[start : start + _IN_CHUNK]
-            sql = _SELECT_INPUTS.format(marks=", ".join("?" * len(chunk))) + self.lock_rows
+        for chunk in _chunks(paths):
+            sql = _SELECT_INPUTS.format(marks=_marks(chunk)) + self.lock_rows
             for values in self.execute(sql, chunk).fetchall():
                 row = InputRow(*values)
                 rows[row.path] = row
@@ -532,9 +622,8 @@ class Store(ABC):
         stands until it ends: no other command can take them meanwhile (SQLite's writer
         lock; a server backend locks the rows)."""
         held: set[int] = set()
-        for start in range(0, len(input_ids), _IN_CHUNK):
-            chunk = list(input_ids[start : start + _IN_CHUNK])
-            sql = _HELD.format(marks=", ".join("?" * len(chunk))) + self.lock_rows
+        for chunk in _chunks(input_ids):
+            sql = _HELD.format(marks=_marks(chunk)) + self.lock_rows
             held.update(row[0] for row in self.execute(sql, [token, *chunk]))
         return held
 
@@ -571,25 +660,15 @@ class Store(ABC):
         row = self.execute(_NEXT_DUE).fetchone()
         return row[0] if row else None
 
-    def mark_done(self, input_id: int, token: str, finished: Finished, now: str) -> bool:
-        """Mark a claimed input done; False if ``token`` no longer holds its claim."""
-        cursor = self.execute(
-            _MARK_DONE,
-            (
-                finished.batch_id,
-                finished.sha256,
-                finished.records_written,
-                "unchanged" if finished.unchanged else "processed",
-                finished.last_job,
-                finished.size,
-                finished.mtime_ns,
-                now,
-                now,
-                input_id,
-                token,
-            ),
-        )
-        return bool(cursor.rowcount == 1)
+    def mark_done(self, done: Sequence[tuple[int, Finished]], token: str, now: str) -> int:
+        """Mark claimed inputs done: ``(input id, what it finished with)``. Returns how many
+        ``token`` still held (the others are left as they are). A backend may do it in one
+        statement."""
+        marked = 0
+        for input_id, finished in done:
+            cursor = self.execute(_MARK_DONE, (*done_values(finished), now, now, input_id, token))
+            marked += cursor.rowcount
+        return marked
 
     def mark_failed(
         self, input_id: int, token: str, *, job: str, error: str, now: str, retry_at: str | None

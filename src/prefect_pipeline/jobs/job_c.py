@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from prefect_pipeline.clock import SYSTEM_CLOCK, iso
@@ -30,18 +31,34 @@ class JobC(BaseJob):
         batch = self.store.batch(validated)
         if batch is None:
             raise InputValidationError(f"batch {validated}", "no such batch")
-        status, record_count = batch
-        details = {"batch_id": validated, "record_count": record_count}
-        facts = Facts(batch_id=validated)
-        if status == FINALIZED:
-            return Outcome(
-                validated,
-                note=f"batch {validated} was already finalized",
-                details=details,
-                facts=facts,
-            )
-        self.store.finalize_batch(validated, iso(SYSTEM_CLOCK.now()))
-        return Outcome(validated, details=details, facts=facts)
+        if batch[0] != FINALIZED:
+            self.store.finalize_batch(validated, iso(SYSTEM_CLOCK.now()))
+        return self._outcome(validated, *batch)
+
+    def group_job(self, validated: Sequence[int]) -> list[Outcome]:
+        """``single_job`` on a group: one read of the batches and one update of the batches
+        and one of their records for all."""
+        if len(set(validated)) < len(validated):
+            # One batch twice: the second finds it finalized by the first, in order.
+            return [self.single_job(batch_id) for batch_id in validated]
+        found = self.store.batches(validated)
+        if len(found) < len(validated):
+            missing = next(batch_id for batch_id in validated if batch_id not in found)
+            # The group rolls back and each batch runs alone: this one fails by itself.
+            raise InputValidationError(f"batch {missing}", "no such batch")
+        pending = [batch_id for batch_id in validated if found[batch_id][0] != FINALIZED]
+        if pending:
+            self.store.finalize_batches(pending, iso(SYSTEM_CLOCK.now()))
+        return [self._outcome(b, *found[b]) for b in validated]
+
+    @staticmethod
+    def _outcome(batch_id: int, status: str, record_count: int) -> Outcome:
+        return Outcome(
+            batch_id,
+            note=f"batch {batch_id} was already finalized" if status == FINALIZED else None,
+            details={"batch_id": batch_id, "record_count": record_count},
+            facts=Facts(batch_id=batch_id),
+        )
 
     def describe(self, outcome: Outcome) -> str:
         return f"batch {outcome.details['batch_id']} finalized"

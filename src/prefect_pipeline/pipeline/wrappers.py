@@ -101,9 +101,9 @@ class GroupResults(list[JobResult]):
         return f"<{len(self)} job result(s)>"
 
 
-#: Called inside the job's transaction when it succeeds on an input (the writer marks the
-#: input done there): ``(item, job name, outcome)``.
-FinishHook = Callable[[WorkItem, str, Outcome], None]
+#: Called inside the job's transaction with the inputs it succeeded on (the writer marks
+#: them done there): ``(items, job name, their outcomes)``.
+FinishHook = Callable[[Sequence[WorkItem], str, Sequence[Outcome]], None]
 
 
 def run_job_on_items(
@@ -115,17 +115,13 @@ def run_job_on_items(
 ) -> list[JobResult]:
     """Run ``spec``'s job on each item; one result per item, in order."""
     job = spec.make(config, force=force)
-    results = []
-    for item in items:
-        hook = None
-        if finish is not None and item.input_id is not None:
-            hook = _bind_hook(finish, item, spec.name)
-        results.append(job.execute(item.data, on_commit=hook))
-    return results
+    on_commit = None
+    if finish is not None:
 
+        def on_commit(positions: Sequence[int], outcomes: Sequence[Outcome]) -> None:
+            finish([items[i] for i in positions], spec.name, outcomes)
 
-def _bind_hook(finish: FinishHook, item: WorkItem, job_name: str) -> Callable[[Outcome], None]:
-    return lambda outcome: finish(item, job_name, outcome)
+    return job.execute_all([item.data for item in items], on_commit=on_commit)
 
 
 def make_job_task(spec: JobSpec) -> Task[..., Any]:

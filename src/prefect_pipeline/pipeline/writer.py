@@ -6,8 +6,10 @@ the run's claim holds), failed, or waiting for a retry. On SQLite it runs in the
 own thread, one group at a time, while the Dask workers go on with the next groups: SQLite
 has one writer, and a single writing thread never meets "database is locked".
 
-Every database job of a group shares one write transaction, each input's writes a savepoint
-of it: one commit per group instead of one per input, and a failing input rolls back alone.
+Every database job of a group shares one write transaction: one commit per group instead of
+one per input. Jobs B and C write a whole group with a few set-based statements, in a
+savepoint; when one input breaks them, the group rolls back to it and each input runs in a
+savepoint of its own, so a failing input rolls back alone.
 """
 
 from __future__ import annotations
@@ -120,8 +122,7 @@ class Writer:
         started = time.perf_counter()
         with self.store.transaction():
             held = self._still_held(items)
-            for item in held:
-                self._finish(item, last, Outcome(item.data))
+            self._finish(held, last, [Outcome(item.data) for item in held])
             self._before_commit()
         self.busy_s += time.perf_counter() - started
         if held:
@@ -144,21 +145,28 @@ class Writer:
             self._on_settled(len(items) - len(kept))
         return kept
 
-    def _finish(self, item: WorkItem, job_name: str, outcome: Outcome) -> None:
-        facts = item.facts.merge(outcome.facts)
-        assert item.input_id is not None
-        self.ledger.mark_done(
-            item.input_id,
-            Finished(
-                last_job=job_name,
-                batch_id=facts.batch_id,
-                sha256=facts.sha256,
-                records_written=facts.records_written or 0,
-                unchanged=bool(facts.unchanged),
-                size=facts.size,
-                mtime_ns=facts.mtime_ns,
-            ),
-        )
+    def _finish(
+        self, items: Sequence[WorkItem], job_name: str, outcomes: Sequence[Outcome]
+    ) -> None:
+        done = []
+        for item, outcome in zip(items, outcomes, strict=True):
+            facts = item.facts.merge(outcome.facts)
+            assert item.input_id is not None
+            done.append(
+                (
+                    item.input_id,
+                    Finished(
+                        last_job=job_name,
+                        batch_id=facts.batch_id,
+                        sha256=facts.sha256,
+                        records_written=facts.records_written or 0,
+                        unchanged=bool(facts.unchanged),
+                        size=facts.size,
+                        mtime_ns=facts.mtime_ns,
+                    ),
+                )
+            )
+        self.ledger.mark_done(done)
 
     def _fail(self, item: WorkItem, result: JobResult) -> None:
         assert item.input_id is not None
