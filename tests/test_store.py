@@ -134,8 +134,22 @@ def test_a_group_of_batches_in_a_few_statements(store: Store) -> None:
             [(a, "a" * 64, 2, None), (b, "b" * 64, 1, "/out/b.json")], created_at=NOW
         )
         assert set(ids) == {a, b} and ids[a] != ids[b]
-        store.insert_records(ids[a], records_json("one", "two"))
-        store.insert_records(ids[b], records_json("three"))
+        store.insert_records_of(
+            [
+                (ids[a], f'{{"records": {records_json("one", "two")}}}'),
+                (ids[b], f'{{"records": {records_json("three")}}}'),
+            ],
+            "$.records",
+        )
+        rows = store.execute(
+            "SELECT batch_id, record_index, line_number, content, status"
+            " FROM processed_records ORDER BY id"
+        ).fetchall()
+        assert [tuple(row) for row in rows] == [
+            (ids[a], 0, 1, "one", "pending"),
+            (ids[a], 1, 2, "two", "pending"),
+            (ids[b], 0, 1, "three", "pending"),
+        ]
 
         assert sorted(store.batches_of([a, b, "/in/none.txt"])) == sorted(
             [(ids[a], a, "a" * 64, "pending"), (ids[b], b, "b" * 64, "pending")]

@@ -67,6 +67,16 @@ _INSERT_RECORDS = (
     " ORDER BY r.n"
 )
 
+# Many documents' records in one statement (as SQLite does, see there).
+_INSERT_RECORDS_OF = (
+    "INSERT INTO processed_records (batch_id, record_index, line_number, content, status)"
+    " SELECT (d.value->>0)::bigint, (r.value->>'index')::bigint,"
+    " (r.value->>'line_number')::bigint, r.value->>'content', 'pending'"
+    " FROM json_array_elements(%s::json) WITH ORDINALITY AS d(value, n),"
+    " json_array_elements(d.value #> %s::text[]) WITH ORDINALITY AS r(value, m)"
+    " ORDER BY d.n, r.m"
+)
+
 # A group's inputs marked done in one round trip: a column of values per array.
 _MARK_DONE_ALL = (
     "UPDATE pipeline_inputs p SET status = 'done', batch_id = v.batch_id, sha256 = v.sha256,"
@@ -102,6 +112,11 @@ _CLAIM_DUE = (
 #: ``?`` placeholders (the store's statements) to psycopg's ``%s``; none of the
 #: statements holds a ``?`` or ``%`` of its own.
 _PLACEHOLDER = re.compile(r"\?")
+
+
+def _path_parts(json_path: str) -> list[str]:
+    """``$.a.b`` as the ``#>`` operator's path: ``["a", "b"]``."""
+    return [part for part in json_path.removeprefix("$").split(".") if part]
 
 
 def _connect_params(url: str) -> dict[str, Any]:
@@ -216,8 +231,14 @@ class PostgresStore(Store):
     # What PostgreSQL does differently ------------------------------------------------------
 
     def insert_records(self, batch_id: int, records_json: str, json_path: str = "$") -> None:
-        path = [part for part in json_path.removeprefix("$").split(".") if part]
-        self.execute(_INSERT_RECORDS, (batch_id, records_json, path))
+        self.execute(_INSERT_RECORDS, (batch_id, records_json, _path_parts(json_path)))
+
+    def insert_records_of(self, documents: Sequence[tuple[int, str]], json_path: str) -> None:
+        if len(documents) < 2:
+            super().insert_records_of(documents, json_path)
+            return
+        array = "[" + ",".join(f"[{batch_id},{text}]" for batch_id, text in documents) + "]"
+        self.execute(_INSERT_RECORDS_OF, (array, ["1", *_path_parts(json_path)]))
 
     def mark_done(self, done: Sequence[tuple[int, Finished]], token: str, now: str) -> int:
         if len(done) < 2:

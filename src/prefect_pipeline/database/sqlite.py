@@ -61,6 +61,15 @@ _INSERT_RECORDS = (
     " json_extract(value, '$.content'), 'pending' FROM json_each(?, ?)"
 )
 
+# Many documents' records in one statement: the documents as one JSON array of
+# ``[batch_id, document]``, the records at a path under the second.
+_INSERT_RECORDS_OF = (
+    "INSERT INTO processed_records (batch_id, record_index, line_number, content, status)"
+    " SELECT json_extract(d.value, '$[0]'), json_extract(r.value, '$.index'),"
+    " json_extract(r.value, '$.line_number'), json_extract(r.value, '$.content'), 'pending'"
+    " FROM json_each(?) AS d, json_each(d.value, ?) AS r"
+)
+
 _CLAIM_DUE = (
     "UPDATE pipeline_inputs SET status = 'processing', claim_token = ?, run_id = ?,"
     " lease_expires_at = ?, attempts = attempts + 1, updated_at = ?,"
@@ -195,6 +204,13 @@ class SqliteStore(Store):
 
     def insert_records(self, batch_id: int, records_json: str, json_path: str = "$") -> None:
         self.execute(_INSERT_RECORDS, (batch_id, records_json, json_path))
+
+    def insert_records_of(self, documents: Sequence[tuple[int, str]], json_path: str) -> None:
+        if len(documents) < 2:
+            super().insert_records_of(documents, json_path)
+            return
+        array = "[" + ",".join(f"[{batch_id},{text}]" for batch_id, text in documents) + "]"
+        self.execute(_INSERT_RECORDS_OF, (array, "$[1]" + json_path.removeprefix("$")))
 
     def mark_done(self, done: Sequence[tuple[int, Finished]], token: str, now: str) -> int:
         if len(done) < 2:

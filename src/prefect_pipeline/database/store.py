@@ -523,6 +523,13 @@ class Store(ABC):
         """Insert the records held at ``json_path`` of a JSON text (an array of
         ``{"index", "line_number", "content"}``) as pending rows of ``batch_id``."""
 
+    def insert_records_of(self, documents: Sequence[tuple[int, str]], json_path: str) -> None:
+        """``insert_records`` for many batches, ``(batch_id, JSON text)``, whose records are
+        all at ``json_path``. A backend may do it in one statement: every statement the
+        writer runs lets go of the GIL and waits to get it back from the threads beside it."""
+        for batch_id, text in documents:
+            self.insert_records(batch_id, text, json_path)
+
     def batch(self, batch_id: int) -> tuple[str, int] | None:
         """A batch's ``(status, record_count)``, or None if there is no such batch."""
         row = self.execute(_GET_BATCH, (batch_id,)).fetchone()

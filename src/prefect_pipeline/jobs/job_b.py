@@ -163,7 +163,7 @@ class JobB(BaseJob):
     def group_job(self, validated: Sequence[StoredInput]) -> list[Outcome]:
         """``single_job`` on a group, with a few statements for all: one read of the
         files' stored batches, one delete of those replaced, one insert of the new
-        batches, then each input's records."""
+        batches and one of their records (a large document's are read from its file)."""
         if len({stored.source_path for stored in validated}) < len(validated):
             # Two contents of one file in a group: the later replaces the earlier, in order.
             return [self.single_job(stored) for stored in validated]
@@ -190,17 +190,25 @@ class JobB(BaseJob):
             created_at=iso(SYSTEM_CLOCK.now()),
         )
         outcomes = []
+        # The records of the documents that travelled as text, in one statement per path
+        # to them; those of large ones, from their files a chunk at a time.
+        texts: dict[str, list[tuple[int, str]]] = {}
         for stored in validated:
             path = stored.source_path
             if path not in new_ids:
                 outcomes.append(self._unchanged(stored, *existing[path], replaced.get(path, 0)))
                 continue
-            self._insert_records(new_ids[path], stored)
+            if stored.text is not None:
+                texts.setdefault(stored.json_path, []).append((new_ids[path], stored.text))
+            else:
+                self._insert_from_file(new_ids[path], stored)
             outcomes.append(
                 self._stored(
                     stored, new_ids[path], replaced.get(path, 0), replacing=path in existing
                 )
             )
+        for json_path, documents in texts.items():
+            store.insert_records_of(documents, json_path)
         return outcomes
 
     def _unchanged(self, stored: StoredInput, batch_id: int, status: str, replaced: int) -> Outcome:
