@@ -174,24 +174,17 @@ def test_drainers_on_several_machines_work_one_queue(
         relay(machines[1].server_address, (api.hostname, api.port)) as port1,  # type: ignore[arg-type]
         dask_cluster(env) as address,
     ):
-        drainers = []
-        for number, (machine, port) in enumerate(((machines[0], port0), (machines[1], port1))):
-            url = postgres_cluster.url(database, host=machine.server_address)
-            there = {**env, "PREFECT_API_URL": f"http://{machine.server_address}:{port}/api"}
-            lease = ["--lease-seconds", str(SHORT_LEASE)] if number == 1 else []
-            argv = as_machine(f"drainer-{number}", pipeline(url, "drain-db", "--workers", "0",
-                                                             *lease, "--json"))
-            drainers.append(
-                machine.popen(argv, env=there, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, start_new_session=True)
-            )
-        drainers.append(
-            subprocess.Popen(pipeline(postgres_url, "drain-db", "--address", address, "--json"),
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        )
+        def drainer(number: int, port: int, *args: Any) -> subprocess.Popen[str]:
+            url = postgres_cluster.url(database, host=machines[number].server_address)
+            there = {**env, "PREFECT_API_URL": f"http://{machines[number].server_address}:{port}/api"}
+            argv = as_machine(f"drainer-{number}", pipeline(url, "drain-db", *args, "--json"))
+            return machines[number].popen(argv, env=there, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True,
+                                          start_new_session=True)
 
-        # The second machine's drainer dies mid-run, holding claims.
-        victim = drainers[1]
+        # The second machine's drainer dies mid-run, holding claims. It runs first, alone:
+        # started beside the others, it could find the queue already drained.
+        victim = drainer(1, port1, "--workers", "0", "--lease-seconds", SHORT_LEASE)
         deadline = time.monotonic() + 300
         while query(postgres_url, "SELECT count(*) FROM pipeline_inputs WHERE status = 'done'"
                     " AND owner_host = 'drainer-1'")[0][0] < 100:
@@ -207,21 +200,30 @@ def test_drainers_on_several_machines_work_one_queue(
         )]
         assert held, "the killed drainer held nothing"
 
+        # Two machines at once on what is left: each takes a share of its own (--limit), so
+        # both work whichever starts first, and what they leave goes to a last drain.
+        survivors = [
+            drainer(0, port0, "--workers", "0", "--limit", INPUTS // 3),
+            subprocess.Popen(pipeline(postgres_url, "drain-db", "--address", address,
+                                      "--limit", INPUTS // 3, "--json"),
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        ]
         summaries = []
-        for drainer in (drainers[0], drainers[2]):
-            stdout, stderr = drainer.communicate(timeout=600)
-            assert drainer.returncode == 0, stderr
+        for survivor in survivors:
+            stdout, stderr = survivor.communicate(timeout=600)
+            assert survivor.returncode == 0, stderr
             summaries.append(json.loads(stdout))
 
-    # What the survivors left to the killed drainer's lease: a later drain takes it over.
+    # What the killed drainer held waits for its lease to run out; then a last drain takes
+    # it over, with the rest of the queue.
     lease = query(postgres_url, "SELECT max(lease_expires_at) FROM pipeline_inputs"
                   " WHERE status = 'processing'")[0][0]
     if lease is not None:
         time.sleep(max(0.0, (_parse(lease) - time.time())) + 0.5)
-        final = subprocess.run(pipeline(postgres_url, "drain-db", "--workers", "0", "--json"),
-                               env=env, capture_output=True, text=True, timeout=300)
-        assert final.returncode == 0, final.stderr
-        summaries.append(json.loads(final.stdout))
+    final = subprocess.run(pipeline(postgres_url, "drain-db", "--workers", "0", "--json"),
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr
+    summaries.append(json.loads(final.stdout))
 
     # Every input done exactly once, one batch each, rows equal to the files.
     assert query(postgres_url, "SELECT status, count(*) FROM pipeline_inputs GROUP BY status") == [
