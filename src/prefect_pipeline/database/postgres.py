@@ -67,13 +67,16 @@ _INSERT_RECORDS = (
     " ORDER BY r.n"
 )
 
-# Many documents' records in one statement (as SQLite does, see there).
+# Many documents' records in one statement (as SQLite does, see there: each element of the
+# array is split once, not again for every record).
 _INSERT_RECORDS_OF = (
-    "INSERT INTO processed_records (batch_id, record_index, line_number, content, status)"
-    " SELECT (d.value->>0)::bigint, (r.value->>'index')::bigint,"
-    " (r.value->>'line_number')::bigint, r.value->>'content', 'pending'"
-    " FROM json_array_elements(%s::json) WITH ORDINALITY AS d(value, n),"
-    " json_array_elements(d.value #> %s::text[]) WITH ORDINALITY AS r(value, m)"
+    "WITH d AS MATERIALIZED ("
+    "   SELECT (e.value->>0)::bigint AS batch_id, e.value->1 AS document, e.n"
+    "   FROM json_array_elements(%s::json) WITH ORDINALITY AS e(value, n))"
+    " INSERT INTO processed_records (batch_id, record_index, line_number, content, status)"
+    " SELECT d.batch_id, (r.value->>'index')::bigint, (r.value->>'line_number')::bigint,"
+    " r.value->>'content', 'pending'"
+    " FROM d, json_array_elements(d.document #> %s::text[]) WITH ORDINALITY AS r(value, m)"
     " ORDER BY d.n, r.m"
 )
 
@@ -238,7 +241,7 @@ class PostgresStore(Store):
             super().insert_records_of(documents, json_path)
             return
         array = "[" + ",".join(f"[{batch_id},{text}]" for batch_id, text in documents) + "]"
-        self.execute(_INSERT_RECORDS_OF, (array, ["1", *_path_parts(json_path)]))
+        self.execute(_INSERT_RECORDS_OF, (array, _path_parts(json_path)))
 
     def mark_done(self, done: Sequence[tuple[int, Finished]], token: str, now: str) -> int:
         if len(done) < 2:

@@ -62,12 +62,17 @@ _INSERT_RECORDS = (
 )
 
 # Many documents' records in one statement: the documents as one JSON array of
-# ``[batch_id, document]``, the records at a path under the second.
+# ``[batch_id, document]``, the records at a path in each document. Each element is split
+# once, in a materialized table: read in the select list instead, ``d.value`` (a whole
+# document) was parsed again for every record, which took 6-8 times longer on documents of
+# 190 records.
 _INSERT_RECORDS_OF = (
-    "INSERT INTO processed_records (batch_id, record_index, line_number, content, status)"
-    " SELECT json_extract(d.value, '$[0]'), json_extract(r.value, '$.index'),"
+    "WITH d(batch_id, document) AS MATERIALIZED ("
+    "   SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))"
+    " INSERT INTO processed_records (batch_id, record_index, line_number, content, status)"
+    " SELECT d.batch_id, json_extract(r.value, '$.index'),"
     " json_extract(r.value, '$.line_number'), json_extract(r.value, '$.content'), 'pending'"
-    " FROM json_each(?) AS d, json_each(d.value, ?) AS r"
+    " FROM d, json_each(d.document, ?) AS r"
 )
 
 _CLAIM_DUE = (
@@ -210,7 +215,7 @@ class SqliteStore(Store):
             super().insert_records_of(documents, json_path)
             return
         array = "[" + ",".join(f"[{batch_id},{text}]" for batch_id, text in documents) + "]"
-        self.execute(_INSERT_RECORDS_OF, (array, "$[1]" + json_path.removeprefix("$")))
+        self.execute(_INSERT_RECORDS_OF, (array, json_path))
 
     def mark_done(self, done: Sequence[tuple[int, Finished]], token: str, now: str) -> int:
         if len(done) < 2:
