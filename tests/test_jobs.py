@@ -779,8 +779,10 @@ def test_a_group_gives_what_each_input_alone_gives(
 ) -> None:
     # Stored before: p and q. Then q changes and r is new, so the group holds content that
     # is already stored (p), content that replaces its file's earlier batch (q) and a new
-    # file (r); with --force every one is written anew.
-    texts = {"p": b"p1\np2\n", "q": b"q1\n", "r": b"r1\n\nr2\n"}
+    # file (r, large enough for a statement of its own); with --force every one is written
+    # anew.
+    many = b"".join(b"r%d\n\n" % i for i in range(300))
+    texts = {"p": b"p1\np2\n", "q": b"q1\n", "r": many}
     docs = {n: run_a(config, write(tmp_path / "in" / f"{n}.txt", t)) for n, t in texts.items()}
     q2 = run_a(config, write(tmp_path / "in" / "q.txt", b"q1 changed\nq2\n"))
     group = [docs["p"], q2, docs["r"]]
