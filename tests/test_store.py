@@ -344,6 +344,33 @@ def test_register_found_files_and_renew_and_release(store: Store) -> None:
     assert store.input_state(row.input_id) == ("pending", None)
 
 
+def test_found_files_are_registered_and_claimed_as_a_group(store: Store) -> None:
+    queue(store, "c")  # a row of its own already, reset by the registration
+    with store.transaction():
+        store.execute("UPDATE pipeline_inputs SET last_error = 'old', attempts = 3")
+    ledger = Ledger(store, lease_seconds=60, clock=ManualClock())
+    claim = Claim(ledger.token, ledger.run_id, NOW, NOW, "A", "C", ledger.owner)
+    found = [(f"/in/{n}", f"/out/{n}.json", 5 + i, 2**62 + i) for i, n in enumerate("abc")]
+
+    with store.transaction():
+        claimed = store.register_all_claimed(found, claim)
+
+    assert sorted(claimed) == ["/in/a", "/in/b", "/in/c"]
+    assert len({row.input_id for row in claimed.values()}) == 3
+    assert claimed["/in/b"].output_path == "/out/b.json"
+    rows = store.inputs_by_path(list(claimed))
+    assert [(r.status, r.size, r.mtime_ns, r.start_job) for _, r in sorted(rows.items())] == [
+        ("processing", 5 + i, 2**62 + i, "A") for i in range(3)
+    ]
+    assert store.held_claims([r.input_id for r in claimed.values()], ledger.token) == {
+        r.input_id for r in claimed.values()
+    }
+    reset = store.execute(
+        "SELECT attempts, last_error FROM pipeline_inputs WHERE path = '/in/c'"
+    ).fetchone()
+    assert tuple(reset) == (1, None)
+
+
 def test_the_owners_of_live_claims_and_the_end_of_their_leases(store: Store) -> None:
     clock = ManualClock()
     me = this_process()

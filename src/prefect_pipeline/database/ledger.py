@@ -152,6 +152,7 @@ class Ledger:
         with self.store.transaction():
             take_over_dead_owners(self.store, self.owner, claim.now)
             existing = self.store.inputs_by_path([f.path for f in found])
+            wanted: dict[str, FoundInput] = {}
             for entry in found:
                 row = existing.get(entry.path)
                 if row is not None:
@@ -171,23 +172,21 @@ class Ledger:
                     ):
                         result.skipped.append((entry.path, "unchanged since its last run"))
                         continue
-                claimed = self.store.register_claimed(
-                    path=entry.path,
-                    output_path=entry.output_path,
-                    size=entry.size,
-                    mtime_ns=entry.mtime_ns,
-                    claim=claim,
-                )
-                if claimed is not None:
-                    result.claimed.append(claimed)
+                wanted[entry.path] = entry
+            claimed = self.store.register_all_claimed(
+                [(f.path, f.output_path, f.size, f.mtime_ns) for f in wanted.values()], claim
+            )
+            for path in wanted:
+                if path in claimed:
+                    result.claimed.append(claimed[path])
                     continue
                 # Registered by another command between this one's read and its write
                 # (only where writers run side by side).
-                other = self.store.inputs_by_path([entry.path])[entry.path]
+                other = self.store.inputs_by_path([path])[path]
                 owner = other.owner
                 result.held.append(
                     Held(
-                        entry.path,
+                        path,
                         owner.describe() if owner is not None else "another command",
                         other.lease_expires_at or "",
                     )

@@ -25,6 +25,7 @@ from peewee import SqliteDatabase
 from prefect_pipeline.database.models import MODELS
 from prefect_pipeline.database.store import (
     OWNER_COLUMNS,
+    REGISTER_UPDATE,
     SCHEMA_VERSION,
     Claim,
     ClaimedRow,
@@ -73,6 +74,20 @@ _INSERT_RECORDS_OF = (
     " SELECT d.batch_id, json_extract(r.value, '$.index'),"
     " json_extract(r.value, '$.line_number'), json_extract(r.value, '$.content'), 'pending'"
     " FROM d, json_each(d.document, ?) AS r"
+)
+
+# Found files registered and claimed in one statement, read out of a JSON array of
+# ``[path, output_path, size, mtime_ns]`` (``WHERE true``: SQLite's parser would take the
+# ``ON`` of ``ON CONFLICT`` for a join's).
+_REGISTER_ALL = (
+    "INSERT INTO pipeline_inputs (path, status, output_path, start_job, stop_job, size,"
+    " mtime_ns, attempts, claim_token, run_id, lease_expires_at, created_at, updated_at,"
+    f" {OWNER_COLUMNS})"
+    " SELECT json_extract(value, '$[0]'), 'processing', json_extract(value, '$[1]'), ?, ?,"
+    " json_extract(value, '$[2]'), json_extract(value, '$[3]'), 1, ?, ?, ?, ?, ?,"
+    " ?, ?, ?, ?, ?, ? FROM json_each(?) WHERE true"
+    + REGISTER_UPDATE
+    + " RETURNING id, path, output_path"
 )
 
 _CLAIM_DUE = (
@@ -209,6 +224,27 @@ class SqliteStore(Store):
 
     def insert_records(self, batch_id: int, records_json: str, json_path: str = "$") -> None:
         self.execute(_INSERT_RECORDS, (batch_id, records_json, json_path))
+
+    def register_all_claimed(
+        self, found: Sequence[tuple[str, str, int, int]], claim: Claim
+    ) -> dict[str, ClaimedRow]:
+        if len(found) < 2:
+            return super().register_all_claimed(found, claim)
+        rows = self.execute(
+            _REGISTER_ALL,
+            (
+                claim.start_job,
+                claim.stop_job,
+                claim.token,
+                claim.run_id,
+                claim.lease_until,
+                claim.now,
+                claim.now,
+                *claim.owner_values(),
+                json.dumps(found),
+            ),
+        ).fetchall()
+        return {path: ClaimedRow(int(i), path, output, 1) for i, path, output in rows}
 
     def insert_records_of(self, documents: Sequence[tuple[int, str]], json_path: str) -> None:
         if len(documents) < 2:

@@ -226,11 +226,9 @@ _OF_OWNER = (
 )
 _COUNT_OWNER = f"SELECT count(*) FROM pipeline_inputs WHERE lease_expires_at >= ? AND{_OF_OWNER}"
 _EXPIRE_OWNER = f"UPDATE pipeline_inputs SET lease_expires_at = ? WHERE{_OF_OWNER}"
-_REGISTER = (
-    "INSERT INTO pipeline_inputs (path, status, output_path, start_job, stop_job, size,"
-    " mtime_ns, attempts, claim_token, run_id, lease_expires_at, created_at, updated_at,"
-    f" {OWNER_COLUMNS})"
-    " VALUES (?, 'processing', ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+#: What registering a found path does to the row it already has (a backend appends its
+#: ``register_guard``).
+REGISTER_UPDATE = (
     " ON CONFLICT (path) DO UPDATE SET status = 'processing',"
     " output_path = excluded.output_path, start_job = excluded.start_job,"
     " stop_job = excluded.stop_job, size = excluded.size, mtime_ns = excluded.mtime_ns,"
@@ -240,7 +238,14 @@ _REGISTER = (
     " owner_host = excluded.owner_host, owner_namespace = excluded.owner_namespace,"
     " owner_pid = excluded.owner_pid, owner_started_at = excluded.owner_started_at,"
     " flow_run_id = excluded.flow_run_id, flow_run_url = excluded.flow_run_url"
-    "{guard} RETURNING id"
+)
+_REGISTER = (
+    "INSERT INTO pipeline_inputs (path, status, output_path, start_job, stop_job, size,"
+    " mtime_ns, attempts, claim_token, run_id, lease_expires_at, created_at, updated_at,"
+    f" {OWNER_COLUMNS})"
+    " VALUES (?, 'processing', ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    + REGISTER_UPDATE
+    + "{guard} RETURNING id"
 )
 _HELD = "SELECT id FROM pipeline_inputs WHERE claim_token = ? AND id IN ({marks})"
 _EXPIRE_EXHAUSTED = (
@@ -623,6 +628,21 @@ class Store(ABC):
         )
         row = cursor.fetchone()
         return ClaimedRow(int(row[0]), path, output_path, 1) if row is not None else None
+
+    def register_all_claimed(
+        self, found: Sequence[tuple[str, str, int, int]], claim: Claim
+    ) -> dict[str, ClaimedRow]:
+        """``register_claimed`` for many found inputs, ``(path, output_path, size,
+        mtime_ns)`` of distinct paths; returns the rows claimed, by path (a path another
+        command holds is missing). A backend may do it in one statement."""
+        claimed = {}
+        for path, output_path, size, mtime_ns in found:
+            row = self.register_claimed(
+                path=path, output_path=output_path, size=size, mtime_ns=mtime_ns, claim=claim
+            )
+            if row is not None:
+                claimed[path] = row
+        return claimed
 
     def held_claims(self, input_ids: Sequence[int], token: str) -> set[int]:
         """Which of these inputs ``token`` still holds. Inside a transaction the answer
