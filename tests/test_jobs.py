@@ -782,21 +782,25 @@ def test_a_group_gives_what_each_input_alone_gives(
     # file (r, large enough for a statement of its own); with --force every one is written
     # anew.
     many = b"".join(b"r%d\n\n" % i for i in range(300))
-    texts = {"p": b"p1\np2\n", "q": b"q1\n", "r": many}
+    texts = {"p": b"p1\np2\n", "q": b"q1\n", "r": many, "s": b"s1\n"}
     docs = {n: run_a(config, write(tmp_path / "in" / f"{n}.txt", t)) for n, t in texts.items()}
     q2 = run_a(config, write(tmp_path / "in" / "q.txt", b"q1 changed\nq2\n"))
-    group = [docs["p"], q2, docs["r"]]
+    group = [docs["p"], q2, docs["r"], docs["s"]]
     alone, together = _twins(config)
     for twin in (alone, together):
         for doc in (docs["p"], docs["q"]):
             run_b(twin, doc)
 
     one_by_one = [JobB(alone, force=force).execute(doc) for doc in group]
-    at_once = JobB(together, force=force).execute_all(group)
+    committed: list[list[int]] = []
+    at_once = JobB(together, force=force).execute_all(
+        group, on_commit=lambda at, outcomes: committed.append(list(at))
+    )
 
+    assert committed == [[0, 1, 2, 3]]  # as one group, not one by one after a failure
     assert _comparable(at_once) == _comparable(one_by_one)
-    assert [r.success for r in at_once] == [True, True, True]
-    assert [r.details["unchanged"] for r in at_once] == [not force, False, False]
+    assert [r.success for r in at_once] == [True, True, True, True]
+    assert [r.details["unchanged"] for r in at_once] == [not force, False, False, False]
     assert _tables(together) == _tables(alone)
 
     # Job C on the batches, some twice finalized: the same again.
@@ -831,6 +835,41 @@ def test_a_failing_input_in_a_group_fails_alone(config: PipelineConfig, tmp_path
     assert db_counts(config.db_path) == {
         "pipeline_inputs": 0, "processing_batches": 2, "processed_records": 4,
     }
+
+
+class FlakyOnce(JobB):
+    """Job B whose first validation of ``bad.txt``'s document breaks (an I/O error)."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        super().__init__(config)
+        self.tried: set[str] = set()
+
+    def validate_input(self, input_data: Any) -> Any:
+        source = input_data["source_path"]
+        if source.endswith("bad.txt") and source not in self.tried:
+            self.tried.add(source)
+            raise OSError("transient read error")
+        return super().validate_input(input_data)
+
+
+def test_an_unexpected_validation_error_in_a_group_fails_the_input_once(
+    config: PipelineConfig, tmp_path: Path
+) -> None:
+    # Run again, its validation would pass and its rows be written with no one told of them.
+    docs = [run_a(config, write(tmp_path / f"{n}.txt", b"line\n")) for n in ("a", "bad", "c")]
+    committed: list[list[int]] = []
+
+    results = FlakyOnce(config).execute_all(
+        docs, on_commit=lambda at, outcomes: committed.append(list(at))
+    )
+
+    assert [r.success for r in results] == [True, False, True]
+    assert results[1].error_kind == "unexpected"
+    assert "OSError: transient read error" in (results[1].error or "")
+    assert results[1].traceback is not None
+    assert committed == [[0, 2]]
+    sources = query(config.db_path, "SELECT source_path FROM processing_batches ORDER BY id")
+    assert [Path(r["source_path"]).name for r in sources] == ["a.txt", "c.txt"]
 
 
 def test_a_group_with_an_unknown_batch_finalizes_the_others(

@@ -90,7 +90,8 @@ _MARK_DONE_ALL = (
     " FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::bigint[], %s::text[],"
     " %s::text[], %s::bigint[], %s::bigint[])"
     " AS v(id, batch_id, sha256, records_written, outcome, last_job, size, mtime_ns)"
-    " WHERE p.id = v.id AND p.claim_token = %s"
+    # The ids again: with only the join, the plan may read every row the token holds.
+    " WHERE p.id = ANY(%s::bigint[]) AND p.id = v.id AND p.claim_token = %s"
 )
 
 _CLAIM_DUE = (
@@ -248,7 +249,9 @@ class PostgresStore(Store):
             return super().mark_done(done, token, now)
         rows = [(input_id, *done_values(finished)) for input_id, finished in done]
         columns = [list(column) for column in zip(*rows, strict=True)]
-        return int(self.execute(_MARK_DONE_ALL, (now, now, *columns, token)).rowcount)
+        return int(
+            self.execute(_MARK_DONE_ALL, (now, now, *columns, columns[0], token)).rowcount
+        )
 
     def claim_due(self, claim: Claim, *, limit: int, max_bytes: int) -> list[ClaimedRow]:
         rows = self.execute(

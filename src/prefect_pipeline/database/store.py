@@ -309,7 +309,8 @@ _REQUEUE = (
     " claim_token = NULL, lease_expires_at = NULL, finished_at = NULL, updated_at = ?"
 )
 
-# Jobs B and C run these once per input, tens of thousands of times in a large run: plain
+# Jobs B and C run these once per input (alone, or when their group fell back), tens of
+# thousands of times in a large run without groups: plain
 # statements on the driver's connection, not Peewee query objects, whose SQL is built in
 # Python for every call (about 0.3 ms each: most of the writer's time on small files).
 _FIND_BATCH = "SELECT id, status FROM processing_batches WHERE source_path = ? AND sha256 = ?"
@@ -444,8 +445,9 @@ class Store(ABC):
     def transaction(self) -> Iterator[None]:
         """A write transaction; inside one already open, a savepoint of it.
 
-        The writer runs every job of a group in one transaction and each input's writes in
-        a savepoint, so a failing input rolls back alone. Peewee's own savepoints (a uuid
+        The writer runs every job of a group in one transaction, a group's writes in a
+        savepoint, and (when the group fails) each input's writes in a savepoint of their
+        own, so a failing input rolls back alone. Peewee's own savepoints (a uuid
         name, its own bookkeeping) cost more than a small input's statements; the backends
         used here match a savepoint name to the latest one, so a fixed name nests.
         """

@@ -186,8 +186,9 @@ class BaseJob(ABC):
         statements instead of each input's own (a small input's writes cost less than the
         statements around them). It runs inside one transaction (a savepoint of the
         caller's): if it raises, the group's writes roll back and each input runs alone
-        through ``single_job``, so an input's failure stays its own. Only for work that a
-        rollback undoes whole. The default runs the inputs one by one.
+        through ``execute`` (validated again, then ``single_job``), so an input's failure
+        stays its own. Only for work that a rollback undoes whole. Not implemented (the
+        default), ``execute_all`` runs the inputs one by one.
         """
         raise NotImplementedError
 
@@ -234,12 +235,7 @@ class BaseJob(ABC):
             # Not a bug: the input's lease ran out and another command has it now.
             return self._failed(f"{_describe(input_data)}: {exc}", CLAIM_LOST, started)
         except Exception as exc:  # a bug or an environment failure: keep the traceback
-            logger.exception("job %s failed on %s", self.job_name, _describe(input_data))
-            result = self._failed(
-                f"{_describe(input_data)}: {type(exc).__name__}: {exc}", UNEXPECTED_ERROR, started
-            )
-            result.traceback = traceback.format_exc()
-            return result
+            return self._unexpected(exc, input_data, started)
         return JobResult(
             self.job_name,
             True,
@@ -281,8 +277,10 @@ class BaseJob(ABC):
                 results[i] = self._failed(str(exc), INPUT_ERROR, started)
             except DatabaseUnavailable:
                 raise
-            except Exception:  # a bug: ``execute`` reports it with its traceback
-                results[i] = self.execute(data)
+            except Exception as exc:  # a bug or an environment failure, as ``execute`` has it
+                # Failed here, not run again: a second try that worked would write rows that
+                # nobody marks done.
+                results[i] = self._unexpected(exc, data, started)
             else:
                 positions.append(i)
         if positions:
@@ -324,6 +322,16 @@ class BaseJob(ABC):
         done = [result for result in results if result is not None]
         assert len(done) == len(inputs)
         return done
+
+    def _unexpected(self, exc: Exception, input_data: Any, started: float) -> JobResult:
+        """The result of an unexpected error (call in its ``except`` block), logged with its
+        traceback."""
+        logger.exception("job %s failed on %s", self.job_name, _describe(input_data))
+        result = self._failed(
+            f"{_describe(input_data)}: {type(exc).__name__}: {exc}", UNEXPECTED_ERROR, started
+        )
+        result.traceback = traceback.format_exc()
+        return result
 
     def _failed(self, error: str, kind: str, started: float) -> JobResult:
         return JobResult(

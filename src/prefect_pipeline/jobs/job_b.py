@@ -163,7 +163,9 @@ class JobB(BaseJob):
     def group_job(self, validated: Sequence[StoredInput]) -> list[Outcome]:
         """``single_job`` on a group, with a few statements for all: one read of the
         files' stored batches, one delete of those replaced, one insert of the new
-        batches and one of their records (a large document's are read from its file)."""
+        batches and one of the small documents' records (a larger document's records go
+        in with a statement of their own, a large one's from its file a chunk at a
+        time)."""
         if len({stored.source_path for stored in validated}) < len(validated):
             # Two contents of one file in a group: the later replaces the earlier, in order.
             return [self.single_job(stored) for stored in validated]

@@ -32,8 +32,8 @@ logger = get_logger("writer")
 
 class RunStage(Protocol):
     """Runs the job of chain stage ``stage`` on ``items`` and returns one result per item,
-    calling ``finish`` inside each successful input's transaction (the driver passes the
-    Prefect task of the stage; tests may pass ``run_job_on_items``)."""
+    calling ``finish`` inside the transaction of the successful inputs' writes (the driver
+    passes the Prefect task of the stage; tests may pass ``run_job_on_items``)."""
 
     def __call__(
         self, stage: int, items: Sequence[WorkItem], finish: FinishHook | None
