@@ -32,6 +32,7 @@ from prefect_pipeline.database.store import (
     Finished,
     Store,
     check_tables,
+    documents_array,
     done_values,
     refuse_missing,
     schema_columns,
@@ -250,8 +251,7 @@ class SqliteStore(Store):
         if len(documents) < 2:
             super().insert_records_of(documents, json_path)
             return
-        array = "[" + ",".join(f"[{batch_id},{text}]" for batch_id, text in documents) + "]"
-        self.execute(_INSERT_RECORDS_OF, (array, json_path))
+        self.execute(_INSERT_RECORDS_OF, (documents_array(documents), json_path))
 
     def mark_done(self, done: Sequence[tuple[int, Finished]], token: str, now: str) -> int:
         if len(done) < 2:

@@ -205,6 +205,12 @@ def _marks(values: Sequence[Any]) -> str:
     return ", ".join("?" * len(values))
 
 
+def documents_array(documents: Sequence[tuple[int, str]]) -> str:
+    """``(batch_id, JSON text)`` pairs as one JSON array of ``[batch_id, document]``, for a
+    backend that inserts many documents' records in one statement."""
+    return "[" + ",".join(f"[{batch_id},{text}]" for batch_id, text in documents) + "]"
+
+
 _SELECT_INPUTS = (
     "SELECT id, path, status, size, mtime_ns, sha256, start_job, stop_job, lease_expires_at,"
     " owner_host, owner_namespace, owner_pid, owner_started_at"
@@ -309,20 +315,10 @@ _REQUEUE = (
     " claim_token = NULL, lease_expires_at = NULL, finished_at = NULL, updated_at = ?"
 )
 
-# Jobs B and C run these once per input (alone, or when their group fell back), tens of
-# thousands of times in a large run without groups: plain
-# statements on the driver's connection, not Peewee query objects, whose SQL is built in
-# Python for every call (about 0.3 ms each: most of the writer's time on small files).
-_FIND_BATCH = "SELECT id, status FROM processing_batches WHERE source_path = ? AND sha256 = ?"
-_DELETE_BATCH = "DELETE FROM processing_batches WHERE id = ?"
-_DELETE_BATCHES_OF = "DELETE FROM processing_batches WHERE source_path = ?"
-_INSERT_BATCH = (
-    "INSERT INTO processing_batches (source_path, sha256, record_count, status, created_at,"
-    " output_path) VALUES (?, ?, ?, 'pending', ?, ?) RETURNING id"
-)
-_GET_BATCH = "SELECT status, record_count FROM processing_batches WHERE id = ?"
-# A group's batches at once (jobs B and C on many small inputs): a few statements per group
-# instead of several per input.
+# Jobs B and C run these on a whole group of inputs (``group_job``), a few statements per
+# group, and on one input as a group of one: plain statements on the driver's connection,
+# not Peewee query objects, whose SQL is built in Python for every call (about 0.3 ms each:
+# most of the writer's time on small files when it ran them per input).
 _BATCHES_OF = (
     "SELECT id, source_path, sha256, status FROM processing_batches"
     " WHERE source_path IN ({marks})"
@@ -340,13 +336,6 @@ _FINALIZE_RECORDS_OF = (
     "UPDATE processed_records SET status = 'finalized'"
     " WHERE batch_id IN ({marks}) AND status != 'finalized'"
 )
-_FINALIZE_BATCH = (
-    "UPDATE processing_batches SET status = 'finalized', finalized_at = ? WHERE id = ?"
-)
-_FINALIZE_RECORDS = (
-    "UPDATE processed_records SET status = 'finalized' WHERE batch_id = ? AND status != 'finalized'"
-)
-
 
 
 class Store(ABC):
@@ -495,20 +484,21 @@ class Store(ABC):
 
     def find_batch(self, source_path: str, sha256: str) -> tuple[int, str] | None:
         """The stored batch of this content of this file: ``(id, status)``, or None."""
-        row = self.execute(_FIND_BATCH, (source_path, sha256)).fetchone()
-        return (row[0], row[1]) if row is not None else None
+        for batch_id, _, stored, status in self.batches_of([source_path]):
+            if stored == sha256:
+                return batch_id, status
+        return None
 
     def delete_batch(self, batch_id: int) -> None:
         """Delete a batch and (through the foreign key) its records."""
-        self.execute(_DELETE_BATCH, (batch_id,))
+        self.delete_batches([batch_id])
 
     def delete_batches_of(self, source_path: str, *, keep_sha256: str | None) -> int:
         """Delete the batches of ``source_path`` (and their records) but the one of the
         content ``keep_sha256`` (None: all of them); returns how many went."""
-        if keep_sha256 is None:
-            return int(self.execute(_DELETE_BATCHES_OF, (source_path,)).rowcount)
-        sql = f"{_DELETE_BATCHES_OF} AND sha256 <> ?"
-        return int(self.execute(sql, (source_path, keep_sha256)).rowcount)
+        doomed = [b for b, _, sha256, _ in self.batches_of([source_path]) if sha256 != keep_sha256]
+        self.delete_batches(doomed)
+        return len(doomed)
 
     def insert_batch(
         self,
@@ -520,10 +510,8 @@ class Store(ABC):
         output_path: str | None,
     ) -> int:
         """A new pending batch; returns its id."""
-        cursor = self.execute(
-            _INSERT_BATCH, (source_path, sha256, record_count, created_at, output_path)
-        )
-        return int(cursor.fetchone()[0])
+        batch = (source_path, sha256, record_count, output_path)
+        return self.insert_batches([batch], created_at=created_at)[source_path]
 
     @abstractmethod
     def insert_records(self, batch_id: int, records_json: str, json_path: str = "$") -> None:
@@ -539,13 +527,11 @@ class Store(ABC):
 
     def batch(self, batch_id: int) -> tuple[str, int] | None:
         """A batch's ``(status, record_count)``, or None if there is no such batch."""
-        row = self.execute(_GET_BATCH, (batch_id,)).fetchone()
-        return (row[0], row[1]) if row is not None else None
+        return self.batches([batch_id]).get(batch_id)
 
     def finalize_batch(self, batch_id: int, at: str) -> None:
         """Mark a batch and its records finalized."""
-        self.execute(_FINALIZE_BATCH, (at, batch_id))
-        self.execute(_FINALIZE_RECORDS, (batch_id,))
+        self.finalize_batches([batch_id], at)
 
     # The same for a group of inputs (``group_job``) ---------------------------------------
 

@@ -140,25 +140,11 @@ class JobB(BaseJob):
         return replace(stored, size=version.st_size, mtime_ns=version.st_mtime_ns)
 
     def single_job(self, validated: StoredInput) -> Outcome:
-        stored = validated
-        store = self.store
-        existing = store.find_batch(stored.source_path, stored.sha256)
         # The current content of a path replaces its earlier contents' batches (records go
-        # by ON DELETE CASCADE); --force replaces this content's batch too.
-        replaced = store.delete_batches_of(
-            stored.source_path, keep_sha256=None if self.force else stored.sha256
-        )
-        if existing is not None and not self.force:
-            return self._unchanged(stored, *existing, replaced)
-        batch_id = store.insert_batch(
-            source_path=stored.source_path,
-            sha256=stored.sha256,
-            record_count=stored.record_count,
-            created_at=iso(SYSTEM_CLOCK.now()),
-            output_path=stored.output_path,
-        )
-        self._insert_records(batch_id, stored)
-        return self._stored(stored, batch_id, replaced, replacing=existing is not None)
+        # by ON DELETE CASCADE); --force replaces this content's batch too. One input is a
+        # group of one.
+        [outcome] = self.group_job([validated])
+        return outcome
 
     def group_job(self, validated: Sequence[StoredInput]) -> list[Outcome]:
         """``single_job`` on a group, with a few statements for all: one read of the

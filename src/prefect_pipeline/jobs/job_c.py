@@ -28,12 +28,8 @@ class JobC(BaseJob):
         return validate_batch_id(input_data)
 
     def single_job(self, validated: int) -> Outcome:
-        batch = self.store.batch(validated)
-        if batch is None:
-            raise InputValidationError(f"batch {validated}", "no such batch")
-        if batch[0] != FINALIZED:
-            self.store.finalize_batch(validated, iso(SYSTEM_CLOCK.now()))
-        return self._outcome(validated, *batch)
+        [outcome] = self.group_job([validated])  # one batch is a group of one
+        return outcome
 
     def group_job(self, validated: Sequence[int]) -> list[Outcome]:
         """``single_job`` on a group: one read of the batches and one update of the batches
