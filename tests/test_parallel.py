@@ -29,7 +29,7 @@ from prefect_pipeline.jobs import JobA, JobB, JobC
 from prefect_pipeline.jobs.job_a import ProcessedDocument
 from prefect_pipeline.pipeline.definition import PipelineDefinition
 from prefect_pipeline.pipeline.parallel import run_parallel_from_files
-from tests.conftest import api_env, db_counts, files_under, query
+from tests.conftest import ManualClock, api_env, db_counts, files_under, query
 
 pytestmark = pytest.mark.slow
 
@@ -540,7 +540,7 @@ def test_in_process_run_lets_each_groups_documents_go(config, tmp_path):  # type
     assert max(_CountingWriter.alive) <= 6, _CountingWriter.alive
 
 
-# Workers on demand: a local cluster's workers start once the run outlasts --workers-after -
+# Workers on demand: a local cluster's workers start once job A outlasts --workers-after -
 
 
 class _WhereJobA(JobA):
@@ -595,7 +595,7 @@ def test_a_run_shorter_than_workers_after_starts_no_worker(config, tmp_path, mon
 def test_a_run_that_outlasts_workers_after_hands_its_groups_to_the_workers(  # type: ignore[no-untyped-def]
     config, tmp_path, monkeypatch
 ):
-    """Once the run has worked --workers-after seconds in its own process and has inputs
+    """Once job A has run --workers-after seconds in the command's process and inputs are
     left, its workers start, and the groups go to them as soon as one has joined."""
     marks = _where_env(monkeypatch, tmp_path)
     _small_files(tmp_path / "in", 200)
@@ -615,6 +615,42 @@ def test_a_run_that_outlasts_workers_after_hands_its_groups_to_the_workers(  # t
     ran_in = {int(p.name) for p in marks.iterdir()}
     assert os.getpid() in ran_in and len(ran_in) == 2, ran_in
     assert db_counts(config.db_path)["processed_records"] == 400
+
+
+class _SlowWriteJobB(JobB):
+    """Job B that takes a minute of the run's clock per group: a run whose time goes to its
+    database."""
+
+    clock: ClassVar[Any] = None
+
+    def group_job(self, validated: Any) -> Any:
+        self.clock.sleep(60)
+        return super().group_job(validated)
+
+
+def test_time_spent_writing_does_not_start_workers(config, tmp_path):  # type: ignore[no-untyped-def]
+    """Workers would take job A, never the writing: ten groups that each spend a minute of
+    the run's clock in job B, and none in job A, have not earned the workers by
+    --workers-after 5, however long they write."""
+    clock = _SlowWriteJobB.clock = ManualClock()
+    began = clock.now()
+    _small_files(tmp_path / "in", 10)
+    definition = PipelineDefinition().add_job("A", JobA).add_job("B", _SlowWriteJobB)
+
+    summary = run_parallel_from_files(
+        tmp_path / "in",
+        config,
+        definition=definition.add_job("C", JobC),
+        workers=1,
+        workers_after_s=5,
+        first_group_files=1,
+        max_group_files=1,
+        clock=clock,
+    )
+
+    assert (clock.now() - began).total_seconds() >= 600  # ten minutes of writing
+    assert (summary.succeeded, summary.failed, summary.workers_started) == (10, 0, 0)
+    assert db_counts(config.db_path)["processed_records"] == 20
 
 
 def test_a_run_that_needs_no_workers_does_not_import_dask(tmp_path: Path) -> None:

@@ -515,9 +515,10 @@ def _dask_options[F: Callable[..., Any]](func: F) -> F:
             show_default=True,
             envvar="PIPELINE_WORKERS_AFTER",
             metavar="SECONDS",
-            help="Start the local cluster's workers once the run has worked this long in "
-            "this process and has inputs left: a shorter run never pays for them. 0 "
-            "starts them with the run. Env: PIPELINE_WORKERS_AFTER.",
+            help="Start the local cluster's workers once the jobs they would take (those "
+            "that do not write the database) have run this long in this process and "
+            "inputs are left: a shorter run never pays for them. 0 starts them with the "
+            "run. Env: PIPELINE_WORKERS_AFTER.",
         ),
         click.option(
             "--address",
@@ -997,8 +998,8 @@ def server_status() -> None:
     default=DEFAULT_WORKERS_AFTER,
     show_default=True,
     metavar="SECONDS",
-    help="Start a drain's workers once it has worked this long in its own process; 0 "
-    "starts them with the drain.",
+    help="Start a drain's workers once the jobs they would take have run this long in "
+    "its own process; 0 starts them with the drain.",
 )
 @click.option("--address", metavar="tcp://HOST:PORT", help="An existing Dask scheduler.")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=DEFAULT_MAX_ATTEMPTS,

@@ -14,7 +14,6 @@ import queue
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import Any
 
 from prefect_pipeline.compat import break_future_cycle, cancel_future, forget_task_results
@@ -99,8 +98,9 @@ class Driver:
         self._settled_count = 0
         # The leases' clock: the one that decides when they run out.
         self._last_renewal = self.clock.now()
-        # When this process started working on a group itself (workers not ready yet).
-        self._working_here_since: datetime | None = None
+        # Seconds this process spent on the jobs the workers would take (those that do not
+        # write the database), run here while the workers were not ready.
+        self._worked_here_s = 0.0
 
     def run(self) -> None:
         source = self.plan.source
@@ -160,7 +160,9 @@ class Driver:
             return
         if stage < len(self.chain) and not self.plan.environment.workers_ready():
             self._start_workers_if_due()
+            started = self.clock.now()
             results = self._run_inline(stage, items, None)
+            self._worked_here_s += (self.clock.now() - started).total_seconds()
             self._advance(self.writer.record(items, stage, results), stage + 1)
             return
         if stage < len(self.chain):
@@ -173,19 +175,23 @@ class Driver:
             self.writer.finish(items)
 
     def _start_workers_if_due(self) -> None:
-        """Ask for the workers once this process has worked ``workers_after_s`` on the run
-        and has inputs left to give them: a run that ends sooner (or is at its last group)
-        never starts one.
+        """Ask for the workers once this process has spent ``workers_after_s`` on the jobs
+        they would take and has inputs left to give them: a run that ends sooner (or is at
+        its last group) never starts one.
+
+        Only those jobs count (A, not the writer's B and C): workers cannot shorten the
+        writing, so a run whose time goes to its database (a few files of many records)
+        gains from them only what its other jobs take, and pays for them as soon as that
+        share has cost as much as starting them. Waiting for a retry is not work either.
 
         Looked at before each group this process runs itself, so a group that takes long
         (one large file) is finished here before the workers are asked for. The group runs
         in this thread, not on a thread of its own, so that Ctrl-C stops it at once (a
         thread's job cannot be interrupted, and the clean-up would wait for it)."""
-        now = self.clock.now()
-        if self._working_here_since is None:
-            self._working_here_since = now
-        worked = (now - self._working_here_since).total_seconds()
-        if worked >= self.plan.options.workers_after_s and not self.plan.source.exhausted:
+        if (
+            self._worked_here_s >= self.plan.options.workers_after_s
+            and not self.plan.source.exhausted
+        ):
             self.plan.environment.start_workers()
 
     def _next_stage(self, future: Any) -> None:
@@ -242,8 +248,6 @@ class Driver:
             return False
         delay = min(max((due - self.clock.now()).total_seconds(), 0.05), MAX_RETRY_WAIT)
         self.clock.sleep(delay)
-        if self._working_here_since is not None:  # waiting is not work: it buys no workers
-            self._working_here_since += timedelta(seconds=delay)
         return True
 
     def _renew_if_due(self) -> None:
