@@ -29,7 +29,7 @@ from prefect_pipeline.jobs import JobA, JobB, JobC
 from prefect_pipeline.jobs.job_a import ProcessedDocument
 from prefect_pipeline.pipeline.definition import PipelineDefinition
 from prefect_pipeline.pipeline.parallel import run_parallel_from_files
-from tests.conftest import ManualClock, api_env, db_counts, files_under, query
+from tests.conftest import api_env, db_counts, files_under, query
 
 pytestmark = pytest.mark.slow
 
@@ -540,7 +540,7 @@ def test_in_process_run_lets_each_groups_documents_go(config, tmp_path):  # type
     assert max(_CountingWriter.alive) <= 6, _CountingWriter.alive
 
 
-# Workers on demand: a local cluster's workers start once job A outlasts --workers-after -
+# Workers on demand: they start once the writer has waited --workers-after for job A -
 
 
 class _WhereJobA(JobA):
@@ -595,8 +595,9 @@ def test_a_run_shorter_than_workers_after_starts_no_worker(config, tmp_path, mon
 def test_a_run_that_outlasts_workers_after_hands_its_groups_to_the_workers(  # type: ignore[no-untyped-def]
     config, tmp_path, monkeypatch
 ):
-    """Once job A has run --workers-after seconds in the command's process and inputs are
-    left, its workers start, and the groups go to them as soon as one has joined."""
+    """Once the writer has waited --workers-after seconds for job A (slow in the command's
+    process) and inputs are left, the workers start, and the groups go to them as soon as
+    one has joined."""
     marks = _where_env(monkeypatch, tmp_path)
     _small_files(tmp_path / "in", 200)
 
@@ -618,37 +619,33 @@ def test_a_run_that_outlasts_workers_after_hands_its_groups_to_the_workers(  # t
 
 
 class _SlowWriteJobB(JobB):
-    """Job B that takes a minute of the run's clock per group: a run whose time goes to its
-    database."""
-
-    clock: ClassVar[Any] = None
+    """Job B that takes 0.3 s a group: a run whose time goes to its database."""
 
     def group_job(self, validated: Any) -> Any:
-        self.clock.sleep(60)
+        time.sleep(0.3)
         return super().group_job(validated)
 
 
 def test_time_spent_writing_does_not_start_workers(config, tmp_path):  # type: ignore[no-untyped-def]
-    """Workers would take job A, never the writing: ten groups that each spend a minute of
-    the run's clock in job B, and none in job A, have not earned the workers by
-    --workers-after 5, however long they write."""
-    clock = _SlowWriteJobB.clock = ManualClock()
-    began = clock.now()
+    """Workers would take job A, never the writing: ten groups that each spend 0.3 s in
+    job B and next to nothing in job A (on the local lane, beside the writer) leave the
+    writer nothing to wait for, and have not earned the workers by --workers-after 2,
+    though the run lasts longer than that."""
     _small_files(tmp_path / "in", 10)
     definition = PipelineDefinition().add_job("A", JobA).add_job("B", _SlowWriteJobB)
+    began = time.monotonic()
 
     summary = run_parallel_from_files(
         tmp_path / "in",
         config,
         definition=definition.add_job("C", JobC),
         workers=1,
-        workers_after_s=5,
+        workers_after_s=2,
         first_group_files=1,
         max_group_files=1,
-        clock=clock,
     )
 
-    assert (clock.now() - began).total_seconds() >= 600  # ten minutes of writing
+    assert time.monotonic() - began >= 3  # ten groups of writing
     assert (summary.succeeded, summary.failed, summary.workers_started) == (10, 0, 0)
     assert db_counts(config.db_path)["processed_records"] == 20
 
@@ -672,18 +669,37 @@ print(summary.succeeded, summary.workers_started, "distributed" in sys.modules)
     assert (result.returncode, result.stdout) == (0, "5 0 False\n"), result.stderr
 
 
+#: The ``pipeline`` command, its job A 20 ms slower an input (in the command's process; a
+#: worker would import the real one).
+_SLOW_JOB_A_CLI = """
+import time
+from prefect_pipeline.jobs.job_a import JobA
+from prefect_pipeline.cli import main
+
+real = JobA.single_job
+def slow(self, validated):
+    time.sleep(0.02)
+    return real(self, validated)
+JobA.single_job = slow
+main()
+"""
+
+
 def test_a_cluster_that_cannot_start_late_leaves_the_run_to_this_process(
     config: PipelineConfig, tmp_path: Path
 ) -> None:
     """The workers are asked for in the middle of the run; if their cluster cannot start
     (here Dask is told to preload a module that is not there into its scheduler), the run
     loses its workers, not its inputs: a warning says why, and every input is done in the
-    command's process."""
-    _small_files(tmp_path / "in", 30)
+    command's process. Job A is slowed (20 ms an input), so that the writer waits for the
+    first group while later ones are still to come (100 files: groups of 8, 16, 32, 44)."""
+    _small_files(tmp_path / "in", 100)
     env = {**api_env(), "DASK_DISTRIBUTED__SCHEDULER__PRELOAD": '["no_such_module_here"]'}
     done = subprocess.run(
         [
-            str(Path(sys.executable).with_name("pipeline")),
+            sys.executable,
+            "-c",
+            _SLOW_JOB_A_CLI,
             "--db-path",
             str(config.db_path),
             "--output-dir",
@@ -705,14 +721,14 @@ def test_a_cluster_that_cannot_start_late_leaves_the_run_to_this_process(
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     # workers_started counts the workers the run asked for: one, which never joined.
-    assert (summary["succeeded"], summary["failed"], summary["workers_started"]) == (30, 0, 1)
+    assert (summary["succeeded"], summary["failed"], summary["workers_started"]) == (100, 0, 1)
     assert summary["dashboard_url"] is None
     [warning] = [line for line in done.stderr.splitlines() if "could not start" in line]
     assert "WARNING could not start a local Dask cluster: " in warning, warning
     assert "No module named 'no_such_module_here'" in warning, warning
     assert warning.endswith("; the run goes on in this process"), warning
     assert "Cluster closed without starting up" not in done.stderr  # Dask's echo of it
-    assert db_counts(config.db_path)["processed_records"] == 60
+    assert db_counts(config.db_path)["processed_records"] == 200
 
 
 def test_a_process_can_start_one_local_cluster_after_another() -> None:

@@ -489,6 +489,36 @@ def test_a_signal_to_the_group_gives_claimed_inputs_back(
 
 
 
+def test_ctrl_c_stops_a_large_file_on_the_local_lane_between_its_chunks(
+    config: PipelineConfig, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    """Until its workers join, a run's job A runs on a thread of the command (the local
+    lane), which a signal does not reach. A large file's job A looks for the signal between
+    its chunks: the command stops in the middle of the file instead of writing it whole
+    first, exits 130 having given its claim back, and leaves no JSON nor temporary file."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    line = "a line of a large file, streamed in chunks\n"
+    (inputs / "large.txt").write_text(line * (96 * 1024 * 1024 // len(line)))
+    # --workers 1 with the default --workers-after: the file starts on the lane.
+    args = command(config, "run-parallel", inputs, "--workers", "1", "--json")
+    runner = start(processes, args, api_env(), new_group=True)
+    deadline = time.monotonic() + TIMEOUT
+    while not temporary_files(config.output_dir):  # job A has begun writing the file
+        assert runner.poll() is None and time.monotonic() < deadline, runner.poll()
+        time.sleep(0.02)
+
+    os.killpg(runner.pid, signal.SIGINT)
+    stdout, stderr = runner.communicate(timeout=TIMEOUT)
+
+    assert runner.returncode == 130, stderr
+    assert stderr == ""
+    assert json.loads(stdout)["stopped"] == "interrupted"
+    assert not (config.output_dir / "large_processed.json").exists()  # not finished first
+    assert temporary_files(config.output_dir) == []
+    assert statuses(config) == {"pending": 1}
+
+
 def test_a_sigterm_that_prefect_caught_mid_task_run_counts_as_the_interrupt() -> None:
     """Prefect's engine puts its own SIGTERM handler in front of the command's while a flow
     runs; landing while a task run is created, its ``TerminationSignal`` comes out as

@@ -515,10 +515,10 @@ def _dask_options[F: Callable[..., Any]](func: F) -> F:
             show_default=True,
             envvar="PIPELINE_WORKERS_AFTER",
             metavar="SECONDS",
-            help="Start the local cluster's workers once the jobs they would take (those "
-            "that do not write the database) have run this long in this process and "
-            "inputs are left: a shorter run never pays for them. 0 starts them with the "
-            "run. Env: PIPELINE_WORKERS_AFTER.",
+            help="Start the local cluster's workers once the writer has waited this long "
+            "for the jobs they would take (run on a thread of this process meanwhile) "
+            "and inputs are left: a short run, or one whose time goes to its database, "
+            "never pays for them. 0 starts them with the run. Env: PIPELINE_WORKERS_AFTER.",
         ),
         click.option(
             "--address",
@@ -998,8 +998,8 @@ def server_status() -> None:
     default=DEFAULT_WORKERS_AFTER,
     show_default=True,
     metavar="SECONDS",
-    help="Start a drain's workers once the jobs they would take have run this long in "
-    "its own process; 0 starts them with the drain.",
+    help="Start a drain's workers once its writer has waited this long for the jobs "
+    "they would take; 0 starts them with the drain.",
 )
 @click.option("--address", metavar="tcp://HOST:PORT", help="An existing Dask scheduler.")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=DEFAULT_MAX_ATTEMPTS,

@@ -27,10 +27,10 @@ DEFAULT_LEASE_SECONDS = 300.0
 DEFAULT_MAX_ATTEMPTS = 3
 #: Seconds before the first retry of a queued input; doubles with each attempt.
 DEFAULT_RETRY_DELAY = 5.0
-#: Seconds of the workers' jobs (A) run in the command's own process before a local
-#: cluster's workers start: about what starting two of them takes on two cores (each
-#: spends ~4 s of CPU importing Python, Dask and Prefect's task engine;
-#: ``benchmarks/results/cluster-start``).
+#: Seconds the writer waits for the workers' jobs (A, on a thread of the command
+#: meanwhile) before a local cluster's workers start: about what starting two of them
+#: takes on two cores (each spends ~4 s of CPU importing Python, Dask and Prefect's task
+#: engine; ``benchmarks/results/cluster-start``).
 DEFAULT_WORKERS_AFTER = 5.0
 #: Seconds the database may keep a command waiting: SQLite's busy timeout (another
 #: process's lock); a server database's lock waits and unacknowledged writes.

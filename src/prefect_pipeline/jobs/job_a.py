@@ -11,6 +11,7 @@ from typing import Any, BinaryIO
 
 from prefect_pipeline.config import PipelineConfig
 from prefect_pipeline.exceptions import InputValidationError
+from prefect_pipeline.interrupts import check as check_interrupt
 from prefect_pipeline.jobs.base import BaseJob, Facts, Kind, Outcome
 from prefect_pipeline.jobs.document import (
     OUTPUT_SUFFIX,
@@ -159,6 +160,9 @@ class JobA(BaseJob):
                 max_line_bytes=self.config.max_line_bytes,
                 digest=digest,
             ):
+                # A stop signal reaches the main thread only: a job on a thread of the
+                # command (its local lane) ends the file here instead of at its end.
+                check_interrupt()
                 writer.add(split_records(text, first_line, writer.count))
             sha256 = digest.hexdigest()
             writer.finish(source_path, sha256)

@@ -1,7 +1,8 @@
 """The driver: moves groups of inputs through the chain of jobs.
 
 Jobs that do not touch the database (A) are submitted to the flow's task runner (Dask
-workers, or a thread); jobs that do (B, C) go to the writer, in this thread. At most
+workers, or a thread), or to the local lane until the run's own workers have joined; jobs
+that do (B, C) go to the writer, in this thread. At most
 ``in_flight_per_worker`` groups per worker are in flight, and groups are taken from the
 source only as others finish, so memory stays flat however many inputs there are. The
 driver renews the run's leases while it works and, when the queue has nothing claimable,
@@ -13,6 +14,7 @@ from __future__ import annotations
 import queue
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,11 +100,28 @@ class Driver:
         self._settled_count = 0
         # The leases' clock: the one that decides when they run out.
         self._last_renewal = self.clock.now()
-        # Seconds this process spent on the jobs the workers would take (those that do not
-        # write the database), run here while the workers were not ready.
-        self._worked_here_s = 0.0
+        # Until the run's own workers join, the jobs they will take run on one thread of
+        # this process (``_lane``), beside the writer. ``_waited_s``: how long this thread
+        # waited for that lane's groups, with nothing to write (what workers could save).
+        self._lane: Any = None
+        self._waited_s = 0.0
+        self._stack = ExitStack()
 
     def run(self) -> None:
+        # Leaving waits for the lane's group in progress, if it has one (a stop signal ends
+        # a large file's between its chunks: job A looks for it there).
+        with self._stack:
+            self._run()
+
+    def _lane_runner(self) -> Any:
+        """The local lane's task runner (started when first needed)."""
+        if self._lane is None:
+            from prefect.task_runners import ThreadPoolTaskRunner
+
+            self._lane = self._stack.enter_context(ThreadPoolTaskRunner(max_workers=1))
+        return self._lane
+
+    def _run(self) -> None:
         source = self.plan.source
         primed, self.plan.primed = self.plan.primed, []
         if primed:
@@ -158,40 +177,39 @@ class Driver:
                 return
         if not items:
             return
-        if stage < len(self.chain) and not self.plan.environment.workers_ready():
-            self._start_workers_if_due()
-            started = self.clock.now()
-            results = self._run_inline(stage, items, None)
-            self._worked_here_s += (self.clock.now() - started).total_seconds()
-            self._advance(self.writer.record(items, stage, results), stage + 1)
-            return
         if stage < len(self.chain):
-            future = self.tasks[stage].submit(
-                Group(items), self.plan.config, self.plan.options.force
-            )
+            if self.plan.environment.workers_ready():
+                future = self.tasks[stage].submit(
+                    Group(items), self.plan.config, self.plan.options.force
+                )
+            else:
+                self._start_workers_if_due()
+                parameters = {
+                    "items": Group(items),
+                    "config": self.plan.config,
+                    "force": self.plan.options.force,
+                }
+                future = self._lane_runner().submit(self.tasks[stage], parameters)
             self.in_flight[future] = _InFlight(items, stage)
             future.add_done_callback(self._done.put)
         else:  # the chain's last job writes no rows: the writer records the end
             self.writer.finish(items)
 
     def _start_workers_if_due(self) -> None:
-        """Ask for the workers once this process has spent ``workers_after_s`` on the jobs
-        they would take and has inputs left to give them: a run that ends sooner (or is at
-        its last group) never starts one.
+        """Ask for the workers once this process has waited ``workers_after_s`` for the
+        local lane's groups and has inputs left to give them: a run that ends sooner (or is
+        at its last group) never starts one.
 
-        Only those jobs count (A, not the writer's B and C): workers cannot shorten the
-        writing, so a run whose time goes to its database (a few files of many records)
-        gains from them only what its other jobs take, and pays for them as soon as that
-        share has cost as much as starting them. Waiting for a retry is not work either.
+        Only that wait counts. The lane runs the jobs the workers would take on a thread
+        beside the writer, so while the writer has work, workers would shorten nothing:
+        not the writing, which is not theirs, nor job A, which keeps ahead of it. A run
+        whose time goes to its database (a few files of many records) never starts them;
+        one whose writer keeps waiting for job A starts them once that wait has cost as
+        much as starting them. Waiting for a retry to fall due is not counted either.
 
-        Looked at before each group this process runs itself, so a group that takes long
-        (one large file) is finished here before the workers are asked for. The group runs
-        in this thread, not on a thread of its own, so that Ctrl-C stops it at once (a
-        thread's job cannot be interrupted, and the clean-up would wait for it)."""
-        if (
-            self._worked_here_s >= self.plan.options.workers_after_s
-            and not self.plan.source.exhausted
-        ):
+        Looked at before each group goes to the lane: a group that takes long (one large
+        file) is finished there before the workers are asked for."""
+        if self._waited_s >= self.plan.options.workers_after_s and not self.plan.source.exhausted:
             self.plan.environment.start_workers()
 
     def _next_stage(self, future: Any) -> None:
@@ -230,10 +248,15 @@ class Driver:
     def _wait_for_done(self) -> list[Any]:
         """The in-flight futures that are done, waiting (at most until leases need renewing,
         or the next look for a Cancel) for at least one."""
+        waiting_for_lane = not self.plan.environment.workers_ready()
+        started = time.monotonic()
         try:
             done = [self._done.get(timeout=min(max(1.0, self._renew_every), POLL_SECONDS))]
         except queue.Empty:
             return []
+        finally:
+            if waiting_for_lane:
+                self._waited_s += time.monotonic() - started
         while True:
             try:
                 done.append(self._done.get_nowait())

@@ -4,8 +4,8 @@ started together.
 Each takes seconds on its own, so start-up is ordered for overlap: the temporary Prefect
 server's process starts first (``PrefectApi``, without importing Prefect), then the Dask
 cluster (in a thread), and only then does this process import Prefect. A run's own cluster
-starts there only with ``--workers-after 0``; otherwise once the jobs the workers would
-take have run that long in this process (``Environment.start_workers``).
+starts there only with ``--workers-after 0``; otherwise once the run has waited that long
+for the jobs the workers would take (``Environment.start_workers``).
 """
 
 from __future__ import annotations
@@ -106,5 +106,5 @@ def describe_environment(options: ParallelOptions) -> str:
     each = f", {threads} threads each" if threads > 1 else ""
     when = ""
     if options.workers_after_s > 0:
-        when = f" (started once their jobs outlast {options.workers_after_s:g} s in this process)"
+        when = f" (started if the run waits {options.workers_after_s:g} s for their jobs)"
     return f"{api} and a Dask cluster of {workers} worker(s){each}{when}"

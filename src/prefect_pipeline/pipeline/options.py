@@ -20,11 +20,11 @@ class ParallelOptions:
 
     workers: int | None = None
     threads_per_worker: int = 1
-    #: A local cluster's workers start once the jobs they would take (not the writer's)
-    #: have run this long in the command's own process and inputs are left (0: with the
-    #: cluster). Each worker spends seconds of CPU importing Prefect's task engine; a run
-    #: shorter than that is faster without them (the ski-rental rule: pay for them after
-    #: spending as long as they cost on the work they would have taken).
+    #: A local cluster's workers start once the writer has waited this long for the jobs
+    #: they would take (run on a thread of the command meanwhile) and inputs are left (0:
+    #: with the cluster). Each worker spends seconds of CPU importing Prefect's task
+    #: engine; a run that never waits that long is faster without them (the ski-rental
+    #: rule: pay for them once their absence has cost as much as they do).
     workers_after_s: float = DEFAULT_WORKERS_AFTER
     address: str | None = None
     force: bool = False
