@@ -149,13 +149,26 @@ def test_source_path_is_absolute_with_symlinks_resolved(
     links.mkdir()
     (links / "alias.txt").symlink_to(real)
     (tmp_path / "linked-dir").symlink_to(real.parent, target_is_directory=True)
+    (links / "alias-of-alias.txt").symlink_to(links / "alias.txt")
+    plain = write(links / "plain.txt", b"y\n")
     monkeypatch.chdir(tmp_path)
 
     via_file_link = run_a(config, "links/alias.txt")
     via_dir_link = run_a(config, "linked-dir/data.txt")
+    # One job, one group: a chain of links and a plain file in one folder, a file reached
+    # through a linked folder and the same file by its own path.
+    group = JobA(config).execute_all(
+        [str(links / "alias-of-alias.txt"), str(plain), "linked-dir/data.txt", str(real)]
+    )
 
     assert via_file_link["source_path"] == str(real.resolve())
     assert via_dir_link["source_path"] == str(real.resolve())
+    assert [result.output["source_path"] for result in group] == [
+        str(real.resolve()),
+        str(plain.resolve()),
+        str(real.resolve()),
+        str(real.resolve()),
+    ]
     assert Path(via_file_link["source_path"]).is_absolute()
     # The JSON is named after the path the user gave.
     assert via_file_link["output_path"] == str(config.output_dir / "alias_processed.json")

@@ -70,6 +70,8 @@ class JobA(BaseJob):
         # more per worker and in the writer): past this budget a document goes on as its
         # file's path only, like a large one, and job B reads it back in chunks.
         self._text_budget = config.group_text_bytes
+        # The real path of each folder this job's inputs are in (see ``_real_path``).
+        self._real_folders: dict[str, str] = {}
 
     def validate_input(self, input_data: Any) -> tuple[Path, Path]:
         if isinstance(input_data, Mapping):
@@ -89,7 +91,7 @@ class JobA(BaseJob):
 
     def single_job(self, validated: tuple[Path, Path]) -> Outcome:
         path, output_path = validated
-        source_path = str(path.resolve())
+        source_path = self._real_path(path)
         with open_input(path) as handle:
             # The version read: a change after this moment changes the size or mtime that
             # the next run compares, so it is never taken for this one.
@@ -118,6 +120,21 @@ class JobA(BaseJob):
             },
             facts=Facts(sha256=sha256, size=version.st_size, mtime_ns=version.st_mtime_ns),
         )
+
+    def _real_path(self, path: Path) -> str:
+        """``str(path.resolve())`` for an absolute, normalized path: its folder resolved
+        once per group, and one ``lstat`` per file to see whether it is a link itself.
+
+        ``resolve`` costs an ``lstat`` of every component of the path and as many steps of
+        Python; on 20,000 small files that was about a twentieth of job A's time."""
+        name = os.fspath(path)
+        if os.path.islink(name):
+            return os.path.realpath(name)
+        folder, base = os.path.split(name)
+        real_folder = self._real_folders.get(folder)
+        if real_folder is None:
+            real_folder = self._real_folders[folder] = os.path.realpath(folder)
+        return os.path.join(real_folder, base)
 
     def _whole(
         self, path: Path, data: bytes, source_path: str, output_path: Path
