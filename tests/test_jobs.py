@@ -174,6 +174,28 @@ def test_source_path_is_absolute_with_symlinks_resolved(
     assert via_file_link["output_path"] == str(config.output_dir / "alias_processed.json")
 
 
+def test_a_folder_re_pointed_between_two_files_of_a_group_is_resolved_again(
+    config: PipelineConfig, tmp_path: Path
+) -> None:
+    """Job A keeps each folder's real path for its group: a link to a folder re-pointed
+    in between (a release switched by its link) gives the next file its new real path, not
+    the one the folder had."""
+    first = write(tmp_path / "v1" / "data.txt", b"one\n")
+    second = write(tmp_path / "v2" / "data.txt", b"two\n")
+    current = tmp_path / "current"
+    current.symlink_to(first.parent, target_is_directory=True)
+    job = JobA(config)
+
+    [before] = job.execute_all([str(current / "data.txt")])
+    current.unlink()
+    current.symlink_to(second.parent, target_is_directory=True)
+    [after] = job.execute_all([str(current / "data.txt")])
+
+    assert before.output["source_path"] == str(first.resolve())
+    assert after.output["source_path"] == str(second.resolve())
+    assert after.output["record_count"] == 1
+
+
 def test_output_path_can_be_chosen(
     config: PipelineConfig, sample_file: Path, tmp_path: Path
 ) -> None:

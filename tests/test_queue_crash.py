@@ -489,13 +489,19 @@ def test_a_signal_to_the_group_gives_claimed_inputs_back(
 
 
 
-def test_ctrl_c_stops_a_large_file_on_the_local_lane_between_its_chunks(
-    config: PipelineConfig, tmp_path: Path, processes: list[subprocess.Popen[str]]
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_a_large_file_on_the_local_lane_between_its_chunks(
+    config: PipelineConfig,
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],
+    signum: signal.Signals,
 ) -> None:
     """Until its workers join, a run's job A runs on a thread of the command (the local
-    lane), which a signal does not reach. A large file's job A looks for the signal between
-    its chunks: the command stops in the middle of the file instead of writing it whole
-    first, exits 130 having given its claim back, and leaves no JSON nor temporary file."""
+    lane), which a signal does not reach. A large file's job A looks between its chunks for
+    the signal (SIGINT) or for its run's stop (SIGTERM, which Prefect's handler catches
+    first while a flow runs): the command stops in the middle of the file instead of
+    writing it whole first, exits 130 having given its claim back, and leaves no JSON nor
+    temporary file."""
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     line = "a line of a large file, streamed in chunks\n"
@@ -508,7 +514,7 @@ def test_ctrl_c_stops_a_large_file_on_the_local_lane_between_its_chunks(
         assert runner.poll() is None and time.monotonic() < deadline, runner.poll()
         time.sleep(0.02)
 
-    os.killpg(runner.pid, signal.SIGINT)
+    os.killpg(runner.pid, signum)
     stdout, stderr = runner.communicate(timeout=TIMEOUT)
 
     assert runner.returncode == 130, stderr

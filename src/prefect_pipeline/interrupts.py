@@ -13,6 +13,9 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 _received: int | None = None
@@ -63,12 +66,41 @@ def received() -> bool:
     return _received is not None
 
 
+class Abandoned(BaseException):
+    """Raised by ``check()`` in a job whose run has stopped (a Cancel, an error, a signal
+    that Prefect's handler caught first): its result is not wanted. A ``BaseException``,
+    like ``KeyboardInterrupt``, so that no job takes it for a failure of its input."""
+
+
+#: Set once the run of this context stops. A context variable: a thread the run submits
+#: work to copies the run's context (Prefect's thread-pool task runner does), and another
+#: run in the same process keeps its own.
+_stopping: ContextVar[threading.Event | None] = ContextVar("pipeline_stopping", default=None)
+
+
+@contextlib.contextmanager
+def run_scope() -> Iterator[threading.Event]:
+    """An event that, once set, makes ``check()`` raise ``Abandoned`` in this context and
+    in the threads that copied it."""
+    event = threading.Event()
+    token = _stopping.set(event)
+    try:
+        yield event
+    finally:
+        _stopping.reset(token)
+
+
 def check() -> None:
-    """Raise ``KeyboardInterrupt`` if a stop signal arrived. The handler's own exception is
-    lost when it lands in a finalizer (an asyncio transport's ``__del__``: Python prints
-    "Exception ignored in" and goes on), so loops that run for long look here as well."""
+    """Raise ``KeyboardInterrupt`` if a stop signal arrived, or ``Abandoned`` if this
+    context's run has stopped. The handler's own exception is lost when it lands in a
+    finalizer (an asyncio transport's ``__del__``: Python prints "Exception ignored in" and
+    goes on), so loops that run for long look here as well; and a signal reaches the main
+    thread only, so jobs on the run's other threads look here between their steps."""
     if _received is not None:
         raise KeyboardInterrupt
+    stopping = _stopping.get()
+    if stopping is not None and stopping.is_set():
+        raise Abandoned
 
 
 def reset() -> None:

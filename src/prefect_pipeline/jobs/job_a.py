@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -90,12 +91,16 @@ class JobA(BaseJob):
         return self.config.output_dir / f"{path.stem}{OUTPUT_SUFFIX}"
 
     def single_job(self, validated: tuple[Path, Path]) -> Outcome:
+        # A stop signal reaches the main thread only, and a run's Cancel none: a job on a
+        # thread of the command (its local lane) looks here, between files, and between a
+        # large file's chunks, so that the run does not wait for its whole group.
+        check_interrupt()
         path, output_path = validated
-        source_path = self._real_path(path)
         with open_input(path) as handle:
             # The version read: a change after this moment changes the size or mtime that
             # the next run compares, so it is never taken for this one.
             version = os.fstat(handle.fileno())
+            source_path = self._real_path(path, version)
             # A file no larger than the line limit cannot hold a line above it.
             whole = min(self.config.stream_threshold, self.config.max_line_bytes)
             # read(n) allocates n bytes before it reads: ask for the size, not the threshold.
@@ -121,20 +126,32 @@ class JobA(BaseJob):
             facts=Facts(sha256=sha256, size=version.st_size, mtime_ns=version.st_mtime_ns),
         )
 
-    def _real_path(self, path: Path) -> str:
-        """``str(path.resolve())`` for an absolute, normalized path: its folder resolved
-        once per group, and one ``lstat`` per file to see whether it is a link itself.
+    def _real_path(self, path: Path, opened: os.stat_result) -> str:
+        """``str(path.resolve())`` of the file opened as ``opened`` (``path`` is absolute and
+        normalized): its folder's real path, resolved once per group, joined to its name,
+        if one ``lstat`` finds there that very file and not a link; else resolved whole
+        (a link, or a folder moved or re-pointed since it was resolved).
 
         ``resolve`` costs an ``lstat`` of every component of the path and as many steps of
         Python; on 20,000 small files that was about a twentieth of job A's time."""
         name = os.fspath(path)
-        if os.path.islink(name):
-            return os.path.realpath(name)
         folder, base = os.path.split(name)
         real_folder = self._real_folders.get(folder)
         if real_folder is None:
             real_folder = self._real_folders[folder] = os.path.realpath(folder)
-        return os.path.join(real_folder, base)
+        candidate = os.path.join(real_folder, base)
+        try:
+            found = os.lstat(candidate)
+        except OSError:
+            found = None
+        if (
+            found is not None
+            and stat.S_ISREG(found.st_mode)
+            and (found.st_dev, found.st_ino) == (opened.st_dev, opened.st_ino)
+        ):
+            return candidate
+        self._real_folders.pop(folder, None)
+        return os.path.realpath(name)
 
     def _whole(
         self, path: Path, data: bytes, source_path: str, output_path: Path
@@ -177,9 +194,7 @@ class JobA(BaseJob):
                 max_line_bytes=self.config.max_line_bytes,
                 digest=digest,
             ):
-                # A stop signal reaches the main thread only: a job on a thread of the
-                # command (its local lane) ends the file here instead of at its end.
-                check_interrupt()
+                check_interrupt()  # see single_job
                 writer.add(split_records(text, first_line, writer.count))
             sha256 = digest.hexdigest()
             writer.finish(source_path, sha256)

@@ -22,6 +22,7 @@ from prefect_pipeline.compat import break_future_cycle, cancel_future, forget_ta
 from prefect_pipeline.config import PipelineConfig
 from prefect_pipeline.database.ledger import Ledger
 from prefect_pipeline.interrupts import check as check_interrupt
+from prefect_pipeline.interrupts import run_scope
 from prefect_pipeline.jobs.base import UNEXPECTED_ERROR, JobResult
 from prefect_pipeline.logs import get_logger
 from prefect_pipeline.pipeline.definition import JobSpec
@@ -44,6 +45,11 @@ logger = get_logger("driver")
 
 #: Longest sleep while waiting for a retry to fall due (then the queue is looked at again).
 MAX_RETRY_WAIT = 5.0
+#: Groups on the local lane at once: one running, one ready. More would wait on its one
+#: thread, holding their documents once done, and when the workers join they would stay
+#: there; claimed early, they would also make the source look exhausted, and the workers
+#: are asked for only while it is not.
+LANE_IN_FLIGHT = 2
 
 
 @dataclass
@@ -108,10 +114,20 @@ class Driver:
         self._stack = ExitStack()
 
     def run(self) -> None:
-        # Leaving waits for the lane's group in progress, if it has one (a stop signal ends
-        # a large file's between its chunks: job A looks for it there).
-        with self._stack:
-            self._run()
+        # Leaving waits for the lane's group in progress, if it has one. When the run stops
+        # (a Cancel, an error, a signal), that group ends at job A's next look, between its
+        # files and a large file's chunks, instead of running to its end.
+        with run_scope() as stopping, self._stack:
+            try:
+                self._run()
+            finally:
+                stopping.set()
+
+    def _room(self) -> int:
+        """How many groups may be in flight: fewer on the local lane (one thread)."""
+        if self.plan.environment.workers_ready():
+            return self.max_in_flight
+        return LANE_IN_FLIGHT
 
     def _lane_runner(self) -> Any:
         """The local lane's task runner (started when first needed)."""
@@ -131,10 +147,10 @@ class Driver:
             if self.plan.observer.should_stop():
                 self._stop()
                 break
-            # A Cancel is looked for between groups here too: until the workers have
-            # started, groups run in this thread one after another without leaving the loop.
+            # A Cancel is looked for between groups here too: a run whose groups are all
+            # written here (no job that does not write) never waits in between.
             while (
-                len(self.in_flight) < self.max_in_flight
+                len(self.in_flight) < self._room()
                 and not source.exhausted
                 and not self.plan.observer.should_stop()
             ):
