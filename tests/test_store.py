@@ -371,6 +371,32 @@ def test_found_files_are_registered_and_claimed_as_a_group(store: Store) -> None
     assert tuple(reset) == (1, None)
 
 
+def test_a_found_file_another_command_holds_is_left_out_of_the_group(store: Store) -> None:
+    """Where commands write side by side (PostgreSQL), a path another command claimed
+    between this one's read and its write keeps its claim: the group's statement leaves it
+    out and registers the others."""
+    if not store.register_guard:
+        pytest.skip("one writer at a time: the ledger's read inside the write lock decides")
+    clock = ManualClock()
+    other = Ledger(store, lease_seconds=60, clock=clock)
+    mine = Ledger(store, lease_seconds=60, clock=clock)
+    now = iso(clock.now())
+    theirs = Claim(other.token, other.run_id, iso_in(clock, 60), now, "A", "C", other.owner)
+    with store.transaction():
+        store.register_claimed(path="/in/b", output_path="/out/b", size=1, mtime_ns=1,
+                               claim=theirs)
+    claim = Claim(mine.token, mine.run_id, iso_in(clock, 60), now, "A", "C", mine.owner)
+    found = [(f"/in/{n}", f"/out/{n}.json", 5, 7) for n in "abc"]
+
+    with store.transaction():
+        claimed = store.register_all_claimed(found, claim)
+
+    assert sorted(claimed) == ["/in/a", "/in/c"]
+    held = store.inputs_by_path(["/in/b"])["/in/b"]
+    assert (held.status, held.size, held.owner) == ("processing", 1, other.owner)
+    assert store.held_claims([held.id], other.token) == {held.id}
+
+
 def test_the_owners_of_live_claims_and_the_end_of_their_leases(store: Store) -> None:
     clock = ManualClock()
     me = this_process()

@@ -34,6 +34,7 @@ from peewee import PostgresqlDatabase
 from prefect_pipeline.database.models import MODELS
 from prefect_pipeline.database.store import (
     OWNER_COLUMNS,
+    REGISTER_UPDATE,
     SCHEMA_VERSION,
     Claim,
     ClaimedRow,
@@ -93,6 +94,21 @@ _MARK_DONE_ALL = (
     " AS v(id, batch_id, sha256, records_written, outcome, last_job, size, mtime_ns)"
     # The ids again: with only the join, the plan may read every row the token holds.
     " WHERE p.id = ANY(%s::bigint[]) AND p.id = v.id AND p.claim_token = %s"
+)
+
+# Found files registered and claimed in one statement, a column of values per array, in
+# path order (two commands registering the same paths take their rows' locks in one
+# order). The guard leaves out a row another command holds: no row comes back for it.
+_REGISTER_ALL = (
+    "INSERT INTO pipeline_inputs (path, status, output_path, start_job, stop_job, size,"
+    " mtime_ns, attempts, claim_token, run_id, lease_expires_at, created_at, updated_at,"
+    f" {OWNER_COLUMNS})"
+    " SELECT f.path, 'processing', f.output_path, %s, %s, f.size, f.mtime_ns, 1, %s, %s,"
+    " %s, %s, %s, %s, %s, %s, %s, %s, %s"
+    " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])"
+    " AS f(path, output_path, size, mtime_ns) ORDER BY f.path"
+    + REGISTER_UPDATE
+    + "{guard} RETURNING id, path, output_path"
 )
 
 _CLAIM_DUE = (
@@ -252,6 +268,28 @@ class PostgresStore(Store):
         return int(
             self.execute(_MARK_DONE_ALL, (now, now, *columns, columns[0], token)).rowcount
         )
+
+    def register_all_claimed(
+        self, found: Sequence[tuple[str, str, int, int]], claim: Claim
+    ) -> dict[str, ClaimedRow]:
+        if len(found) < 2:
+            return super().register_all_claimed(found, claim)
+        columns = [list(column) for column in zip(*found, strict=True)]
+        rows = self.execute(
+            _REGISTER_ALL.format(guard=self.register_guard),
+            (
+                claim.start_job,
+                claim.stop_job,
+                claim.token,
+                claim.run_id,
+                claim.lease_until,
+                claim.now,
+                claim.now,
+                *claim.owner_values(),
+                *columns,
+            ),
+        ).fetchall()
+        return {path: ClaimedRow(int(i), path, output, 1) for i, path, output in rows}
 
     def claim_due(self, claim: Claim, *, limit: int, max_bytes: int) -> list[ClaimedRow]:
         rows = self.execute(
