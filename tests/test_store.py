@@ -6,9 +6,11 @@ must pass the same tests.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -395,6 +397,56 @@ def test_a_found_file_another_command_holds_is_left_out_of_the_group(store: Stor
     held = store.inputs_by_path(["/in/b"])["/in/b"]
     assert (held.status, held.size, held.owner) == ("processing", 1, other.owner)
     assert store.held_claims([held.id], other.token) == {held.id}
+
+
+def test_two_commands_registering_the_same_files_at_once_on_postgresql(
+    postgres_url: str,
+) -> None:
+    """Two commands find overlapping files at the same moment. The second's statement waits
+    on the rows the first has inserted and not yet committed, then leaves out those the
+    first now holds and registers the rest: no file is claimed twice, none is lost."""
+    import threading
+
+    import psycopg
+
+    store = open_store(postgres_url, timeout=10)  # one connection per thread
+    clock = ManualClock()
+    now = iso(clock.now())
+    first, second = (Ledger(store, lease_seconds=60, clock=clock) for _ in range(2))
+    claims = [
+        Claim(ledger.token, ledger.run_id, iso_in(clock, 60), now, "A", "C", ledger.owner)
+        for ledger in (first, second)
+    ]
+    found = [(f"/in/{n}", f"/out/{n}.json", 1, 1) for n in "abcdef"]
+    result: dict[str, Any] = {}
+
+    def register_second() -> None:
+        with store.transaction():
+            result.update(store.register_all_claimed(found[2:], claims[1]))
+
+    with store.transaction():
+        mine = store.register_all_claimed(found[:4], claims[0])
+        waiter = threading.Thread(target=register_second)
+        waiter.start()
+        deadline = time.monotonic() + 30
+        # Watched from a connection of its own: inside a transaction, pg_stat_activity is a
+        # snapshot taken once.
+        with psycopg.connect(postgres_url, autocommit=True) as watcher:
+            while not watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database()"
+            ).fetchone()[0]:
+                assert waiter.is_alive() and time.monotonic() < deadline
+                time.sleep(0.02)
+    waiter.join(30)
+
+    assert sorted(mine) == ["/in/a", "/in/b", "/in/c", "/in/d"]
+    assert sorted(result) == ["/in/e", "/in/f"]
+    tokens = dict(store.execute("SELECT path, claim_token FROM pipeline_inputs").fetchall())
+    assert tokens == {
+        **{f"/in/{n}": first.token for n in "abcd"},
+        **{f"/in/{n}": second.token for n in "ef"},
+    }
 
 
 def test_the_owners_of_live_claims_and_the_end_of_their_leases(store: Store) -> None:
