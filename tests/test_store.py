@@ -440,6 +440,7 @@ def test_two_commands_registering_the_same_files_at_once_on_postgresql(
                 time.sleep(0.02)
     waiter.join(30)
 
+    assert not waiter.is_alive()
     assert sorted(mine) == ["/in/a", "/in/b", "/in/c", "/in/d"]
     assert sorted(result) == ["/in/e", "/in/f"]
     tokens = dict(store.execute("SELECT path, claim_token FROM pipeline_inputs").fetchall())

@@ -97,8 +97,9 @@ _MARK_DONE_ALL = (
 )
 
 # Found files registered and claimed in one statement, a column of values per array, in
-# path order (two commands registering the same paths take their rows' locks in one
-# order). The guard leaves out a row another command holds: no row comes back for it.
+# path order (so that two commands inserting the same new paths wait on each other's rows
+# in one order; rows that existed were locked earlier, by the ledger's read). The guard
+# leaves out a row another command holds: no row comes back for it.
 _REGISTER_ALL = (
     "INSERT INTO pipeline_inputs (path, status, output_path, start_job, stop_job, size,"
     " mtime_ns, attempts, claim_token, run_id, lease_expires_at, created_at, updated_at,"
@@ -130,8 +131,8 @@ _CLAIM_DUE = (
     " RETURNING p.id, p.path, p.output_path, p.attempts"
 )
 
-#: ``?`` placeholders (the store's statements) to psycopg's ``%s``; none of the
-#: statements holds a ``?`` or ``%`` of its own.
+#: ``?`` placeholders (the store's statements) to psycopg's ``%s``; no statement holds a
+#: ``?`` or a ``%`` of its own (this module's own statements use ``%s`` already).
 _PLACEHOLDER = re.compile(r"\?")
 
 
