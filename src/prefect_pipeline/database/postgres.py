@@ -278,17 +278,7 @@ class PostgresStore(Store):
         columns = [list(column) for column in zip(*found, strict=True)]
         rows = self.execute(
             _REGISTER_ALL.format(guard=self.register_guard),
-            (
-                claim.start_job,
-                claim.stop_job,
-                claim.token,
-                claim.run_id,
-                claim.lease_until,
-                claim.now,
-                claim.now,
-                *claim.owner_values(),
-                *columns,
-            ),
+            (*claim.registration_values(), *columns),
         ).fetchall()
         return {path: ClaimedRow(int(i), path, output, 1) for i, path, output in rows}
 

@@ -232,18 +232,7 @@ class SqliteStore(Store):
         if len(found) < 2:
             return super().register_all_claimed(found, claim)
         rows = self.execute(
-            _REGISTER_ALL,
-            (
-                claim.start_job,
-                claim.stop_job,
-                claim.token,
-                claim.run_id,
-                claim.lease_until,
-                claim.now,
-                claim.now,
-                *claim.owner_values(),
-                json.dumps(found),
-            ),
+            _REGISTER_ALL, (*claim.registration_values(), json.dumps(found))
         ).fetchall()
         return {path: ClaimedRow(int(i), path, output, 1) for i, path, output in rows}
 

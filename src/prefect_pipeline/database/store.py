@@ -123,6 +123,20 @@ class Claim:
         """The owner and flow run columns, in the order the claim statements list them."""
         return (*_owner_key(self.owner), self.flow_run_id, self.flow_run_url)
 
+    def registration_values(self) -> tuple[Any, ...]:
+        """What a backend's statement registering a group of found files takes besides the
+        files: the job range, the claim, its times and its owner, in that order."""
+        return (
+            self.start_job,
+            self.stop_job,
+            self.token,
+            self.run_id,
+            self.lease_until,
+            self.now,
+            self.now,
+            *self.owner_values(),
+        )
+
 
 @dataclass(frozen=True)
 class InputRow:
