@@ -176,13 +176,13 @@ class Ledger:
             claimed = self.store.register_all_claimed(
                 [(f.path, f.output_path, f.size, f.mtime_ns) for f in wanted.values()], claim
             )
-            for path in wanted:
-                if path in claimed:
-                    result.claimed.append(claimed[path])
-                    continue
-                # Registered by another command between this one's read and its write
-                # (only where writers run side by side).
-                other = self.store.inputs_by_path([path])[path]
+            result.claimed.extend(claimed[path] for path in wanted if path in claimed)
+            # Registered by another command between this one's read and its write (only
+            # where writers run side by side): read again, all at once.
+            taken = [path for path in wanted if path not in claimed]
+            others = self.store.inputs_by_path(taken) if taken else {}
+            for path in taken:
+                other = others[path]
                 owner = other.owner
                 result.held.append(
                     Held(

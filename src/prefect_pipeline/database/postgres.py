@@ -256,14 +256,13 @@ class PostgresStore(Store):
         self.execute(_INSERT_RECORDS, (batch_id, records_json, _path_parts(json_path)))
 
     def insert_records_of(self, documents: Sequence[tuple[int, str]], json_path: str) -> None:
-        if len(documents) < 2:
-            super().insert_records_of(documents, json_path)
+        if not documents:
             return
         self.execute(_INSERT_RECORDS_OF, (documents_array(documents), _path_parts(json_path)))
 
     def mark_done(self, done: Sequence[tuple[int, Finished]], token: str, now: str) -> int:
-        if len(done) < 2:
-            return super().mark_done(done, token, now)
+        if not done:
+            return 0
         rows = [(input_id, *done_values(finished)) for input_id, finished in done]
         columns = [list(column) for column in zip(*rows, strict=True)]
         return int(
@@ -273,8 +272,8 @@ class PostgresStore(Store):
     def register_all_claimed(
         self, found: Sequence[tuple[str, str, int, int]], claim: Claim
     ) -> dict[str, ClaimedRow]:
-        if len(found) < 2:
-            return super().register_all_claimed(found, claim)
+        if not found:
+            return {}
         columns = [list(column) for column in zip(*found, strict=True)]
         rows = self.execute(
             _REGISTER_ALL.format(guard=self.register_guard),

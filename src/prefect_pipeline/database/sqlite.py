@@ -229,22 +229,21 @@ class SqliteStore(Store):
     def register_all_claimed(
         self, found: Sequence[tuple[str, str, int, int]], claim: Claim
     ) -> dict[str, ClaimedRow]:
-        if len(found) < 2:
-            return super().register_all_claimed(found, claim)
+        if not found:
+            return {}
         rows = self.execute(
             _REGISTER_ALL, (*claim.registration_values(), json.dumps(found))
         ).fetchall()
         return {path: ClaimedRow(int(i), path, output, 1) for i, path, output in rows}
 
     def insert_records_of(self, documents: Sequence[tuple[int, str]], json_path: str) -> None:
-        if len(documents) < 2:
-            super().insert_records_of(documents, json_path)
+        if not documents:
             return
         self.execute(_INSERT_RECORDS_OF, (documents_array(documents), json_path))
 
     def mark_done(self, done: Sequence[tuple[int, Finished]], token: str, now: str) -> int:
-        if len(done) < 2:
-            return super().mark_done(done, token, now)
+        if not done:
+            return 0
         values = json.dumps([[input_id, *done_values(finished)] for input_id, finished in done])
         return int(self.execute(_MARK_DONE_ALL, (now, now, values, token)).rowcount)
 

@@ -192,7 +192,8 @@ class Finished:
 
 
 def done_values(finished: Finished) -> tuple[Any, ...]:
-    """What marking an input done stores, in the order of ``_MARK_DONE``'s columns."""
+    """What marking an input done stores, in the order of the backends' ``mark_done``
+    statements."""
     return (
         finished.batch_id,
         finished.sha256,
@@ -247,7 +248,7 @@ _OF_OWNER = (
 _COUNT_OWNER = f"SELECT count(*) FROM pipeline_inputs WHERE lease_expires_at >= ? AND{_OF_OWNER}"
 _EXPIRE_OWNER = f"UPDATE pipeline_inputs SET lease_expires_at = ? WHERE{_OF_OWNER}"
 #: What registering a found path does to the row it already has (a backend appends its
-#: ``register_guard``).
+#: ``register_guard``): shared by the backends' ``register_all_claimed`` statements.
 REGISTER_UPDATE = (
     " ON CONFLICT (path) DO UPDATE SET status = 'processing',"
     " output_path = excluded.output_path, start_job = excluded.start_job,"
@@ -259,14 +260,6 @@ REGISTER_UPDATE = (
     " owner_pid = excluded.owner_pid, owner_started_at = excluded.owner_started_at,"
     " flow_run_id = excluded.flow_run_id, flow_run_url = excluded.flow_run_url"
 )
-_REGISTER = (
-    "INSERT INTO pipeline_inputs (path, status, output_path, start_job, stop_job, size,"
-    " mtime_ns, attempts, claim_token, run_id, lease_expires_at, created_at, updated_at,"
-    f" {OWNER_COLUMNS})"
-    " VALUES (?, 'processing', ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    + REGISTER_UPDATE
-    + "{guard} RETURNING id"
-)
 _HELD = "SELECT id FROM pipeline_inputs WHERE claim_token = ? AND id IN ({marks})"
 _EXPIRE_EXHAUSTED = (
     "UPDATE pipeline_inputs SET status = 'failed', claim_token = NULL,"
@@ -277,14 +270,6 @@ _EXPIRE_EXHAUSTED = (
 _NEXT_DUE = (
     "SELECT min(not_before) FROM pipeline_inputs WHERE status = 'pending'"
     " AND not_before IS NOT NULL"
-)
-_MARK_DONE = (
-    "UPDATE pipeline_inputs SET status = 'done', batch_id = ?, sha256 = ?,"
-    " records_written = ?, outcome = ?, last_job = ?, last_error = NULL,"
-    " size = coalesce(?, size), mtime_ns = coalesce(?, mtime_ns),"
-    " claim_token = NULL, lease_expires_at = NULL, not_before = NULL,"
-    " finished_at = ?, updated_at = ?"
-    " WHERE id = ? AND claim_token = ?"
 )
 _MARK_FAILED = (
     "UPDATE pipeline_inputs SET status = 'failed', last_job = ?, last_error = ?,"
@@ -532,12 +517,11 @@ class Store(ABC):
         """Insert the records held at ``json_path`` of a JSON text (an array of
         ``{"index", "line_number", "content"}``) as pending rows of ``batch_id``."""
 
+    @abstractmethod
     def insert_records_of(self, documents: Sequence[tuple[int, str]], json_path: str) -> None:
         """``insert_records`` for many batches, ``(batch_id, JSON text)``, whose records are
-        all at ``json_path``. A backend may do it in one statement: every statement the
-        writer runs lets go of the GIL and waits to get it back from the threads beside it."""
-        for batch_id, text in documents:
-            self.insert_records(batch_id, text, json_path)
+        all at ``json_path``, in one statement: every statement the writer runs lets go of
+        the GIL and waits to get it back from the threads beside it."""
 
     def batch(self, batch_id: int) -> tuple[str, int] | None:
         """A batch's ``(status, record_count)``, or None if there is no such batch."""
@@ -611,40 +595,15 @@ class Store(ABC):
     ) -> ClaimedRow | None:
         """Record a found input as claimed by ``claim`` (a new row, or the path's row
         reset); its first attempt. None if another command holds it."""
-        cursor = self.execute(
-            _REGISTER.format(guard=self.register_guard),
-            (
-                path,
-                output_path,
-                claim.start_job,
-                claim.stop_job,
-                size,
-                mtime_ns,
-                claim.token,
-                claim.run_id,
-                claim.lease_until,
-                claim.now,
-                claim.now,
-                *claim.owner_values(),
-            ),
-        )
-        row = cursor.fetchone()
-        return ClaimedRow(int(row[0]), path, output_path, 1) if row is not None else None
+        return self.register_all_claimed([(path, output_path, size, mtime_ns)], claim).get(path)
 
+    @abstractmethod
     def register_all_claimed(
         self, found: Sequence[tuple[str, str, int, int]], claim: Claim
     ) -> dict[str, ClaimedRow]:
         """``register_claimed`` for many found inputs, ``(path, output_path, size,
-        mtime_ns)`` of distinct paths; returns the rows claimed, by path (a path another
-        command holds is missing). A backend may do it in one statement."""
-        claimed = {}
-        for path, output_path, size, mtime_ns in found:
-            row = self.register_claimed(
-                path=path, output_path=output_path, size=size, mtime_ns=mtime_ns, claim=claim
-            )
-            if row is not None:
-                claimed[path] = row
-        return claimed
+        mtime_ns)`` of distinct paths, in one statement; returns the rows claimed, by path
+        (a path another command holds is missing)."""
 
     def held_claims(self, input_ids: Sequence[int], token: str) -> set[int]:
         """Which of these inputs ``token`` still holds. Inside a transaction the answer
@@ -689,15 +648,11 @@ class Store(ABC):
         row = self.execute(_NEXT_DUE).fetchone()
         return row[0] if row else None
 
+    @abstractmethod
     def mark_done(self, done: Sequence[tuple[int, Finished]], token: str, now: str) -> int:
-        """Mark claimed inputs done: ``(input id, what it finished with)``. Returns how many
-        ``token`` still held (the others are left as they are). A backend may do it in one
-        statement."""
-        marked = 0
-        for input_id, finished in done:
-            cursor = self.execute(_MARK_DONE, (*done_values(finished), now, now, input_id, token))
-            marked += cursor.rowcount
-        return marked
+        """Mark claimed inputs done: ``(input id, what it finished with)``, in one
+        statement. Returns how many ``token`` still held (the others are left as they
+        are)."""
 
     def mark_failed(
         self, input_id: int, token: str, *, job: str, error: str, now: str, retry_at: str | None
