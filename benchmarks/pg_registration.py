@@ -2,7 +2,8 @@
 
 ``run-parallel`` registers and claims the files it finds a group at a time. This times
 ``PostgresStore.register_all_claimed`` (one ``INSERT … SELECT FROM unnest(…) ON CONFLICT``
-per group) against the base store's loop of single-row upserts, on a throw-away server
+per group) against one call per file (``register_claimed``: the same statement on one
+path, as each file was registered before), on a throw-away server
 (``tests/postgres_cluster.py``): ``--groups`` groups of ``--size`` new paths, then the same
 paths again once every row is done (the ``ON CONFLICT`` branch). Medians per group and
 totals, in rounds that alternate the two.
@@ -29,6 +30,20 @@ from prefect_pipeline.database.store import Claim, Store
 from tests.postgres_cluster import PostgresCluster
 
 Register = Callable[[Store, list[tuple[str, str, int, int]], Claim], dict[str, Any]]
+
+
+def one_per_file(
+    store: Store, found: list[tuple[str, str, int, int]], claim: Claim
+) -> dict[str, Any]:
+    """Each found file registered by a statement of its own."""
+    rows = {}
+    for path, output_path, size, mtime_ns in found:
+        row = store.register_claimed(
+            path=path, output_path=output_path, size=size, mtime_ns=mtime_ns, claim=claim
+        )
+        if row is not None:
+            rows[path] = row
+    return rows
 
 
 def register_groups(store: Store, register: Register, groups: int, size: int) -> list[float]:
@@ -67,9 +82,7 @@ def main() -> None:
                 url = server.create_database(f"r{round_}_{name.replace(' ', '_')}")
                 store = open_store(url, timeout=30)
                 register: Register = (
-                    Store.register_all_claimed
-                    if name == "one per file"
-                    else type(store).register_all_claimed
+                    one_per_file if name == "one per file" else type(store).register_all_claimed
                 )
                 new = register_groups(store, register, args.groups, args.size)
                 with store.transaction():
