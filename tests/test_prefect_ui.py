@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -367,6 +368,85 @@ def test_a_cancel_after_the_last_group_still_ends_the_run_cancelled(
     assert (state.type, state.message) == (StateType.CANCELLED, "cancelled after 1 input(s)")
     rows = query(config.db_path, "SELECT status FROM pipeline_inputs")
     assert [r[0] for r in rows] == ["done"]  # finished work stays done
+
+
+class _SlowChunks:
+    """A file handle whose every read takes 0.25 s."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def read(self, size: int = -1) -> bytes:
+        time.sleep(0.25)
+        return bytes(self._handle.read(size))
+
+
+class SlowLargeA(JobA):
+    """Job A reading a large file one slow chunk at a time (a 8 MiB file: 8 s)."""
+
+    def _streamed(self, path: Path, handle: Any, source_path: str, output_path: Path) -> Any:
+        return super()._streamed(path, _SlowChunks(handle), source_path, output_path)
+
+
+SLOW_LARGE = (
+    PipelineDefinition().add_job("A", SlowLargeA).add_job("B", JobB).add_job("C", JobC)
+)
+
+
+def test_a_cancel_stops_a_large_file_on_the_local_lane_and_its_task_run_ends_cancelled(
+    cli_runner: CliInvoke, config: PipelineConfig, tmp_path: Path
+) -> None:
+    """Until its workers join, a run's job A runs on a thread of the command (the local
+    lane), which a Cancel reaches through the run's stop: job A looks between a large file's
+    chunks, so the run stops in the middle of the file instead of writing it whole first,
+    and its task run ends Cancelled, as the flow run does (not Crashed, as Prefect shows
+    what a job raises past it)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    line = "a line of a large file, read in chunks\n"
+    (folder / "large.txt").write_text(line * (8 * 1024 * 1024 // len(line)))
+    cancelled_at: list[float] = []
+
+    def cancel_once_writing() -> None:
+        # Job A has begun the file (its scratch file exists) and the flow run is stamped.
+        def flow_run_id() -> str | None:
+            if not any(config.output_dir.rglob("*.tmp")):
+                return None
+            rows = query(config.db_path, "SELECT flow_run_id FROM pipeline_inputs"
+                         " WHERE flow_run_id IS NOT NULL")
+            return rows[0][0] if rows else None
+
+        found = wait_for(flow_run_id, timeout=60)
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(uuid.UUID(found), Cancelling(), force=True)
+        cancelled_at.append(time.monotonic())
+
+    canceller = threading.Thread(target=cancel_once_writing, daemon=True)
+    canceller.start()
+    # --workers 1 with workers that would start only after 10 minutes: job A on the lane.
+    result = cli_runner(
+        *base(config), "--definition", f"{__name__}:SLOW_LARGE", "run-parallel", folder,
+        "--workers", "1", "--workers-after", "600", "--json",
+    )
+    ended = time.monotonic()
+    canceller.join(timeout=5)
+
+    assert result.exit_code == 130, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["stopped"], summary["workers_started"]) == ("cancelled", 0)
+    # Stopped between chunks: the file alone takes 8 s, the Cancel is read every second.
+    assert cancelled_at and ended - cancelled_at[0] < 6, ended - cancelled_at[0]
+    assert not (config.output_dir / "large_processed.json").exists()
+    assert list(config.output_dir.rglob("*.tmp")) == []
+    assert [r[0] for r in query(config.db_path, "SELECT status FROM pipeline_inputs")] == [
+        "pending"
+    ]
+    (job_a,) = task_runs(summary["flow_run_id"], expected=1)
+    assert job_a.state is not None
+    assert (job_a.state.type, job_a.state.message) == (
+        StateType.CANCELLED,
+        "job A stopped with its run before the group's 1 input(s) were done",
+    )
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prefect_pipeline.config import PipelineConfig
+from prefect_pipeline.interrupts import Abandoned
 from prefect_pipeline.jobs.base import NO_FACTS, Facts, JobResult, Outcome
 from prefect_pipeline.pipeline.definition import JobSpec
 
@@ -144,7 +145,19 @@ def make_job_task(spec: JobSpec) -> Task[..., Any]:
     ) -> Any:
         if isinstance(items, Group):
             items = items.items
-        results = run_job_on_items(spec, items, config, force, finish)
+        try:
+            results = run_job_on_items(spec, items, config, force, finish)
+        except Abandoned:
+            # The run stopped (a Cancel, an error, a signal Prefect's handler caught) while
+            # this group was on a thread of the command: Cancelled, as the flow run ends,
+            # not Crashed (Prefect's state for a BaseException), which would say the job
+            # broke. Nobody reads the result; the ledger has the inputs pending again.
+            from prefect.states import Cancelled
+
+            return Cancelled(
+                message=f"job {spec.name} stopped with its run before the group's "
+                f"{len(items)} input(s) were done"
+            )
         failed = [r for r in results if not r.success]
         if not failed:
             from prefect.states import Completed
