@@ -78,6 +78,21 @@ def _without_dask_echo() -> Iterator[None]:
         spec_logger.removeFilter(_not_dask_echo)
 
 
+def _joined_workers_plugin(names: set[str]) -> Any:
+    """A scheduler plugin adding each joining worker's name to ``names`` (distributed is
+    imported only by a run that starts a cluster)."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class JoinedWorkers(SchedulerPlugin):
+        name = "prefect-pipeline-joined-workers"
+
+        def add_worker(self, scheduler: Any, worker: str) -> None:
+            state = scheduler.workers.get(worker)
+            names.add(str(state.name if state is not None else worker))
+
+    return JoinedWorkers()
+
+
 class DaskCluster:
     """Context manager: starts a process-based LocalCluster (or connects nowhere when an
     ``address`` is given) and closes it on exit, even on error or Ctrl-C."""
@@ -109,9 +124,12 @@ class DaskCluster:
         self.workers_now = workers_now
         #: The local cluster's dashboard (None for an existing cluster: it is its owner's).
         self.dashboard_url: str | None = None
-        #: Worker processes this (local) cluster was asked to start: 0 until
-        #: ``start_workers()``, which starts the cluster itself unless ``workers_now``.
-        self.workers_started = 0
+        #: Whether this (local) cluster was asked for its workers: not until
+        #: ``start_workers()``, which starts the cluster itself, unless ``workers_now``.
+        self._asked = False
+        #: The names of the local cluster's workers that joined it (a worker its nanny
+        #: restarts joins again under the same name).
+        self._joined: set[str] = set()
         #: Whether this is a cluster of the run's own (not an existing scheduler).
         self._local = not address
         self._cluster: Any = None
@@ -158,7 +176,7 @@ class DaskCluster:
                 self._restore_settings()  # __exit__ does not run when __enter__ raises
                 raise
         elif self.workers_now:
-            self.workers_started = self.workers
+            self._asked = True
             self._start_local()
         # Otherwise nothing starts yet, not even an import of Dask: ``start_workers()``
         # starts the cluster when the run has shown it needs workers, and a run that ends
@@ -189,6 +207,8 @@ class DaskCluster:
                     preload=["prefect_pipeline.pipeline.worker_preload"],
                 )
             try:
+                # Before the workers are asked for: each is counted as it joins.
+                cluster.scheduler.add_plugin(_joined_workers_plugin(self._joined))
                 cluster.scale(self.workers)
             except BaseException:
                 cluster.close()
@@ -231,9 +251,9 @@ class DaskCluster:
         """Start the local cluster and its workers, in the background (once; they join as
         each is ready, and the run goes on here meanwhile). An existing cluster's workers
         are its owner's: nothing to start."""
-        if not self._local or self.workers_started:  # asked for once only
+        if not self._local or self._asked:  # asked for once only
             return
-        self.workers_started = self.workers
+        self._asked = True
         logger.info("starting a Dask cluster of %d worker(s)", self.workers)
         thread = threading.Thread(target=self._start_late, daemon=True, name="dask-cluster-start")
         thread.start()
@@ -269,6 +289,13 @@ class DaskCluster:
             raise RunError(f"Dask scheduler {address} did not answer within {timeout:.0f} s")
         if outcome[0] is not None:
             raise RunError(f"Dask scheduler {address} is not reachable: {outcome[0]}")
+
+    @property
+    def workers_started(self) -> int:
+        """How many of the local cluster's worker processes started and joined it (a
+        worker asked for that never joined is not one; an existing cluster's are its
+        owner's: 0)."""
+        return len(self._joined)
 
     def workers_ready(self) -> bool:
         """Whether a worker has joined (always, for an existing cluster: it is its owner's)."""

@@ -44,7 +44,7 @@ class Environment:
 
     @property
     def workers_started(self) -> int:
-        """How many worker processes the run asked its own cluster for (0 otherwise)."""
+        """How many worker processes of the run's own cluster joined it (0 otherwise)."""
         return self.cluster.workers_started if self.cluster is not None else 0
 
     @property

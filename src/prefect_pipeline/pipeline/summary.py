@@ -56,8 +56,9 @@ class RunSummary:
     flow_run_url: str | None = None
     #: The Dask dashboard of the run's own cluster, while it ran.
     dashboard_url: str | None = None
-    #: Worker processes the run's own cluster started: 0 when the run ended in the
-    #: command's process before it needed them (``--workers-after``).
+    #: Worker processes of the run's own cluster that started and joined it: 0 when the
+    #: run ended in the command's process before it needed them (``--workers-after``), or
+    #: when those it asked for never joined.
     workers_started: int = 0
 
     @property
