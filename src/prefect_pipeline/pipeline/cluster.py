@@ -207,8 +207,10 @@ class DaskCluster:
                     preload=["prefect_pipeline.pipeline.worker_preload"],
                 )
             try:
-                # Before the workers are asked for: each is counted as it joins.
-                cluster.scheduler.add_plugin(_joined_workers_plugin(self._joined))
+                # Before the workers are asked for: each is counted as it joins. (A
+                # LocalCluster's scheduler runs in this process.)
+                if cluster.scheduler is not None:
+                    cluster.scheduler.add_plugin(_joined_workers_plugin(self._joined))
                 cluster.scale(self.workers)
             except BaseException:
                 cluster.close()
