@@ -177,6 +177,23 @@ def test_a_failed_write_leaves_neither_file_nor_temporary_file(tmp_path: Path) -
     assert os.listdir(tmp_path) == ["out.json"]
 
 
+def test_a_folder_removed_after_its_first_write_is_made_again(tmp_path: Path) -> None:
+    """A process makes (and sweeps) a folder at its first write there, not at every write:
+    one removed in between is made again, not taken for a failure of the next file."""
+    folder = tmp_path / "out" / "nested"
+    with atomic_output(folder / "first.json") as handle:
+        handle.write(b"1")
+    for path in sorted(tmp_path.joinpath("out").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    tmp_path.joinpath("out").rmdir()
+
+    with atomic_output(folder / "second.json") as handle:
+        handle.write(b"2")
+
+    assert (folder / "second.json").read_bytes() == b"2"
+    assert os.listdir(folder) == ["second.json"]
+
+
 # Job A killed or interrupted while streaming a large input ---------------------------------
 
 # Job A on a large input, one byte at a time so that it is still writing when signalled.

@@ -64,21 +64,29 @@ def create_locked(target: Path, *, readable: bool = False) -> tuple[BinaryIO, Pa
     writing (and reading if ``readable``), binary; sweeps the folder first if this process
     has not yet done so."""
     folder = target.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    sweep_once(folder)
+    # Made (and swept) at the process's first write into it: a mkdir of an existing folder
+    # for every file was half the CPU time of writing a small one.
+    if os.fspath(folder) not in _swept:
+        folder.mkdir(parents=True, exist_ok=True)
+        sweep_once(folder)
     access = os.O_RDWR if readable else os.O_WRONLY
     for _ in range(100):
-        path = Path(os.path.join(folder, temp_name(target)))
+        path = os.path.join(folder, temp_name(target))
         try:
             fd = os.open(path, access | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         except FileExistsError:
             continue
+        except FileNotFoundError:
+            # A folder swept before (so not made again for each file) that is gone now.
+            folder.mkdir(parents=True, exist_ok=True)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            return os.fdopen(fd, "w+b" if readable else "wb"), path
+            return os.fdopen(fd, "w+b" if readable else "wb"), Path(path)
         except BaseException:
             os.close(fd)
-            path.unlink(missing_ok=True)
+            with suppress(FileNotFoundError):
+                os.unlink(path)
             raise
     raise FileExistsError(f"{folder}: no free temporary file name for {target.name}")
 
