@@ -167,3 +167,36 @@ def test_seed_prefect_database_copies_the_schema_and_registry_but_no_run(
         rows = f"SELECT * FROM {table} ORDER BY 1"
         assert read(target, rows) == read(source, rows) != []
     assert read(target, "SELECT count(*) FROM flow_run") == [(0,)]
+
+
+def test_a_client_of_a_plain_http_api_loads_no_ca_bundle_and_an_https_one_still_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``plain_http_clients``: Prefect's clients of an ``http://`` API get a TLS context that
+    loads nothing (building one per client loaded the CA bundle each time); a client of an
+    ``https://`` API still builds and verifies its own."""
+    import ssl
+
+    from prefect.client.orchestration import PrefectClient, SyncPrefectClient
+
+    built: list[Any] = []
+    real = ssl.create_default_context
+
+    def counting(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        context = real(*args, **kwargs)
+        built.append(context)
+        return context
+
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    compat.plain_http_clients()  # the command and every worker have called it already
+
+    for kind in (SyncPrefectClient, PrefectClient):
+        plain = kind("http://127.0.0.1:4200/api")
+        assert built == [], kind
+        given = plain._client._transport._pool._ssl_context  # httpx's, then httpcore's
+        assert given.verify_mode == ssl.CERT_REQUIRED and given.cert_store_stats()["x509"] == 0
+
+        kind("https://prefect.example.com/api")
+        assert len(built) == 1 and built[0].verify_mode == ssl.CERT_REQUIRED, kind
+        assert built[0].cert_store_stats()["x509_ca"] > 0  # verified against a CA bundle
+        built.clear()

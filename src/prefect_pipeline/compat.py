@@ -215,6 +215,45 @@ def dask_task_runner(address: str) -> Any:
     return NamedDaskTaskRunner(address=address)
 
 
+#: The TLS context Prefect's clients of a plain-HTTP API are given (``plain_http_clients``).
+_PLAIN_HTTP_TLS: Any = None
+
+
+def plain_http_clients() -> None:
+    """Spare Prefect's API clients of a plain-HTTP API (``http://``: a local server, the
+    temporary one) the TLS context each builds. Once per process; idempotent.
+
+    Internal: ``PrefectClient.__init__`` and ``SyncPrefectClient.__init__`` build, for every
+    client, a TLS context that loads a CA bundle (60 ms of CPU on a 2-core machine) unless
+    ``httpx_settings["verify"]`` holds one already, and Prefect's task engine makes a client
+    for every task run in a Dask worker (and the run's log and event workers one each). An
+    ``http://`` API never uses TLS. The context given instead loads no CA at all and still
+    requires verified certificates: were TLS ever used with it, it would refuse, not trust.
+    An ``https://`` API, or a caller's own ``verify``, is left as Prefect has it.
+    """
+    global _PLAIN_HTTP_TLS
+    import ssl
+
+    from prefect.client.orchestration import PrefectClient, SyncPrefectClient
+
+    if _PLAIN_HTTP_TLS is None:
+        _PLAIN_HTTP_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for kind in (PrefectClient, SyncPrefectClient):
+        original = kind.__init__
+        if hasattr(original, "__wrapped_original__"):
+            continue
+
+        def init(self: Any, api: Any, *args: Any, _original: Any = original, **kwargs: Any) -> None:
+            settings = kwargs.get("httpx_settings") or {}
+            plain = isinstance(api, str) and api.lower().startswith("http://")
+            if plain and not settings.get("verify"):
+                kwargs["httpx_settings"] = {**settings, "verify": _PLAIN_HTTP_TLS}
+            _original(self, api, *args, **kwargs)
+
+        init.__wrapped_original__ = original  # type: ignore[attr-defined]
+        kind.__init__ = init  # type: ignore[method-assign]
+
+
 # Checks ----------------------------------------------------------------------------------
 
 
@@ -295,6 +334,18 @@ def _check_dask_settings() -> None:
             raise CompatError(f"Dask setting {key} is gone") from None
 
 
+def _check_client_tls() -> None:
+    import inspect
+
+    from prefect.client.orchestration import PrefectClient, SyncPrefectClient
+
+    for kind in (PrefectClient, SyncPrefectClient):
+        init = getattr(kind.__init__, "__wrapped_original__", kind.__init__)
+        source = inspect.getsource(init)
+        if "isinstance(tls_verify, ssl.SSLContext)" not in source or "httpx_settings" not in source:
+            raise CompatError(f"prefect {kind.__name__} no longer takes a TLS context given")
+
+
 def _check_database_registry() -> None:
     from prefect.server.database.orm_models import Base
 
@@ -315,6 +366,7 @@ CHECKS: dict[str, Callable[[], None]] = {
     "dask low-level-log-length and profile settings": _check_dask_settings,
     "prefect-dask DaskTaskRunner.submit internals": _check_dask_task_runner,
     "prefect database registry tables": _check_database_registry,
+    "prefect API clients take a TLS context given": _check_client_tls,
 }
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from prefect import flow
 from prefect.states import Cancelled, Failed
 
+from prefect_pipeline.compat import plain_http_clients
 from prefect_pipeline.config import PipelineConfig
 from prefect_pipeline.logs import get_logger
 from prefect_pipeline.pipeline.definition import JobSpec, PipelineDefinition, default_pipeline
@@ -27,6 +28,10 @@ from prefect_pipeline.pipeline.summary import RunSummary
 from prefect_pipeline.pipeline.wrappers import Group, WorkItem, make_job_task, run_task
 
 logger = get_logger("flows")
+
+# Before this process makes its first Prefect client (its flow runs' own, their log and
+# event workers'): see ``plain_http_clients``.
+plain_http_clients()
 
 __all__ = [
     "PipelineDefinition",

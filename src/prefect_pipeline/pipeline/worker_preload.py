@@ -19,6 +19,9 @@ import prefect.task_engine  # noqa: F401
 
 import prefect_pipeline.jobs
 import prefect_pipeline.pipeline.wrappers  # noqa: F401
+from prefect_pipeline.compat import plain_http_clients
+
+plain_http_clients()  # before the worker's first Prefect client
 
 if threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from prefect_pipeline.compat import plain_http_clients
 from prefect_pipeline.config import PipelineConfig
 from prefect_pipeline.interrupts import Abandoned
 from prefect_pipeline.jobs.base import NO_FACTS, Facts, JobResult, Outcome
@@ -143,6 +144,9 @@ def make_job_task(spec: JobSpec) -> Task[..., Any]:
         force: bool = False,
         finish: FinishHook | None = None,
     ) -> Any:
+        # In a Dask worker (one of a cluster the pipeline did not start, too), the clients
+        # of the task runs after this one: see ``plain_http_clients``.
+        plain_http_clients()
         if isinstance(items, Group):
             items = items.items
         try:
