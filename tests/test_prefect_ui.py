@@ -371,18 +371,18 @@ def test_a_cancel_after_the_last_group_still_ends_the_run_cancelled(
 
 
 class _SlowChunks:
-    """A file handle whose every read takes 0.25 s."""
+    """A file handle whose every read takes 0.5 s."""
 
     def __init__(self, handle: Any) -> None:
         self._handle = handle
 
     def read(self, size: int = -1) -> bytes:
-        time.sleep(0.25)
+        time.sleep(0.5)
         return bytes(self._handle.read(size))
 
 
 class SlowLargeA(JobA):
-    """Job A reading a large file one slow chunk at a time (a 8 MiB file: 8 s)."""
+    """Job A reading a large file one slow chunk at a time (an 8 MiB file: 16 s)."""
 
     def _streamed(self, path: Path, handle: Any, source_path: str, output_path: Path) -> Any:
         return super()._streamed(path, _SlowChunks(handle), source_path, output_path)
@@ -434,8 +434,8 @@ def test_a_cancel_stops_a_large_file_on_the_local_lane_and_its_task_run_ends_can
     assert result.exit_code == 130, result.output
     summary = json.loads(result.stdout)
     assert (summary["stopped"], summary["workers_started"]) == ("cancelled", 0)
-    # Stopped between chunks: the file alone takes 8 s, the Cancel is read every second.
-    assert cancelled_at and ended - cancelled_at[0] < 6, ended - cancelled_at[0]
+    # Stopped between chunks: the file alone takes 16 s, the Cancel is read every second.
+    assert cancelled_at and ended - cancelled_at[0] < 12, ended - cancelled_at[0]
     assert not (config.output_dir / "large_processed.json").exists()
     assert list(config.output_dir.rglob("*.tmp")) == []
     assert [r[0] for r in query(config.db_path, "SELECT status FROM pipeline_inputs")] == [

@@ -450,6 +450,67 @@ def test_two_commands_registering_the_same_files_at_once_on_postgresql(
     }
 
 
+def test_a_registration_rolled_back_to_end_a_deadlock_runs_again_on_postgresql(
+    postgres_url: str,
+) -> None:
+    """Commands registering overlapping files can wait on one another in a circle (three
+    can, though each locks in path order); PostgreSQL then rolls one back ("deadlock
+    detected"). Played here with a connection of the test's: it holds one file's row while
+    the registration waits for it, then asks for the row the registration holds. The
+    registration, rolled back, runs again once the other transaction has ended, and claims
+    both files, instead of ending its run."""
+    import threading
+
+    import psycopg
+
+    from prefect_pipeline.pipeline.discovery import Found
+
+    store = open_store(postgres_url, timeout=30)  # one connection per thread
+    clock = ManualClock()
+    earlier = Ledger(store, lease_seconds=1, clock=clock)
+    found = [Found(f"/in/{n}", f"/out/{n}.json", 1, 1) for n in "ab"]
+    assert len(earlier.register_and_claim(found, start_job="A", stop_job="C").claimed) == 2
+    clock.advance(2)  # its leases ran out: the files are free to claim
+    ledger = Ledger(store, lease_seconds=60, clock=clock)
+    outcome: dict[str, Any] = {}
+
+    def register() -> None:
+        try:
+            outcome["claimed"] = ledger.register_and_claim(found, start_job="A", stop_job="C")
+        except BaseException as exc:  # reported by the assertions below
+            outcome["error"] = exc
+
+    def waiting_on_a_lock(watcher: Any) -> int:
+        return int(watcher.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database()").fetchone()[0])
+
+    with psycopg.connect(postgres_url) as other, psycopg.connect(
+        postgres_url, autocommit=True
+    ) as watcher:
+        other.execute("UPDATE pipeline_inputs SET attempts = attempts WHERE path = '/in/b'")
+        registration = threading.Thread(target=register)
+        registration.start()
+        deadline = time.monotonic() + 30
+        while not waiting_on_a_lock(watcher):  # it holds /in/a and waits for /in/b
+            assert registration.is_alive() and time.monotonic() < deadline
+            time.sleep(0.02)
+        # Waits for /in/a: a circle, which the registration's backend, waiting first, finds
+        # first (after PostgreSQL's deadlock_timeout) and ends by rolling itself back.
+        other.execute("UPDATE pipeline_inputs SET attempts = attempts WHERE path = '/in/a'")
+        assert registration.is_alive(), outcome  # rolled back, and waiting behind this one
+        other.rollback()
+        registration.join(30)
+
+    assert not registration.is_alive()
+    assert "error" not in outcome, outcome
+    assert len(clock.slept) == 1  # one pause, then the second attempt
+    claimed = outcome["claimed"].claimed
+    assert sorted(row.path for row in claimed) == ["/in/a", "/in/b"]
+    tokens = dict(store.execute("SELECT path, claim_token FROM pipeline_inputs").fetchall())
+    assert tokens == {"/in/a": ledger.token, "/in/b": ledger.token}
+
+
 def test_the_owners_of_live_claims_and_the_end_of_their_leases(store: Store) -> None:
     clock = ManualClock()
     me = this_process()

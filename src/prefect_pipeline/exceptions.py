@@ -32,6 +32,11 @@ class DatabaseUnavailable(RunError):
     message names it (never with a password) and the cause."""
 
 
+class DatabaseConflict(DatabaseUnavailable):
+    """The database rolled a transaction back to end a deadlock or a serialization conflict
+    with another command's transaction: the same transaction, run again, can succeed."""
+
+
 class DatabaseMismatch(PipelineError):
     """The database holds tables named like the pipeline's that are not its own (or of a
     newer version): refused before anything in it changes."""

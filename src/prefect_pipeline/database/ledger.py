@@ -10,6 +10,7 @@ overwrite the other's result. The statements are the store's; the rules are here
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,14 @@ from prefect_pipeline.clock import SYSTEM_CLOCK, Clock, iso, iso_in
 from prefect_pipeline.database.models import DONE, PROCESSING
 from prefect_pipeline.database.owners import Owner, is_gone, this_process
 from prefect_pipeline.database.store import Claim, ClaimedRow, Finished, Store
-from prefect_pipeline.exceptions import ClaimLostError
+from prefect_pipeline.exceptions import ClaimLostError, DatabaseConflict
+from prefect_pipeline.logs import get_logger
+
+logger = get_logger("ledger")
+
+#: How many times a registration runs before a conflict with other commands' (a deadlock
+#: the database ended by rolling it back) ends the run.
+CONFLICT_ATTEMPTS = 5
 
 #: An input this run holds.
 Claimed = ClaimedRow
@@ -144,10 +152,31 @@ class Ledger:
         Skipped: a file whose last run ended done with the same size, mtime and job range
         (unless ``force``). Held: a file another live command holds (one of this host
         whose process is gone holds nothing: its inputs are taken over).
+
+        Commands registering overlapping files on PostgreSQL lock the same rows, each in
+        path order, but three of them can still wait on one another in a circle; the
+        database then rolls one transaction back. That one runs again, after a pause that
+        grows and differs between commands, instead of ending its run.
         """
-        result = Registration()
         if not found:
-            return result
+            return Registration()
+        if self.store.in_transaction():
+            # A caller's transaction: the database rolled all of it back, not this part.
+            return self._register_and_claim(found, start_job, stop_job, force)
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                return self._register_and_claim(found, start_job, stop_job, force)
+            except DatabaseConflict as exc:
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise
+                logger.debug("registration rolled back (%s); again, attempt %d", exc, attempt + 1)
+                self.clock.sleep(random.uniform(0.05, 0.2) * attempt)
+        raise AssertionError("unreachable")
+
+    def _register_and_claim(
+        self, found: Sequence[FoundInput], start_job: str, stop_job: str, force: bool
+    ) -> Registration:
+        result = Registration()
         claim = self._claim(start_job, stop_job)
         with self.store.transaction():
             take_over_dead_owners(self.store, self.owner, claim.now)

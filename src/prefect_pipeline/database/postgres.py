@@ -186,6 +186,16 @@ class PostgresStore(Store):
         super().__init__(*args, **kwargs)
         self._translated: dict[str, str] = {}
 
+    def conflict(self, exc: BaseException) -> bool:
+        # SQLSTATE class 40, "transaction rollback": a deadlock (40P01), a serialization
+        # failure (40001). By code: psycopg's classes for them do not share a base.
+        current: BaseException | None = exc
+        while current is not None:
+            if str(getattr(current, "sqlstate", None) or "").startswith("40"):
+                return True
+            current = current.__cause__ or current.__context__
+        return False
+
     def _open_database(self) -> PostgresqlDatabase:
         params = _connect_params(self.location.url)
         lock_ms = int(self.timeout * 1000)

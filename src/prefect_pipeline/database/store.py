@@ -33,7 +33,12 @@ from prefect_pipeline.database.models import (
 )
 from prefect_pipeline.database.owners import Owner
 from prefect_pipeline.database.url import DatabaseUrl
-from prefect_pipeline.exceptions import DatabaseMismatch, DatabaseUnavailable, MissingDatabase
+from prefect_pipeline.exceptions import (
+    DatabaseConflict,
+    DatabaseMismatch,
+    DatabaseUnavailable,
+    MissingDatabase,
+)
 
 #: Bump when the schema changes, add what it adds to ``ADDED_COLUMNS`` and the step that
 #: upgrades the previous version to each backend's migrations.
@@ -229,7 +234,7 @@ def documents_array(documents: Sequence[tuple[int, str]]) -> str:
 _SELECT_INPUTS = (
     "SELECT id, path, status, size, mtime_ns, sha256, start_job, stop_job, lease_expires_at,"
     " owner_host, owner_namespace, owner_pid, owner_started_at"
-    " FROM pipeline_inputs WHERE path IN ({marks})"
+    " FROM pipeline_inputs WHERE path IN ({marks}) ORDER BY path"
 )
 #: The columns a claim stamps besides its token and lease (``Claim.owner_values``).
 OWNER_COLUMNS = (
@@ -387,9 +392,17 @@ class Store(ABC):
     def fail(self, exc: BaseException) -> NoReturn:
         """Raise what ``exc`` (one of ``unavailable_errors``) means: ``DatabaseUnavailable``
         when the database cannot serve, else ``exc`` itself (one statement's failure)."""
+        if self.conflict(exc):
+            raise DatabaseConflict(str(self.unavailable(exc))) from exc
         if self.cannot_serve(exc):
             raise self.unavailable(exc) from exc
         raise exc
+
+    def conflict(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (one of ``unavailable_errors``) is the database ending this
+        transaction to let another command's go on (a deadlock between them): the same
+        transaction, run again, can succeed (``DatabaseConflict``). Never, with one writer."""
+        return False
 
     # Lifecycle -------------------------------------------------------------------------
 
@@ -583,7 +596,9 @@ class Store(ABC):
         """The ledger rows of these paths (those that have one). Inside a transaction, a
         backend with row locks holds them until it ends."""
         rows: dict[str, InputRow] = {}
-        for chunk in _chunks(paths):
+        # In path order, as registration inserts: two commands locking the same rows take
+        # them in one order, so neither holds one the other needs first.
+        for chunk in _chunks(sorted(paths)):
             sql = _SELECT_INPUTS.format(marks=_marks(chunk)) + self.lock_rows
             for values in self.execute(sql, chunk).fetchall():
                 row = InputRow(*values)
