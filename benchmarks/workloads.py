@@ -442,7 +442,8 @@ def _generate_stdlib(spec: WorkloadSpec, root: Path, scale: float, force: bool) 
         records += file_records
         size += len(data)
     note = (
-        f"the .py files of Python {platform.python_version()}'s standard library {stdlib}"
+        # Not the folder's path: it says where this machine keeps its interpreter.
+        f"the .py files of Python {platform.python_version()}'s standard library"
         f" (not {' or '.join(sorted(STDLIB_SKIP))})"
     )
     if len(chosen) < len(every):
