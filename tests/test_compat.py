@@ -169,12 +169,12 @@ def test_seed_prefect_database_copies_the_schema_and_registry_but_no_run(
     assert read(target, "SELECT count(*) FROM flow_run") == [(0,)]
 
 
-def test_a_client_of_a_plain_http_api_loads_no_ca_bundle_and_an_https_one_still_does(
+def test_a_client_of_a_local_plain_http_api_loads_no_ca_bundle_and_any_other_still_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """``plain_http_clients``: Prefect's clients of an ``http://`` API get a TLS context that
-    loads nothing (building one per client loaded the CA bundle each time); a client of an
-    ``https://`` API still builds and verifies its own."""
+    """``plain_http_clients``: Prefect's clients of an ``http://`` API on the loopback get a
+    TLS context that loads nothing (building one per client loaded the CA bundle each
+    time); a client of any other API still builds and verifies its own."""
     import ssl
 
     from prefect.client.orchestration import PrefectClient, SyncPrefectClient
@@ -196,7 +196,15 @@ def test_a_client_of_a_plain_http_api_loads_no_ca_bundle_and_an_https_one_still_
         given = plain._client._transport._pool._ssl_context  # httpx's, then httpcore's
         assert given.verify_mode == ssl.CERT_REQUIRED and given.cert_store_stats()["x509"] == 0
 
+        # Not for a server elsewhere (plain HTTP may redirect to https, which Prefect's
+        # clients follow), nor where the caller says how to verify.
         kind("https://prefect.example.com/api")
-        assert len(built) == 1 and built[0].verify_mode == ssl.CERT_REQUIRED, kind
-        assert built[0].cert_store_stats()["x509_ca"] > 0  # verified against a CA bundle
+        kind("http://prefect.example.com:4200/api")
+        assert len(built) == 2, kind
+        assert all(c.verify_mode == ssl.CERT_REQUIRED for c in built)
+        assert all(c.cert_store_stats()["x509_ca"] > 0 for c in built)  # a CA bundle
         built.clear()
+        own = ssl.create_default_context()
+        built.clear()
+        mine = kind("http://127.0.0.1:4200/api", httpx_settings={"verify": own})
+        assert mine._client._transport._pool._ssl_context is own

@@ -650,6 +650,41 @@ def test_time_spent_writing_does_not_start_workers(config, tmp_path):  # type: i
     assert db_counts(config.db_path)["processed_records"] == 20
 
 
+class _AbandonedJobA(JobA):
+    """Job A that finds its run stopped at one file (what ``interrupts.check`` raises on a
+    thread of the command once a Cancel, an error or a SIGTERM has stopped the run)."""
+
+    def single_job(self, validated: Any) -> Any:
+        if validated[0].name == "f001.txt":
+            from prefect_pipeline.interrupts import Abandoned
+
+            raise Abandoned
+        return super().single_job(validated)
+
+
+def test_a_group_abandoned_with_its_run_fails_none_of_its_inputs(config, tmp_path):  # type: ignore[no-untyped-def]
+    """A group whose job A was abandoned (its task run ends Cancelled) did not fail: should
+    the driver still read its result, its inputs are dropped like the groups a Cancel
+    drops, and given back pending with the run's other claims, not recorded as failed."""
+    _small_files(tmp_path / "in", 3)
+    definition = PipelineDefinition().add_job("A", _AbandonedJobA).add_job("B", JobB)
+
+    summary = run_parallel_from_files(
+        tmp_path / "in",
+        config,
+        definition=definition.add_job("C", JobC),
+        workers=0,
+        first_group_files=1,
+        max_group_files=1,
+    )
+
+    assert (summary.succeeded, summary.failed, summary.pending) == (2, 0, 1)
+    statuses = dict(query(config.db_path, "SELECT path, status FROM pipeline_inputs"))
+    assert {Path(path).name: status for path, status in statuses.items()} == {
+        "f000.txt": "done", "f001.txt": "pending", "f002.txt": "done"
+    }
+
+
 def test_a_run_that_needs_no_workers_does_not_import_dask(tmp_path: Path) -> None:
     """A short run with --workers 2 (in a fresh interpreter: pytest's has Dask already)
     ends without importing distributed: no scheduler, no workers, none of their CPU."""

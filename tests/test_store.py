@@ -462,9 +462,18 @@ def test_a_registration_rolled_back_to_end_a_deadlock_runs_again_on_postgresql(
     import threading
 
     import psycopg
+    import psycopg.sql
 
     from prefect_pipeline.pipeline.discovery import Found
 
+    # PostgreSQL looks for a circle once per lock wait, deadlock_timeout after it began:
+    # the registration's connections look after 3 s (the second UPDATE below comes well
+    # before, even on a loaded machine), the test's own after a minute (never the victim).
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(
+            f"ALTER DATABASE {psycopg.sql.Identifier(admin.info.dbname).as_string(admin)}"
+            " SET deadlock_timeout = '3s'"
+        )
     store = open_store(postgres_url, timeout=30)  # one connection per thread
     clock = ManualClock()
     earlier = Ledger(store, lease_seconds=1, clock=clock)
@@ -488,6 +497,7 @@ def test_a_registration_rolled_back_to_end_a_deadlock_runs_again_on_postgresql(
     with psycopg.connect(postgres_url) as other, psycopg.connect(
         postgres_url, autocommit=True
     ) as watcher:
+        other.execute("SET deadlock_timeout = '60s'")
         other.execute("UPDATE pipeline_inputs SET attempts = attempts WHERE path = '/in/b'")
         registration = threading.Thread(target=register)
         registration.start()
@@ -495,8 +505,8 @@ def test_a_registration_rolled_back_to_end_a_deadlock_runs_again_on_postgresql(
         while not waiting_on_a_lock(watcher):  # it holds /in/a and waits for /in/b
             assert registration.is_alive() and time.monotonic() < deadline
             time.sleep(0.02)
-        # Waits for /in/a: a circle, which the registration's backend, waiting first, finds
-        # first (after PostgreSQL's deadlock_timeout) and ends by rolling itself back.
+        # Waits for /in/a: a circle, which the registration's backend finds and ends by
+        # rolling its own transaction back.
         other.execute("UPDATE pipeline_inputs SET attempts = attempts WHERE path = '/in/a'")
         assert registration.is_alive(), outcome  # rolled back, and waiting behind this one
         other.rollback()

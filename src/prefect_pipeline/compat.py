@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -219,17 +220,30 @@ def dask_task_runner(address: str) -> Any:
 _PLAIN_HTTP_TLS: Any = None
 
 
+def _loopback_http(api: Any) -> bool:
+    """Whether ``api`` is a plain-HTTP URL on this machine's loopback."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(api, str):
+        return False
+    parts = urlsplit(api)
+    return parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
+
+
 def plain_http_clients() -> None:
-    """Spare Prefect's API clients of a plain-HTTP API (``http://``: a local server, the
-    temporary one) the TLS context each builds. Once per process; idempotent.
+    """Spare Prefect's API clients of a plain-HTTP API on this machine (``http://`` on the
+    loopback: ``pipeline server start``'s, the temporary one) the TLS context each builds.
+    Once per process; idempotent.
 
     Internal: ``PrefectClient.__init__`` and ``SyncPrefectClient.__init__`` build, for every
     client, a TLS context that loads a CA bundle (60 ms of CPU on a 2-core machine) unless
     ``httpx_settings["verify"]`` holds one already, and Prefect's task engine makes a client
-    for every task run in a Dask worker (and the run's log and event workers one each). An
-    ``http://`` API never uses TLS. The context given instead loads no CA at all and still
-    requires verified certificates: were TLS ever used with it, it would refuse, not trust.
-    An ``https://`` API, or a caller's own ``verify``, is left as Prefect has it.
+    for every task run in a Dask worker (and the run's log and event workers one each). Such
+    an API never uses TLS. The context given instead loads no CA at all and still requires
+    verified certificates: were TLS ever used with it, it would refuse, not trust. Any other
+    API (an ``https://`` one, or an ``http://`` server elsewhere, which may redirect to
+    https, where Prefect's clients follow), or a caller's own ``verify``, is left as
+    Prefect has it.
     """
     global _PLAIN_HTTP_TLS
     import ssl
@@ -243,10 +257,10 @@ def plain_http_clients() -> None:
         if hasattr(original, "__wrapped_original__"):
             continue
 
+        @functools.wraps(original)
         def init(self: Any, api: Any, *args: Any, _original: Any = original, **kwargs: Any) -> None:
             settings = kwargs.get("httpx_settings") or {}
-            plain = isinstance(api, str) and api.lower().startswith("http://")
-            if plain and not settings.get("verify"):
+            if _loopback_http(api) and "verify" not in settings:
                 kwargs["httpx_settings"] = {**settings, "verify": _PLAIN_HTTP_TLS}
             _original(self, api, *args, **kwargs)
 
@@ -341,7 +355,10 @@ def _check_client_tls() -> None:
 
     for kind in (PrefectClient, SyncPrefectClient):
         init = getattr(kind.__init__, "__wrapped_original__", kind.__init__)
-        source = inspect.getsource(init)
+        try:
+            source = inspect.getsource(init)
+        except (OSError, TypeError) as exc:
+            raise CompatError(f"prefect {kind.__name__}.__init__ has no source: {exc}") from None
         if "isinstance(tls_verify, ssl.SSLContext)" not in source or "httpx_settings" not in source:
             raise CompatError(f"prefect {kind.__name__} no longer takes a TLS context given")
 

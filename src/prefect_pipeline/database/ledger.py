@@ -161,7 +161,8 @@ class Ledger:
         if not found:
             return Registration()
         if self.store.in_transaction():
-            # A caller's transaction: the database rolled all of it back, not this part.
+            # Inside a caller's transaction, which keeps the locks it took before this: run
+            # again alone, this part would meet the same circle. Only the caller can rerun.
             return self._register_and_claim(found, start_job, stop_job, force)
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             try:

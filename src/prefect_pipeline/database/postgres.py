@@ -98,8 +98,9 @@ _MARK_DONE_ALL = (
 
 # Found files registered and claimed in one statement, a column of values per array, in
 # path order (so that two commands inserting the same new paths wait on each other's rows
-# in one order; rows that existed were locked earlier, by the ledger's read). The guard
-# leaves out a row another command holds: no row comes back for it.
+# in one order; rows that existed were locked earlier, by the ledger's read, in the same
+# order: code points, "C", whatever the database's collation). The guard leaves out a row
+# another command holds: no row comes back for it.
 _REGISTER_ALL = (
     "INSERT INTO pipeline_inputs (path, status, output_path, start_job, stop_job, size,"
     " mtime_ns, attempts, claim_token, run_id, lease_expires_at, created_at, updated_at,"
@@ -107,7 +108,7 @@ _REGISTER_ALL = (
     " SELECT f.path, 'processing', f.output_path, %s, %s, f.size, f.mtime_ns, 1, %s, %s,"
     " %s, %s, %s, %s, %s, %s, %s, %s, %s"
     " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])"
-    " AS f(path, output_path, size, mtime_ns) ORDER BY f.path"
+    " AS f(path, output_path, size, mtime_ns) ORDER BY f.path COLLATE \"C\""
     + REGISTER_UPDATE
     + "{guard} RETURNING id, path, output_path"
 )
@@ -161,6 +162,10 @@ def _connect_params(url: str) -> dict[str, Any]:
     return params
 
 
+#: SQLSTATEs of a transaction the server rolled back to let another go on.
+_CONFLICTS = frozenset({"40001", "40P01"})
+
+
 class PostgresStore(Store):
     """A PostgreSQL database (``postgresql://USER:PASS@HOST:PORT/DB``)."""
 
@@ -176,6 +181,7 @@ class PostgresStore(Store):
     # claim check before a group's first write); a registered path another command holds
     # is left to it.
     lock_rows = " FOR UPDATE"
+    path_order = ' ORDER BY path COLLATE "C"'
     register_guard = (
         " WHERE pipeline_inputs.status <> 'processing'"
         " OR pipeline_inputs.lease_expires_at < excluded.updated_at"
@@ -187,11 +193,16 @@ class PostgresStore(Store):
         self._translated: dict[str, str] = {}
 
     def conflict(self, exc: BaseException) -> bool:
-        # SQLSTATE class 40, "transaction rollback": a deadlock (40P01), a serialization
-        # failure (40001). By code: psycopg's classes for them do not share a base.
+        # A deadlock (40P01) or a serialization failure (40001), by code: psycopg's classes
+        # for them share no base of their own. Not the rest of class 40: a constraint
+        # checked at commit (40002) fails again, and after 40003 (completion unknown) the
+        # transaction may have committed. Through the database's own errors only (Peewee
+        # wraps psycopg's), so that a failure while handling a conflict is not one.
+        seen: set[int] = set()
         current: BaseException | None = exc
-        while current is not None:
-            if str(getattr(current, "sqlstate", None) or "").startswith("40"):
+        while isinstance(current, self.unavailable_errors) and id(current) not in seen:
+            seen.add(id(current))
+            if getattr(current, "sqlstate", None) in _CONFLICTS:
                 return True
             current = current.__cause__ or current.__context__
         return False

@@ -234,7 +234,7 @@ def documents_array(documents: Sequence[tuple[int, str]]) -> str:
 _SELECT_INPUTS = (
     "SELECT id, path, status, size, mtime_ns, sha256, start_job, stop_job, lease_expires_at,"
     " owner_host, owner_namespace, owner_pid, owner_started_at"
-    " FROM pipeline_inputs WHERE path IN ({marks}) ORDER BY path"
+    " FROM pipeline_inputs WHERE path IN ({marks})"
 )
 #: The columns a claim stamps besides its token and lease (``Claim.owner_values``).
 OWNER_COLUMNS = (
@@ -359,6 +359,9 @@ class Store(ABC):
     #: (the ledger rows of found paths, a group's claims): a backend whose writers run
     #: side by side locks them (``FOR UPDATE``); SQLite's one writer needs nothing.
     lock_rows: ClassVar[str] = ""
+    #: Paths in code-point order, Python's ``sorted``: the order rows are locked in (SQLite
+    #: compares text bytewise; PostgreSQL by the database's collation unless told).
+    path_order: ClassVar[str] = " ORDER BY path"
     #: Where registering a found path may overwrite its row: a backend whose writers run
     #: side by side must not take a row that another command claimed a moment earlier.
     register_guard: ClassVar[str] = ""
@@ -599,7 +602,7 @@ class Store(ABC):
         # In path order, as registration inserts: two commands locking the same rows take
         # them in one order, so neither holds one the other needs first.
         for chunk in _chunks(sorted(paths)):
-            sql = _SELECT_INPUTS.format(marks=_marks(chunk)) + self.lock_rows
+            sql = _SELECT_INPUTS.format(marks=_marks(chunk)) + self.path_order + self.lock_rows
             for values in self.execute(sql, chunk).fetchall():
                 row = InputRow(*values)
                 rows[row.path] = row

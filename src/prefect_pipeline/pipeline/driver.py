@@ -235,14 +235,20 @@ class Driver:
         results = self._collect(future, state)
         break_future_cycle(future)
         forget_task_results()
+        if results is None:  # cancelled with the run: its claims go back with the others
+            return
         survivors = self.writer.record(state.items, state.stage, results)
         self._advance(survivors, state.stage + 1)
 
-    def _collect(self, future: Any, state: _InFlight) -> list[JobResult]:
+    def _collect(self, future: Any, state: _InFlight) -> list[JobResult] | None:
         """The group's results; a task that died (e.g. its worker was killed more often than
-        Dask allows) fails each of its inputs, with the reason."""
+        Dask allows) fails each of its inputs, with the reason. None for a task that ended
+        Cancelled because the run stopped (``make_job_task``): its inputs did not fail."""
         try:
             results = future.result(raise_on_failure=False)
+            # The final state, kept by the future once its result is read (no API call).
+            if future.state.is_cancelled():
+                return None
             if isinstance(results, BaseException):
                 raise results
             return list(results)

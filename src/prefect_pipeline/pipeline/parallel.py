@@ -194,6 +194,10 @@ def _execute(plan: Plan, command: str, source: str, shown: dict[str, Any]) -> Ru
                     raise _stopped(plan, summary, summary.stopped)
                 if received():  # its KeyboardInterrupt was lost in a finalizer
                     raise _stopped(plan, summary, "interrupted")
+                if summary.pending:
+                    # Claims the run ended with (a group its job dropped, not failed):
+                    # pending again now, not when their lease runs out.
+                    _give_back(plan)
                 # The last frame shows the summary's figures, and the display ends before
                 # the summary is printed (while the cluster and the server stop).
                 plan.progress.finish(summary)
