@@ -667,15 +667,12 @@ def test_a_group_abandoned_with_its_run_fails_none_of_its_inputs(config, tmp_pat
     the driver still read its result, its inputs are dropped like the groups a Cancel
     drops, and given back pending with the run's other claims, not recorded as failed."""
     _small_files(tmp_path / "in", 3)
-    definition = PipelineDefinition().add_job("A", _AbandonedJobA).add_job("B", JobB)
+    chain = PipelineDefinition().add_job("A", _AbandonedJobA).add_job("B", JobB).add_job("C", JobC)
 
+    # One file a group: the abandoned group holds only f001.txt.
+    one_each = {"first_group_files": 1, "max_group_files": 1}
     summary = run_parallel_from_files(
-        tmp_path / "in",
-        config,
-        definition=definition.add_job("C", JobC),
-        workers=0,
-        first_group_files=1,
-        max_group_files=1,
+        tmp_path / "in", config, definition=chain, workers=0, **one_each
     )
 
     assert (summary.succeeded, summary.failed, summary.pending) == (2, 0, 1)
