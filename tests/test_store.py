@@ -399,6 +399,14 @@ def test_a_found_file_another_command_holds_is_left_out_of_the_group(store: Stor
     assert store.held_claims([held.id], other.token) == {held.id}
 
 
+def _waiting_on_a_lock(watcher: Any) -> int:
+    """How many connections to this database wait for a lock, seen from ``watcher``, a
+    connection in autocommit (inside a transaction, pg_stat_activity is one snapshot)."""
+    return int(watcher.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND datname = current_database()").fetchone()[0])
+
+
 def test_two_commands_registering_the_same_files_at_once_on_postgresql(
     postgres_url: str,
 ) -> None:
@@ -432,10 +440,7 @@ def test_two_commands_registering_the_same_files_at_once_on_postgresql(
         # Watched from a connection of its own: inside a transaction, pg_stat_activity is a
         # snapshot taken once.
         with psycopg.connect(postgres_url, autocommit=True) as watcher:
-            while not watcher.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND datname = current_database()"
-            ).fetchone()[0]:
+            while not _waiting_on_a_lock(watcher):
                 assert waiter.is_alive() and time.monotonic() < deadline
                 time.sleep(0.02)
     waiter.join(30)
@@ -489,11 +494,6 @@ def test_a_registration_rolled_back_to_end_a_deadlock_runs_again_on_postgresql(
         except BaseException as exc:  # reported by the assertions below
             outcome["error"] = exc
 
-    def waiting_on_a_lock(watcher: Any) -> int:
-        return int(watcher.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND datname = current_database()").fetchone()[0])
-
     with psycopg.connect(postgres_url) as other, psycopg.connect(
         postgres_url, autocommit=True
     ) as watcher:
@@ -502,7 +502,7 @@ def test_a_registration_rolled_back_to_end_a_deadlock_runs_again_on_postgresql(
         registration = threading.Thread(target=register)
         registration.start()
         deadline = time.monotonic() + 30
-        while not waiting_on_a_lock(watcher):  # it holds /in/a and waits for /in/b
+        while not _waiting_on_a_lock(watcher):  # it holds /in/a and waits for /in/b
             assert registration.is_alive() and time.monotonic() < deadline
             time.sleep(0.02)
         # Waits for /in/a: a circle, which the registration's backend finds and ends by

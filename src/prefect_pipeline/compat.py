@@ -218,6 +218,9 @@ def dask_task_runner(address: str) -> Any:
 
 #: The TLS context Prefect's clients of a plain-HTTP API are given (``plain_http_clients``).
 _PLAIN_HTTP_TLS: Any = None
+#: Whether ``plain_http_clients`` has run: it runs before every job task, so it returns at
+#: once after the first time.
+_PLAIN_HTTP_INSTALLED = False
 
 
 def _loopback_http(api: Any) -> bool:
@@ -245,7 +248,9 @@ def plain_http_clients() -> None:
     https, where Prefect's clients follow), or a caller's own ``verify``, is left as
     Prefect has it.
     """
-    global _PLAIN_HTTP_TLS
+    global _PLAIN_HTTP_TLS, _PLAIN_HTTP_INSTALLED
+    if _PLAIN_HTTP_INSTALLED:
+        return
     import ssl
 
     from prefect.client.orchestration import PrefectClient, SyncPrefectClient
@@ -266,6 +271,7 @@ def plain_http_clients() -> None:
 
         init.__wrapped_original__ = original  # type: ignore[attr-defined]
         kind.__init__ = init  # type: ignore[method-assign]
+    _PLAIN_HTTP_INSTALLED = True
 
 
 # Checks ----------------------------------------------------------------------------------

@@ -160,19 +160,16 @@ class Ledger:
         """
         if not found:
             return Registration()
-        if self.store.in_transaction():
-            # Inside a caller's transaction, which keeps the locks it took before this: run
-            # again alone, this part would meet the same circle. Only the caller can rerun.
-            return self._register_and_claim(found, start_job, stop_job, force)
-        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        # Inside a caller's transaction, which keeps the locks it took before this, this
+        # part run again alone would meet the same circle: only the caller can rerun.
+        retries = 0 if self.store.in_transaction() else CONFLICT_ATTEMPTS - 1
+        for attempt in range(1, retries + 1):
             try:
                 return self._register_and_claim(found, start_job, stop_job, force)
             except DatabaseConflict as exc:
-                if attempt == CONFLICT_ATTEMPTS:
-                    raise
                 logger.debug("registration rolled back (%s); again, attempt %d", exc, attempt + 1)
                 self.clock.sleep(random.uniform(0.05, 0.2) * attempt)
-        raise AssertionError("unreachable")
+        return self._register_and_claim(found, start_job, stop_job, force)
 
     def _register_and_claim(
         self, found: Sequence[FoundInput], start_job: str, stop_job: str, force: bool

@@ -359,9 +359,9 @@ class Store(ABC):
     #: (the ledger rows of found paths, a group's claims): a backend whose writers run
     #: side by side locks them (``FOR UPDATE``); SQLite's one writer needs nothing.
     lock_rows: ClassVar[str] = ""
-    #: Paths in code-point order, Python's ``sorted``: the order rows are locked in (SQLite
-    #: compares text bytewise; PostgreSQL by the database's collation unless told).
-    path_order: ClassVar[str] = " ORDER BY path"
+    #: With ``lock_rows``, the order rows are locked in: paths in code-point order, as
+    #: Python's ``sorted`` and the backend's registration statement have them.
+    path_order: ClassVar[str] = ""
     #: Where registering a found path may overwrite its row: a backend whose writers run
     #: side by side must not take a row that another command claimed a moment earlier.
     register_guard: ClassVar[str] = ""
@@ -376,7 +376,9 @@ class Store(ABC):
         rather than that one statement failed on its data (a backend may narrow it)."""
         return True
 
-    def unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+    def unavailable(
+        self, exc: BaseException, kind: type[DatabaseUnavailable] = DatabaseUnavailable
+    ) -> DatabaseUnavailable:
         """``exc`` as one line naming the database and the first cause in its chain: a
         failed statement's rollback can fail in turn ("cannot rollback - no transaction is
         active" after SQLite rolled back a full disk's transaction itself), which must not
@@ -390,13 +392,13 @@ class Store(ABC):
         # A server's error without its CONTEXT and DETAIL lines (psycopg's ``diag``).
         primary = getattr(getattr(cause, "diag", None), "message_primary", None)
         text = re.sub(r"\s+", " ", primary or str(cause)).strip() or type(cause).__name__
-        return DatabaseUnavailable(f"{self.location.display}: {text}")
+        return kind(f"{self.location.display}: {text}")
 
     def fail(self, exc: BaseException) -> NoReturn:
         """Raise what ``exc`` (one of ``unavailable_errors``) means: ``DatabaseUnavailable``
         when the database cannot serve, else ``exc`` itself (one statement's failure)."""
         if self.conflict(exc):
-            raise DatabaseConflict(str(self.unavailable(exc))) from exc
+            raise self.unavailable(exc, DatabaseConflict) from exc
         if self.cannot_serve(exc):
             raise self.unavailable(exc) from exc
         raise exc

@@ -194,18 +194,17 @@ class Driver:
         if not items:
             return
         if stage < len(self.chain):
+            task = self.tasks[stage]
+            parameters = {
+                "items": Group(items),
+                "config": self.plan.config,
+                "force": self.plan.options.force,
+            }
             if self.plan.environment.workers_ready():
-                future = self.tasks[stage].submit(
-                    Group(items), self.plan.config, self.plan.options.force
-                )
+                future = task.submit(**parameters)
             else:
                 self._start_workers_if_due()
-                parameters = {
-                    "items": Group(items),
-                    "config": self.plan.config,
-                    "force": self.plan.options.force,
-                }
-                future = self._lane_runner().submit(self.tasks[stage], parameters)
+                future = self._lane_runner().submit(task, parameters)
             self.in_flight[future] = _InFlight(items, stage)
             future.add_done_callback(self._done.put)
         else:  # the chain's last job writes no rows: the writer records the end

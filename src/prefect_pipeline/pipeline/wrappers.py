@@ -155,7 +155,7 @@ def make_job_task(spec: JobSpec) -> Task[..., Any]:
             # The run stopped (a Cancel, an error, a signal Prefect's handler caught) while
             # this group was on a thread of the command: Cancelled, as the flow run ends,
             # not Crashed (Prefect's state for a BaseException), which would say the job
-            # broke. Nobody reads the result; the ledger has the inputs pending again.
+            # broke. The driver drops the group; its inputs go back with the run's claims.
             from prefect.states import Cancelled
 
             return Cancelled(
