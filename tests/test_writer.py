@@ -3,6 +3,8 @@ real SQLite store and ledger, the real jobs, and no Prefect or Dask."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,14 +13,17 @@ import pytest
 
 from prefect_pipeline.clock import iso
 from prefect_pipeline.config import PipelineConfig
+from prefect_pipeline.database.backends import open_store
 from prefect_pipeline.database.ledger import Ledger
+from prefect_pipeline.exceptions import InputValidationError
 from prefect_pipeline.jobs import BaseJob, JobA, JobB, JobC, JobResult
 from prefect_pipeline.pipeline.definition import PipelineDefinition, default_pipeline
 from prefect_pipeline.pipeline.discovery import given_files
 from prefect_pipeline.pipeline.sources import first_item
 from prefect_pipeline.pipeline.wrappers import FinishHook, WorkItem, run_job_on_items
 from prefect_pipeline.pipeline.writer import Writer
-from tests.conftest import ManualClock, db_counts, query, sqlite_store
+from tests.conftest import ManualClock, db_counts, query
+from tests.test_store import _waiting_on_a_lock
 
 
 class Flaky(BaseJob):
@@ -34,6 +39,22 @@ class Flaky(BaseJob):
         raise OSError("disk hiccup")
 
 
+class RefusesBad(BaseJob):
+    """A database job that refuses a document of a file named bad.txt and hands the
+    others on as they are."""
+
+    name = "R"
+    uses_database = True
+
+    def validate_input(self, input_data: Any) -> Any:
+        if input_data["source_path"].endswith("bad.txt"):
+            raise InputValidationError(input_data["source_path"], "refused")
+        return input_data
+
+    def single_job(self, validated: Any) -> Any:
+        return validated
+
+
 class Harness:
     """A run's ledger and writer over some files, with every settled count recorded."""
 
@@ -43,8 +64,11 @@ class Harness:
         self.config = config
         self.chain = definition.jobs
         self.clock = ManualClock()
-        self.ledger = Ledger(sqlite_store(config.db_path), lease_seconds=60, clock=self.clock)
+        store = open_store(config.database, timeout=config.db_timeout)  # the jobs' store too
+        self.ledger = Ledger(store, lease_seconds=60, clock=self.clock)
         self.settled: list[int] = []
+        self.failed: list[int] = []
+        self.hooks: list[str] = []
         self.writer = Writer(
             self.chain,
             self.ledger,
@@ -52,6 +76,9 @@ class Harness:
             max_attempts=2,
             retry_base_seconds=10,
             on_settled=self.settled.append,
+            on_failed=self.failed.append,
+            before_commit=lambda: self.hooks.append("before commit"),
+            on_rolled_back=lambda: self.hooks.append("rolled back"),
         )
         found = list(given_files(files, config.output_dir))
         registration = self.ledger.register_and_claim(
@@ -70,8 +97,8 @@ class Harness:
         return self.writer.record(self.items, 0, results)
 
     def status(self) -> dict[str, str]:
-        rows = query(self.config.db_path, "SELECT path, status FROM pipeline_inputs")
-        return {Path(r["path"]).name: r["status"] for r in rows}
+        rows = self.ledger.store.execute("SELECT path, status FROM pipeline_inputs")
+        return {Path(path).name: status for path, status in rows.fetchall()}
 
 
 def write(folder: Path, files: dict[str, bytes]) -> list[Path]:
@@ -183,3 +210,82 @@ def test_a_definition_may_name_its_jobs_as_it_likes(
     [row] = query(config.db_path, "SELECT status, last_job, start_job, stop_job FROM"
                   " pipeline_inputs")
     assert tuple(row) == ("done", "seal", "read", "seal")
+
+
+def test_a_write_rolled_back_to_end_a_deadlock_runs_again_on_postgresql(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Writers of two commands can wait on each other's rows (documents naming the same
+    source and content, stored in opposite orders); PostgreSQL ends the circle by rolling
+    one transaction back. Played with a connection of the test's that holds one batch's
+    key while the writer waits for it, then asks for the key the writer holds. The writer's
+    transaction runs again, jobs and all, once the other has ended: every input ends as it
+    would have, and what was told before the rollback (a refused input) is told once."""
+    import psycopg
+    import psycopg.sql
+
+    # The writer's connection looks for a circle 3 s into a lock wait, the test's own after
+    # a minute: the writer is the one rolled back (see the registration's test).
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(
+            f"ALTER DATABASE {psycopg.sql.Identifier(admin.info.dbname).as_string(admin)}"
+            " SET deadlock_timeout = '3s'"
+        )
+    config = PipelineConfig(output_dir=tmp_path / "output", db_url=postgres_url, log_level="OFF")
+    files = write(tmp_path / "in", {"a.txt": b"a1\na2\n", "b.txt": b"b\n", "bad.txt": b"x\n"})
+    definition = (
+        PipelineDefinition()
+        .add_job("A", JobA)
+        .add_job("R", RefusesBad)
+        .add_job("B", JobB)
+        .add_job("C", JobC)
+    )
+    run = Harness(config, definition, files)
+    survivors = run.after_job_a()
+    keys = [(item.data["source_path"], item.data["sha256"]) for item in survivors]
+    keys = [key for key in keys if not key[0].endswith("bad.txt")]
+    assert [Path(source).name for source, _ in keys] == ["a.txt", "b.txt"]  # B's insert order
+    outcome: dict[str, Any] = {}
+
+    def write_group() -> None:
+        try:
+            outcome["left"] = run.writer.write(survivors, 1)
+        except BaseException as exc:  # reported by the assertions below
+            outcome["error"] = exc
+
+    insert = (
+        "INSERT INTO processing_batches (source_path, sha256, record_count, status, created_at)"
+        " VALUES (%s, %s, 0, 'pending', '2026-01-01T00:00:00.000000+00:00')"
+    )
+    with psycopg.connect(postgres_url) as other, psycopg.connect(
+        postgres_url, autocommit=True
+    ) as watcher:
+        other.execute("SET deadlock_timeout = '60s'")
+        other.execute(insert, keys[1])
+        writer = threading.Thread(target=write_group)
+        writer.start()
+        deadline = time.monotonic() + 30
+        while not _waiting_on_a_lock(watcher):  # it holds a's key and waits for b's
+            assert writer.is_alive() and time.monotonic() < deadline
+            time.sleep(0.02)
+        # Waits for a's key: a circle, which the writer's backend ends by rolling back.
+        other.execute(insert, keys[0])
+        assert writer.is_alive(), outcome  # rolled back, and waiting behind this one
+        other.rollback()
+        writer.join(30)
+
+    assert not writer.is_alive()
+    assert "error" not in outcome, outcome
+    assert len(run.clock.slept) >= 1  # a pause before each attempt after the first
+    left, stage = outcome["left"]
+    assert (len(left), stage) == (2, 4)
+    assert run.status() == {"a.txt": "done", "b.txt": "done", "bad.txt": "failed"}
+    # The driver renews its leases before a commit; told of the rollback, it renews again.
+    assert run.hooks == ["rolled back", "before commit"]
+    # Told once: R's refusal, then the two done; told twice, the progress would pass 3.
+    assert (run.settled, run.failed) == ([1, 2], [1])
+    counts = run.ledger.store.execute(
+        "SELECT (SELECT count(*) FROM processing_batches), (SELECT count(*) FROM"
+        " processed_records)"
+    ).fetchone()
+    assert tuple(counts) == (2, 3)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from prefect_pipeline.compat import break_future_cycle, cancel_future, forget_task_results
@@ -97,6 +98,7 @@ class Driver:
             on_settled=self._settled,
             on_failed=plan.progress.failed,
             before_commit=self._renew_if_due,
+            on_rolled_back=self._renew_at_next_commit,
         )
         self.in_flight: dict[Any, _InFlight] = {}
         self.max_in_flight = max(2, plan.options.in_flight_per_worker * plan.environment.slots)
@@ -299,6 +301,10 @@ class Driver:
         if (now - self._last_renewal).total_seconds() >= self._renew_every:
             self.plan.ledger.renew()
             self._last_renewal = now
+
+    def _renew_at_next_commit(self) -> None:
+        # A renewal written in a transaction the database rolled back is gone with it.
+        self._last_renewal = self.clock.now() - timedelta(seconds=self._renew_every)
 
     def _settled(self, count: int) -> None:
         plan = self.plan

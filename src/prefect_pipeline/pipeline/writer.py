@@ -10,17 +10,25 @@ Every database job of a group shares one write transaction: one commit per group
 one per input. Jobs B and C write a whole group with a few set-based statements, in a
 savepoint; when one input breaks them, the group rolls back to it and each input runs in a
 savepoint of its own, so a failing input rolls back alone.
+
+Where writers run side by side (PostgreSQL), two commands' transactions can wait on each
+other's rows (two documents naming the same source and content, in opposite orders); the
+database ends that deadlock by rolling one back. The writer then runs that transaction
+again, jobs and all, after a short random pause: what it tells the driver and the logs
+(inputs settled, failed) waits for the commit, so a group rolled back is not counted twice.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from prefect_pipeline.database.ledger import Ledger
+from prefect_pipeline.database.ledger import CONFLICT_ATTEMPTS, Ledger
 from prefect_pipeline.database.store import Finished
+from prefect_pipeline.exceptions import DatabaseConflict
 from prefect_pipeline.jobs.base import CLAIM_LOST, INPUT_ERROR, JobResult, Outcome
 from prefect_pipeline.logs import get_logger, log_to_flow_run
 from prefect_pipeline.pipeline.definition import JobSpec
@@ -28,6 +36,8 @@ from prefect_pipeline.pipeline.summary import problem
 from prefect_pipeline.pipeline.wrappers import FinishHook, WorkItem
 
 logger = get_logger("writer")
+
+T = TypeVar("T")
 
 
 class RunStage(Protocol):
@@ -54,6 +64,7 @@ class Writer:
         on_settled: Callable[[int], None] = lambda count: None,
         on_failed: Callable[[int], None] = lambda count: None,
         before_commit: Callable[[], None] = lambda: None,
+        on_rolled_back: Callable[[], None] = lambda: None,
     ) -> None:
         self.chain = list(chain)
         self.ledger = ledger
@@ -70,6 +81,11 @@ class Writer:
         #: write, and a renewal committed with them leaves no moment in which the run's
         #: other inputs look abandoned).
         self._before_commit = before_commit
+        #: Called when the database rolled a write transaction back to end a deadlock,
+        #: before it runs again (what ``before_commit`` wrote is gone with it).
+        self._on_rolled_back = on_rolled_back
+        #: Inside a write transaction: what to tell once it commits (None: tell at once).
+        self._told: list[Callable[[], object]] | None = None
         #: Seconds spent in write transactions (jobs B and C and the ledger's outcomes):
         #: the share of a run that more workers cannot shorten, only more writers.
         self.busy_s = 0.0
@@ -85,17 +101,17 @@ class Writer:
         """
         if not items or not self.is_writer_stage(stage):
             return items, stage
-        started = time.perf_counter()
-        with self.store.transaction():
-            items = self._still_held(items)
-            while items and self.is_writer_stage(stage):
-                last = stage == len(self.chain) - 1
-                results = self._run_stage(stage, items, self._finish if last else None)
-                items = self.record(items, stage, results)
-                stage += 1
-            self._before_commit()
-        self.busy_s += time.perf_counter() - started
-        return items, stage
+
+        def body() -> tuple[list[WorkItem], int]:
+            held, at = self._still_held(items), stage
+            while held and self.is_writer_stage(at):
+                last = at == len(self.chain) - 1
+                results = self._run_stage(at, held, self._finish if last else None)
+                held = self.record(held, at, results)
+                at += 1
+            return held, at
+
+        return self._in_transaction(body, len(items))
 
     def record(
         self, items: Sequence[WorkItem], stage: int, results: Sequence[JobResult]
@@ -111,7 +127,7 @@ class Writer:
         if stage == len(self.chain) - 1 and self.chain[stage].uses_database:
             settled += len(survivors)  # marked done by ``_finish``, in the same transaction
         if settled:
-            self._on_settled(settled)
+            self._tell(self._on_settled, settled)
         return survivors
 
     def finish(self, items: Sequence[WorkItem]) -> None:
@@ -119,14 +135,59 @@ class Writer:
         if not items:
             return
         last = self.chain[-1].name
-        started = time.perf_counter()
-        with self.store.transaction():
+
+        def body() -> None:
             held = self._still_held(items)
             self._finish(held, last, [Outcome(item.data) for item in held])
-            self._before_commit()
-        self.busy_s += time.perf_counter() - started
-        if held:
-            self._on_settled(len(held))
+            if held:
+                self._tell(self._on_settled, len(held))
+
+        self._in_transaction(body, len(items))
+
+    def _in_transaction(self, body: Callable[[], T], count: int) -> T:
+        """``body`` in one write transaction that renews the run's leases when due; what it
+        tells is told once it commits. Rolled back to end a deadlock with another command,
+        it runs again (``CONFLICT_ATTEMPTS`` in all)."""
+        started = time.perf_counter()
+        # Inside a caller's transaction, which keeps the locks it took before this, this
+        # part run again alone would meet the same circle: only the caller can rerun.
+        retries = 0 if self.store.in_transaction() else CONFLICT_ATTEMPTS - 1
+        try:
+            for attempt in range(1, retries + 1):
+                try:
+                    return self._commit(body)
+                except DatabaseConflict as exc:
+                    logger.info(
+                        "a write of %d input(s) was rolled back to end a deadlock with another"
+                        " command (%s); writing them again",
+                        count,
+                        exc,
+                    )
+                    self._on_rolled_back()
+                    self.ledger.clock.sleep(random.uniform(0.05, 0.2) * attempt)
+            return self._commit(body)
+        finally:
+            self.busy_s += time.perf_counter() - started
+
+    def _commit(self, body: Callable[[], T]) -> T:
+        self._told = []
+        try:
+            with self.store.transaction():
+                result = body()
+                self._before_commit()
+            told = self._told
+        finally:
+            self._told = None
+        for call in told:
+            call()
+        return result
+
+    def _tell(self, call: Callable[..., object], *args: object) -> None:
+        """``call(*args)`` once the write transaction under way commits; at once outside one."""
+        if self._told is None:
+            call(*args)
+        else:
+            self._told.append(lambda: call(*args))
 
     def _still_held(self, items: Sequence[WorkItem]) -> list[WorkItem]:
         """The inputs whose claim this run still holds. Checked before the first write of
@@ -136,13 +197,14 @@ class Writer:
         kept = [item for item in items if item.input_id in held]
         for item in items:
             if item.input_id not in held:
-                logger.warning(
+                self._tell(
+                    logger.warning,
                     "%s: its lease ran out and another command took it; this run's result "
                     "was discarded",
                     item.path,
                 )
         if len(kept) < len(items):
-            self._on_settled(len(items) - len(kept))
+            self._tell(self._on_settled, len(items) - len(kept))
         return kept
 
     def _finish(
@@ -171,7 +233,9 @@ class Writer:
     def _fail(self, item: WorkItem, result: JobResult) -> None:
         assert item.input_id is not None
         if result.error_kind == CLAIM_LOST:
-            logger.warning("%s: %s; this run's result was discarded", item.path, result.error)
+            self._tell(
+                logger.warning, "%s: %s; this run's result was discarded", item.path, result.error
+            )
             return
         retry_in = None
         if result.error_kind != INPUT_ERROR and item.attempts < self.max_attempts:
@@ -182,15 +246,16 @@ class Writer:
             problem(result.error or "", item.path or ""),
             f" (retry in {retry_in:.0f} s)" if retry_in is not None else "",
         )
-        logger.warning("%s failed in job %s: %s%s", *args)
+        self._tell(logger.warning, "%s failed in job %s: %s%s", *args)
         # And in the flow run's logs in Prefect, whatever the terminal shows.
-        log_to_flow_run(
+        self._tell(
+            log_to_flow_run,
             logging.WARNING if retry_in is not None else logging.ERROR,
             "%s failed in job %s: %s%s",
             *args,
         )
         if retry_in is None:
-            self._on_failed(1)
+            self._tell(self._on_failed, 1)
         self.ledger.mark_failed(
             item.input_id, job=result.job_name, error=result.error or "", retry_in=retry_in
         )
