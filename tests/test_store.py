@@ -7,7 +7,7 @@ must pass the same tests.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,9 @@ from prefect_pipeline.database.owners import this_process
 from prefect_pipeline.database.store import Claim, Finished, Store
 from prefect_pipeline.exceptions import ClaimLostError
 from tests.conftest import ManualClock, sqlite_store
+
+#: A statement and its parameters, for a psycopg connection of a test's.
+Statement = tuple[str, tuple[Any, ...]]
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -455,6 +458,62 @@ def test_two_commands_registering_the_same_files_at_once_on_postgresql(
     }
 
 
+def deadlock_with(
+    postgres_url: str, action: Callable[[], Any], statements: tuple[Statement, Statement]
+) -> dict[str, Any]:
+    """Run ``action`` in a thread into a real deadlock with a connection of the test's, and
+    return its ``{"result": ...}`` or ``{"error": ...}``.
+
+    The test's connection runs the first statement (it holds a row ``action`` will ask
+    for), waits until ``action`` waits for that row, then runs the second, which asks for a
+    row ``action`` holds: a circle. ``action``'s connections look for one 3 s into a lock
+    wait, the test's own after a minute, so ``action``'s transaction is the one rolled back
+    ("deadlock detected"); the test's then rolls back, and ``action``, if it runs its
+    transaction again, goes on."""
+    import threading
+
+    import psycopg
+    import psycopg.sql
+
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(
+            f"ALTER DATABASE {psycopg.sql.Identifier(admin.info.dbname).as_string(admin)}"
+            " SET deadlock_timeout = '3s'"
+        )
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = action()
+        except BaseException as exc:  # reported by the caller's assertions
+            outcome["error"] = exc
+
+    with psycopg.connect(postgres_url) as other, psycopg.connect(
+        postgres_url, autocommit=True
+    ) as watcher:
+        other.execute("SET deadlock_timeout = '60s'")
+        other.execute(*statements[0])
+        thread = threading.Thread(target=run)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not _waiting_on_a_lock(watcher):
+            assert thread.is_alive() and time.monotonic() < deadline, outcome
+            time.sleep(0.02)
+        # The statement that closes the circle returns once ``action``'s transaction was
+        # rolled back to end it.
+        other.execute(*statements[1])
+        assert thread.is_alive(), outcome  # rolled back, and waiting behind this one
+        other.rollback()
+        thread.join(30)
+    assert not thread.is_alive()
+    return outcome
+
+
+def _touch(path: str) -> Statement:
+    """A statement that locks ``path``'s row of the ledger."""
+    return ("UPDATE pipeline_inputs SET attempts = attempts WHERE path = %s", (path,))
+
+
 def test_a_registration_rolled_back_to_end_a_deadlock_runs_again_on_postgresql(
     postgres_url: str,
 ) -> None:
@@ -464,21 +523,8 @@ def test_a_registration_rolled_back_to_end_a_deadlock_runs_again_on_postgresql(
     the registration waits for it, then asks for the row the registration holds. The
     registration, rolled back, runs again once the other transaction has ended, and claims
     both files, instead of ending its run."""
-    import threading
-
-    import psycopg
-    import psycopg.sql
-
     from prefect_pipeline.pipeline.discovery import Found
 
-    # PostgreSQL looks for a circle once per lock wait, deadlock_timeout after it began:
-    # the registration's connections look after 3 s (the second UPDATE below comes well
-    # before, even on a loaded machine), the test's own after a minute (never the victim).
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        admin.execute(
-            f"ALTER DATABASE {psycopg.sql.Identifier(admin.info.dbname).as_string(admin)}"
-            " SET deadlock_timeout = '3s'"
-        )
     store = open_store(postgres_url, timeout=30)  # one connection per thread
     clock = ManualClock()
     earlier = Ledger(store, lease_seconds=1, clock=clock)
@@ -486,39 +532,44 @@ def test_a_registration_rolled_back_to_end_a_deadlock_runs_again_on_postgresql(
     assert len(earlier.register_and_claim(found, start_job="A", stop_job="C").claimed) == 2
     clock.advance(2)  # its leases ran out: the files are free to claim
     ledger = Ledger(store, lease_seconds=60, clock=clock)
-    outcome: dict[str, Any] = {}
 
-    def register() -> None:
-        try:
-            outcome["claimed"] = ledger.register_and_claim(found, start_job="A", stop_job="C")
-        except BaseException as exc:  # reported by the assertions below
-            outcome["error"] = exc
+    # The registration holds /in/a and waits for /in/b; then the test asks for /in/a.
+    outcome = deadlock_with(
+        postgres_url,
+        lambda: ledger.register_and_claim(found, start_job="A", stop_job="C"),
+        (_touch("/in/b"), _touch("/in/a")),
+    )
 
-    with psycopg.connect(postgres_url) as other, psycopg.connect(
-        postgres_url, autocommit=True
-    ) as watcher:
-        other.execute("SET deadlock_timeout = '60s'")
-        other.execute("UPDATE pipeline_inputs SET attempts = attempts WHERE path = '/in/b'")
-        registration = threading.Thread(target=register)
-        registration.start()
-        deadline = time.monotonic() + 30
-        while not _waiting_on_a_lock(watcher):  # it holds /in/a and waits for /in/b
-            assert registration.is_alive() and time.monotonic() < deadline
-            time.sleep(0.02)
-        # Waits for /in/a: a circle, which the registration's backend finds and ends by
-        # rolling its own transaction back.
-        other.execute("UPDATE pipeline_inputs SET attempts = attempts WHERE path = '/in/a'")
-        assert registration.is_alive(), outcome  # rolled back, and waiting behind this one
-        other.rollback()
-        registration.join(30)
-
-    assert not registration.is_alive()
     assert "error" not in outcome, outcome
     assert len(clock.slept) == 1  # one pause, then the second attempt
-    claimed = outcome["claimed"].claimed
+    claimed = outcome["result"].claimed
     assert sorted(row.path for row in claimed) == ["/in/a", "/in/b"]
     tokens = dict(store.execute("SELECT path, claim_token FROM pipeline_inputs").fetchall())
     assert tokens == {"/in/a": ledger.token, "/in/b": ledger.token}
+
+
+def test_a_lease_renewal_rolled_back_to_end_a_deadlock_runs_again_on_postgresql(
+    postgres_url: str,
+) -> None:
+    """A renewal locks every row the run holds, in the table's order, and another command's
+    registration of the same files locks them in path order: the two can wait on each
+    other. The renewal, rolled back, runs again instead of ending the run."""
+    from prefect_pipeline.pipeline.discovery import Found
+
+    store = open_store(postgres_url, timeout=30)
+    clock = ManualClock()
+    ledger = Ledger(store, lease_seconds=60, clock=clock)
+    found = [Found(f"/in/{n}", f"/out/{n}.json", 1, 1) for n in "ab"]
+    assert len(ledger.register_and_claim(found, start_job="A", stop_job="C").claimed) == 2
+    clock.advance(30)
+
+    # The renewal holds /in/a and waits for /in/b; then the test asks for /in/a.
+    outcome = deadlock_with(postgres_url, ledger.renew, (_touch("/in/b"), _touch("/in/a")))
+
+    assert "error" not in outcome, outcome
+    assert len(clock.slept) == 1
+    leases = {row.lease_expires_at for row in store.inputs_by_path(["/in/a", "/in/b"]).values()}
+    assert leases == {iso_in(clock, 60)}
 
 
 def test_the_owners_of_live_claims_and_the_end_of_their_leases(store: Store) -> None:

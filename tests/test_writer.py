@@ -3,8 +3,6 @@ real SQLite store and ledger, the real jobs, and no Prefect or Dask."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,10 +18,18 @@ from prefect_pipeline.jobs import BaseJob, JobA, JobB, JobC, JobResult
 from prefect_pipeline.pipeline.definition import PipelineDefinition, default_pipeline
 from prefect_pipeline.pipeline.discovery import given_files
 from prefect_pipeline.pipeline.sources import first_item
-from prefect_pipeline.pipeline.wrappers import FinishHook, WorkItem, run_job_on_items
+from prefect_pipeline.pipeline.wrappers import (
+    FinishHook,
+    Group,
+    WorkItem,
+    make_job_task,
+    run_job_on_items,
+    task_results,
+)
 from prefect_pipeline.pipeline.writer import Writer
 from tests.conftest import ManualClock, db_counts, query
-from tests.test_store import _waiting_on_a_lock
+from tests.test_prefect_ui import task_runs
+from tests.test_store import deadlock_with
 
 
 class Flaky(BaseJob):
@@ -55,13 +61,49 @@ class RefusesBad(BaseJob):
         return validated
 
 
+#: A batch of the test's own, for a psycopg connection: it holds that batch's key.
+_INSERT_BATCH = (
+    "INSERT INTO processing_batches (source_path, sha256, record_count, status, created_at)"
+    " VALUES (%s, %s, 0, 'pending', '2026-01-01T00:00:00.000000+00:00')"
+)
+
+
+class PeeweeBatches(BaseJob):
+    """A database job of a user's own: one batch per document, inserted through Peewee."""
+
+    name = "P"
+    uses_database = True
+
+    def validate_input(self, input_data: Any) -> Any:
+        return input_data
+
+    def single_job(self, validated: Any) -> Any:
+        from prefect_pipeline.database.models import ProcessingBatch
+
+        with self.store.bind_models():
+            ProcessingBatch.insert(
+                source_path=validated["source_path"],
+                sha256=validated["sha256"],
+                record_count=validated["record_count"],
+            ).execute()
+        return validated
+
+
 class Harness:
     """A run's ledger and writer over some files, with every settled count recorded."""
 
     def __init__(
-        self, config: PipelineConfig, definition: PipelineDefinition, files: Sequence[Path]
+        self,
+        config: PipelineConfig,
+        definition: PipelineDefinition,
+        files: Sequence[Path],
+        *,
+        prefect_tasks: bool = False,
     ) -> None:
         self.config = config
+        #: Run the writer's stages as Prefect tasks, and record their states' names.
+        self.prefect_tasks = prefect_tasks
+        self.states: list[str] = []
         self.chain = definition.jobs
         self.clock = ManualClock()
         store = open_store(config.database, timeout=config.db_timeout)  # the jobs' store too
@@ -89,11 +131,17 @@ class Harness:
     def run_stage(
         self, stage: int, items: Sequence[WorkItem], finish: FinishHook | None
     ) -> list[JobResult]:
-        return run_job_on_items(self.chain[stage], items, self.config, False, finish)
+        if not self.prefect_tasks:
+            return run_job_on_items(self.chain[stage], items, self.config, False, finish)
+        # As the run's driver runs a writer stage: its Prefect task, here.
+        job_task = make_job_task(self.chain[stage])
+        state = job_task(Group(items), self.config, False, finish, return_state=True)
+        self.states.append(f"{self.chain[stage].name}: {state.name}")
+        return task_results(state)
 
     def after_job_a(self) -> list[WorkItem]:
         """What job A (a job that does not write) hands the writer."""
-        results = self.run_stage(0, self.items, None)
+        results = run_job_on_items(self.chain[0], self.items, self.config)
         return self.writer.record(self.items, 0, results)
 
     def status(self) -> dict[str, str]:
@@ -221,16 +269,6 @@ def test_a_write_rolled_back_to_end_a_deadlock_runs_again_on_postgresql(
     key while the writer waits for it, then asks for the key the writer holds. The writer's
     transaction runs again, jobs and all, once the other has ended: every input ends as it
     would have, and what was told before the rollback (a refused input) is told once."""
-    import psycopg
-    import psycopg.sql
-
-    # The writer's connection looks for a circle 3 s into a lock wait, the test's own after
-    # a minute: the writer is the one rolled back (see the registration's test).
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        admin.execute(
-            f"ALTER DATABASE {psycopg.sql.Identifier(admin.info.dbname).as_string(admin)}"
-            " SET deadlock_timeout = '3s'"
-        )
     config = PipelineConfig(output_dir=tmp_path / "output", db_url=postgres_url, log_level="OFF")
     files = write(tmp_path / "in", {"a.txt": b"a1\na2\n", "b.txt": b"b\n", "bad.txt": b"x\n"})
     definition = (
@@ -240,46 +278,40 @@ def test_a_write_rolled_back_to_end_a_deadlock_runs_again_on_postgresql(
         .add_job("B", JobB)
         .add_job("C", JobC)
     )
-    run = Harness(config, definition, files)
+    run = Harness(config, definition, files, prefect_tasks=True)
     survivors = run.after_job_a()
     keys = [(item.data["source_path"], item.data["sha256"]) for item in survivors]
     keys = [key for key in keys if not key[0].endswith("bad.txt")]
     assert [Path(source).name for source, _ in keys] == ["a.txt", "b.txt"]  # B's insert order
-    outcome: dict[str, Any] = {}
 
-    def write_group() -> None:
-        try:
-            outcome["left"] = run.writer.write(survivors, 1)
-        except BaseException as exc:  # reported by the assertions below
-            outcome["error"] = exc
+    from prefect import flow
 
-    insert = (
-        "INSERT INTO processing_batches (source_path, sha256, record_count, status, created_at)"
-        " VALUES (%s, %s, 0, 'pending', '2026-01-01T00:00:00.000000+00:00')"
+    @flow(name="writer-rolled-back")
+    def write_in_a_flow_run() -> tuple[list[WorkItem], int]:  # as the driver writes
+        return run.writer.write(survivors, 1)
+
+    # The writer holds a's batch key and waits for b's; then the test asks for a's.
+    outcome = deadlock_with(
+        postgres_url,
+        lambda: write_in_a_flow_run(return_state=True),
+        ((_INSERT_BATCH, keys[1]), (_INSERT_BATCH, keys[0])),
     )
-    with psycopg.connect(postgres_url) as other, psycopg.connect(
-        postgres_url, autocommit=True
-    ) as watcher:
-        other.execute("SET deadlock_timeout = '60s'")
-        other.execute(insert, keys[1])
-        writer = threading.Thread(target=write_group)
-        writer.start()
-        deadline = time.monotonic() + 30
-        while not _waiting_on_a_lock(watcher):  # it holds a's key and waits for b's
-            assert writer.is_alive() and time.monotonic() < deadline
-            time.sleep(0.02)
-        # Waits for a's key: a circle, which the writer's backend ends by rolling back.
-        other.execute(insert, keys[0])
-        assert writer.is_alive(), outcome  # rolled back, and waiting behind this one
-        other.rollback()
-        writer.join(30)
 
-    assert not writer.is_alive()
     assert "error" not in outcome, outcome
-    assert len(run.clock.slept) >= 1  # a pause before each attempt after the first
-    left, stage = outcome["left"]
+    assert len(run.clock.slept) == 1  # one pause, then the second attempt
+    flow_state = outcome["result"]
+    assert flow_state.is_completed(), flow_state
+    left, stage = flow_state.result()
     assert (len(left), stage) == (2, 4)
     assert run.status() == {"a.txt": "done", "b.txt": "done", "bad.txt": "failed"}
+    # In Prefect, the job whose write was undone ends RolledBack, not Failed (R is Failed:
+    # it refused an input).
+    assert run.states == ["R: Failed", "B: RolledBack", "R: Failed", "B: Completed",
+                          "C: Completed"]  # fmt: skip
+    recorded = task_runs(str(flow_state.state_details.flow_run_id), expected=5)
+    assert [(r.state_name, r.state_type.value) for r in recorded][:2] == [
+        ("Failed", "FAILED"), ("RolledBack", "CANCELLED"),
+    ]
     # The driver renews its leases before a commit; told of the rollback, it renews again.
     assert run.hooks == ["rolled back", "before commit"]
     # Told once: R's refusal, then the two done; told twice, the progress would pass 3.
@@ -289,3 +321,29 @@ def test_a_write_rolled_back_to_end_a_deadlock_runs_again_on_postgresql(
         " processed_records)"
     ).fetchone()
     assert tuple(counts) == (2, 3)
+
+
+def test_a_job_of_your_own_rolled_back_through_peewee_runs_again_on_postgresql(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A job that writes through Peewee meets the database's own errors, not the store's
+    translation: a deadlock must still roll the group back and run it again, not fail one
+    input and commit the rest."""
+    config = PipelineConfig(output_dir=tmp_path / "output", db_url=postgres_url, log_level="OFF")
+    files = write(tmp_path / "in", {"a.txt": b"a\n", "b.txt": b"b\n"})
+    run = Harness(config, PipelineDefinition().add_job("A", JobA).add_job("P", PeeweeBatches),
+                  files)  # fmt: skip
+    survivors = run.after_job_a()
+    keys = [(item.data["source_path"], item.data["sha256"]) for item in survivors]
+
+    # The job holds a's batch key and waits for b's; then the test asks for a's.
+    outcome = deadlock_with(
+        postgres_url,
+        lambda: run.writer.write(survivors, 1),
+        ((_INSERT_BATCH, keys[1]), (_INSERT_BATCH, keys[0])),
+    )
+
+    assert "error" not in outcome, outcome
+    assert len(run.clock.slept) == 1
+    assert run.status() == {"a.txt": "done", "b.txt": "done"}
+    assert (run.settled, run.failed) == ([2], [])

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from prefect_pipeline.clock import SYSTEM_CLOCK, Clock, iso, iso_in
 from prefect_pipeline.database.models import DONE, PROCESSING
@@ -26,8 +26,11 @@ from prefect_pipeline.logs import get_logger
 
 logger = get_logger("ledger")
 
-#: How many times a registration runs before a conflict with other commands' (a deadlock
-#: the database ended by rolling it back) ends the run.
+T = TypeVar("T")
+
+#: How many times a transaction (a registration, a lease renewal, a group's writes) runs
+#: before a conflict with other commands' (a deadlock the database ended by rolling it
+#: back) ends the run.
 CONFLICT_ATTEMPTS = 5
 
 #: An input this run holds.
@@ -160,16 +163,33 @@ class Ledger:
         """
         if not found:
             return Registration()
+        return self.retried(
+            lambda: self._register_and_claim(found, start_job, stop_job, force),
+            what="registration",
+        )
+
+    def retried(
+        self,
+        transaction: Callable[[], T],
+        *,
+        what: str,
+        on_conflict: Callable[[DatabaseConflict], None] | None = None,
+    ) -> T:
+        """``transaction()`` (which runs one transaction); run again when the database rolls
+        it back to end a deadlock with another command (``on_conflict`` is told first), after
+        a pause that grows and differs between commands (``CONFLICT_ATTEMPTS`` in all)."""
         # Inside a caller's transaction, which keeps the locks it took before this, this
         # part run again alone would meet the same circle: only the caller can rerun.
         retries = 0 if self.store.in_transaction() else CONFLICT_ATTEMPTS - 1
         for attempt in range(1, retries + 1):
             try:
-                return self._register_and_claim(found, start_job, stop_job, force)
+                return transaction()
             except DatabaseConflict as exc:
-                logger.debug("registration rolled back (%s); again, attempt %d", exc, attempt + 1)
+                logger.debug("%s rolled back (%s); again, attempt %d", what, exc, attempt + 1)
+                if on_conflict is not None:
+                    on_conflict(exc)
                 self.clock.sleep(random.uniform(0.05, 0.2) * attempt)
-        return self._register_and_claim(found, start_job, stop_job, force)
+        return transaction()
 
     def _register_and_claim(
         self, found: Sequence[FoundInput], start_job: str, stop_job: str, force: bool
@@ -290,8 +310,14 @@ class Ledger:
 
     def renew(self) -> None:
         """Extend the leases of every input this command holds."""
-        with self.store.transaction():
-            self.store.renew(self.token, iso_in(self.clock, self.lease_seconds))
+
+        def renew() -> None:
+            with self.store.transaction():
+                self.store.renew(self.token, iso_in(self.clock, self.lease_seconds))
+
+        # Its rows, locked as the table has them, can close a circle with a registration
+        # that locks the same rows in path order.
+        self.retried(renew, what="lease renewal")
 
     def release(self) -> int:
         """Give back every input this command still holds (interrupted): pending again,
@@ -299,8 +325,12 @@ class Ledger:
         # Called after an interrupt, which may have left a transaction half begun or half
         # ended: whatever it was, it had not committed.
         self.store.abandon_transaction()
-        with self.store.transaction():
-            return self.store.release(self.token, iso(self.clock.now()))
+
+        def release() -> int:
+            with self.store.transaction():
+                return self.store.release(self.token, iso(self.clock.now()))
+
+        return self.retried(release, what="giving back")
 
     # Reading -------------------------------------------------------------------------
 

@@ -397,11 +397,20 @@ class Store(ABC):
     def fail(self, exc: BaseException) -> NoReturn:
         """Raise what ``exc`` (one of ``unavailable_errors``) means: ``DatabaseUnavailable``
         when the database cannot serve, else ``exc`` itself (one statement's failure)."""
-        if self.conflict(exc):
-            raise self.unavailable(exc, DatabaseConflict) from exc
-        if self.cannot_serve(exc):
-            raise self.unavailable(exc) from exc
+        meaning = self.meaning(exc)
+        if meaning is not None:
+            raise meaning from exc
         raise exc
+
+    def meaning(self, exc: BaseException) -> DatabaseUnavailable | None:
+        """``exc`` (one of ``unavailable_errors``) as ``DatabaseConflict`` (rolled back to
+        end a deadlock) or ``DatabaseUnavailable`` (the database cannot serve); None for one
+        statement's failure on its data."""
+        if self.conflict(exc):
+            return self.unavailable(exc, DatabaseConflict)
+        if self.cannot_serve(exc):
+            return self.unavailable(exc)
+        return None
 
     def conflict(self, exc: BaseException) -> bool:
         """Whether ``exc`` (one of ``unavailable_errors``) is the database ending this

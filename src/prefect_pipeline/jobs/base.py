@@ -235,6 +235,7 @@ class BaseJob(ABC):
             # Not a bug: the input's lease ran out and another command has it now.
             return self._failed(f"{_describe(input_data)}: {exc}", CLAIM_LOST, started)
         except Exception as exc:  # a bug or an environment failure: keep the traceback
+            self._raise_if_database_failure(exc)
             return self._unexpected(exc, input_data, started)
         return JobResult(
             self.job_name,
@@ -297,6 +298,7 @@ class BaseJob(ABC):
             except DatabaseUnavailable:
                 raise
             except Exception as exc:
+                self._raise_if_database_failure(exc)
                 logger.debug(
                     "job %s: a group of %d input(s) failed together (%s); each runs alone",
                     self.job_name,
@@ -322,6 +324,17 @@ class BaseJob(ABC):
         done = [result for result in results if result is not None]
         assert len(done) == len(inputs)
         return done
+
+    def _raise_if_database_failure(self, exc: Exception) -> None:
+        """Raise ``DatabaseUnavailable`` (or ``DatabaseConflict``) when ``exc`` says the
+        database cannot serve, rather than that a statement failed on its data. The store's
+        own statements raise these already; a job of your own that queries through Peewee
+        meets the database's errors untranslated."""
+        store = self._store
+        if store is not None and isinstance(exc, store.unavailable_errors):
+            meaning = store.meaning(exc)
+            if meaning is not None:
+                raise meaning from exc
 
     def _unexpected(self, exc: Exception, input_data: Any, started: float) -> JobResult:
         """The result of an unexpected error (call in its ``except`` block), logged with its

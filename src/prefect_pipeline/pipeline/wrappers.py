@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefect_pipeline.compat import plain_http_clients
 from prefect_pipeline.config import PipelineConfig
+from prefect_pipeline.exceptions import DatabaseConflict
 from prefect_pipeline.interrupts import Abandoned
 from prefect_pipeline.jobs.base import NO_FACTS, Facts, JobResult, Outcome
 from prefect_pipeline.pipeline.definition import JobSpec
@@ -162,6 +163,19 @@ def make_job_task(spec: JobSpec) -> Task[..., Any]:
                 message=f"job {spec.name} stopped with its run before the group's "
                 f"{len(items)} input(s) were done"
             )
+        except DatabaseConflict as exc:
+            # The database rolled the group's transaction back to end a deadlock with
+            # another command, and the writer runs it again: not a failure of the job
+            # (Failed, with a traceback, in red) but a write undone. The exception travels
+            # as the state's data, for the writer (``task_results`` raises it).
+            from prefect.states import Cancelled
+
+            return Cancelled(
+                name="RolledBack",
+                message=f"job {spec.name}: the database rolled this write of {len(items)}"
+                f" input(s) back to end a deadlock with another command ({exc})",
+                data=exc,
+            )
         failed = [r for r in results if not r.success]
         if not failed:
             from prefect.states import Completed
@@ -199,7 +213,8 @@ def make_job_task(spec: JobSpec) -> Task[..., Any]:
 
 def task_results(state: Any) -> list[JobResult]:
     """The ``JobResult``s a job task's final state holds, Completed or Failed; raises what
-    the task raised when it broke before producing any."""
+    the task raised when it broke before producing any, and the ``DatabaseConflict`` of a
+    write rolled back (RolledBack)."""
     results = state.result(raise_on_failure=False)
     if isinstance(results, BaseException):
         raise results

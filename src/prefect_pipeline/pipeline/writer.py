@@ -21,12 +21,11 @@ again, jobs and all, after a short random pause: what it tells the driver and th
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
-from prefect_pipeline.database.ledger import CONFLICT_ATTEMPTS, Ledger
+from prefect_pipeline.database.ledger import Ledger
 from prefect_pipeline.database.store import Finished
 from prefect_pipeline.exceptions import DatabaseConflict
 from prefect_pipeline.jobs.base import CLAIM_LOST, INPUT_ERROR, JobResult, Outcome
@@ -147,40 +146,40 @@ class Writer:
     def _in_transaction(self, body: Callable[[], T], count: int) -> T:
         """``body`` in one write transaction that renews the run's leases when due; what it
         tells is told once it commits. Rolled back to end a deadlock with another command,
-        it runs again (``CONFLICT_ATTEMPTS`` in all)."""
-        started = time.perf_counter()
-        # Inside a caller's transaction, which keeps the locks it took before this, this
-        # part run again alone would meet the same circle: only the caller can rerun.
-        retries = 0 if self.store.in_transaction() else CONFLICT_ATTEMPTS - 1
-        try:
-            for attempt in range(1, retries + 1):
-                try:
-                    return self._commit(body)
-                except DatabaseConflict as exc:
-                    logger.info(
-                        "a write of %d input(s) was rolled back to end a deadlock with another"
-                        " command (%s); writing them again",
-                        count,
-                        exc,
-                    )
-                    self._on_rolled_back()
-                    self.ledger.clock.sleep(random.uniform(0.05, 0.2) * attempt)
-            return self._commit(body)
-        finally:
-            self.busy_s += time.perf_counter() - started
+        it runs again (``Ledger.retried``)."""
 
-    def _commit(self, body: Callable[[], T]) -> T:
-        self._told = []
+        def rolled_back(exc: DatabaseConflict) -> None:
+            args = (
+                "a write of %d input(s) was rolled back to end a deadlock with another command"
+                " (%s); writing them again",
+                count,
+                exc,
+            )
+            logger.info(*args)
+            # In Prefect, beside the job's task run that it ended.
+            log_to_flow_run(logging.INFO, *args)
+            self._on_rolled_back()
+
+        result, told = self.ledger.retried(
+            lambda: self._commit(body), what="a group's write", on_conflict=rolled_back
+        )
+        for call in told:
+            call()
+        return result
+
+    def _commit(self, body: Callable[[], T]) -> tuple[T, list[Callable[[], object]]]:
+        """``body`` in a write transaction, committed; and what it told, still to tell."""
+        started = time.perf_counter()
+        told: list[Callable[[], object]] = []
+        self._told = told
         try:
             with self.store.transaction():
                 result = body()
                 self._before_commit()
-            told = self._told
         finally:
             self._told = None
-        for call in told:
-            call()
-        return result
+            self.busy_s += time.perf_counter() - started
+        return result, told
 
     def _tell(self, call: Callable[..., object], *args: object) -> None:
         """``call(*args)`` once the write transaction under way commits; at once outside one."""
