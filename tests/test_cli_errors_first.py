@@ -173,6 +173,48 @@ def test_an_unusable_database_is_one_line_before_prefect(
     assert (db.read_bytes() if db.is_file() else None) == before
 
 
+# An output folder job A cannot write in (run, run-all, run-parallel) ------------------
+
+
+@pytest.mark.parametrize("command", ["run", "run-all", "run-parallel"])
+def test_an_output_folder_job_a_cannot_write_in_is_one_line_before_prefect(
+    watched: WatchedRun, tmp_path: Path, sample_file: Path, command: str
+) -> None:
+    """Found by job A, every input would fail with it, one by one, after the start-up. (An
+    existing file as --output-dir is Click's usage error.)"""
+    afile = tmp_path / "afile"
+    afile.write_text("a regular file\n")
+    out = afile / "out"
+    problem = f"cannot be created: {afile} is not a directory"
+    given = sample_file.parent if command == "run-parallel" else sample_file
+    db = tmp_path / "db" / "pipeline.db"
+
+    result = watched("--db-path", db, "--output-dir", out, command, given)
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"Error: {out}: {problem} (check --output-dir)\n"
+    assert result.stdout == ""
+    assert_started_nothing(result)
+    assert not db.exists()
+    assert afile.read_text() == "a regular file\n"
+
+
+def test_an_output_folder_is_not_checked_by_a_run_that_writes_none(
+    watched: WatchedRun, tmp_path: Path
+) -> None:
+    """Job B on to C reads JSON files and writes rows: --output-dir is not theirs."""
+    afile = tmp_path / "afile"
+    afile.write_text("a regular file\n")
+    folder = tmp_path / "json"
+    folder.mkdir()
+
+    result = watched("--db-path", tmp_path / "p.db", "--output-dir", afile / "out", "run-parallel",
+                     folder, "--start-from", "B", "--json")  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["total"] == 0
+
+
 def test_the_other_commands_refuse_a_directory_in_one_line(
     cli_runner: CliInvoke, tmp_path: Path, sample_file: Path
 ) -> None:

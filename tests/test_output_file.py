@@ -194,6 +194,25 @@ def test_a_folder_removed_after_its_first_write_is_made_again(tmp_path: Path) ->
     assert os.listdir(folder) == ["second.json"]
 
 
+def test_a_folder_job_a_cannot_write_in_fails_its_input_in_one_line(
+    config: PipelineConfig, sample_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error of the system's (here a path under a file; a folder not writable, a full
+    disk) names the folder, not the temporary file it was about to make, and logs no
+    traceback at the default level: the run's line about the failed input says it all."""
+    (tmp_path / "afile").write_text("a regular file\n")
+    out = tmp_path / "afile" / "out"
+    config = config.model_copy(update={"output_dir": out})
+
+    with caplog.at_level("INFO"):
+        result = JobA(config).execute(sample_file)
+
+    assert not result.success
+    assert result.error == f"{sample_file}: not a directory: {out}"
+    assert [r for r in caplog.records if r.levelno >= 30] == []
+    assert "NotADirectoryError" in (result.traceback or "")  # kept for --log-level DEBUG
+
+
 # Job A killed or interrupted while streaming a large input ---------------------------------
 
 # Job A on a large input, one byte at a time so that it is still writing when signalled.

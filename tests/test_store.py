@@ -249,6 +249,35 @@ def test_done_only_while_the_claim_holds(store: Store) -> None:
     assert slow.run_counts()["done"] == 0
 
 
+def test_a_run_counts_the_records_of_its_own_done_inputs_only(store: Store) -> None:
+    """A row claimed again keeps its last run's records until this run marks it done: an
+    input given back (an interrupt) or failed wrote nothing in this run."""
+    queue(store, "a", "b", "c")
+    clock = ManualClock()
+    first = Ledger(store, lease_seconds=60, clock=clock)
+    claimed = first.claim_pending(3, max_attempts=3)
+    with store.transaction():
+        first.mark_done([
+            (row.input_id, Finished("C", batch_id=None, sha256=None, records_written=5,
+                                    unchanged=index == 0))
+            for index, row in enumerate(claimed)
+        ])  # fmt: skip
+    assert first.run_counts()["records"] == 15
+    queue(store, "a", "b", "c")
+
+    again = Ledger(store, lease_seconds=60, clock=clock)
+    a, b, _ = again.claim_pending(3, max_attempts=3)
+    with store.transaction():
+        again.mark_done([(a.input_id, Finished("C", batch_id=None, sha256=None,
+                                               records_written=2, unchanged=False))])
+    again.mark_failed(b.input_id, job="B", error="broken")
+    again.release()  # c: given back
+
+    counts = again.run_counts()
+    assert (counts["done"], counts["failed"], counts["pending"]) == (1, 1, 1)
+    assert (counts["records"], counts["unchanged"]) == (2, 0)
+
+
 def test_a_group_is_marked_done_only_where_the_claim_holds(store: Store) -> None:
     queue(store, "a", "b", "c")
     ledger = Ledger(store, lease_seconds=60, clock=ManualClock())

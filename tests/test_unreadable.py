@@ -84,3 +84,30 @@ def test_unreadable_file_fails_alone_in_a_parallel_run(tmp_path: Path) -> None:
     ]
     assert db_counts(db)["processed_records"] == 3
     assert files_under(out) == ["a_processed.json", "b_processed.json"]
+
+
+def test_an_output_folder_that_is_not_writable_is_one_line_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "a.txt").write_text("one\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    db = tmp_path / "p.db"
+    try:
+        result = subprocess.run(
+            _command("--db-path", db, "--output-dir", out, "run-parallel", root),
+            env=api_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        out.chmod(0o755)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"Error: {out}: not writable (permission denied) (check --output-dir)\n"
+    assert result.stdout == ""
+    assert not db.exists()
+    assert files_under(out) == []

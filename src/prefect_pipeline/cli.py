@@ -134,6 +134,37 @@ def _check_database_location(config: PipelineConfig) -> None:
         )
 
 
+class UnusableOutput(click.ClickException):
+    """Job A could not write its JSON files under --output-dir (a file, a path under a
+    file, a folder this process may not write in): exit 2, in one line, before anything
+    starts. Found later, every input would fail with it, one by one."""
+
+    exit_code = EXIT_USAGE
+
+
+def _check_output_dir(config: PipelineConfig) -> None:
+    """Refuse, creating nothing, an output folder that job A's JSON files cannot go in."""
+    path = config.output_dir
+    folder = path
+    while not folder.exists():  # the nearest existing folder, which job A creates in
+        folder = folder.parent
+    if not folder.is_dir():
+        problem = (
+            "not a directory"
+            if folder == path
+            else f"cannot be created: {folder} is not a directory"
+        )
+        raise UnusableOutput(f"{path}: {problem} (check --output-dir)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        why = "read-only file system" if os.statvfs(folder).f_flag & os.ST_RDONLY else (
+            "permission denied"
+        )
+        problem = f"not writable ({why})" if folder == path else (
+            f"cannot be created in {folder} ({why})"
+        )
+        raise UnusableOutput(f"{path}: {problem} (check --output-dir)")
+
+
 def _open_database(config: PipelineConfig) -> Any:
     """The configured database's store, created if missing, for a command that stores what
     it reads. A SQLite location that cannot serve is refused in one line, before a Prefect
@@ -341,6 +372,8 @@ def _run_single(
     # A rejected input before any start-up (Prefect, its server).
     outcome = precheck(jobs, input_data, config)
     if outcome is None:
+        if jobs[0].takes is Kind.FILE:  # it writes its JSON file under --output-dir
+            _check_output_dir(config)
         if any(spec.uses_database for spec in jobs):
             _open_database(config)
         from prefect_pipeline.pipeline.server import prefect_api
@@ -624,12 +657,17 @@ def run_parallel(
         raise click.BadParameter(f"{directory}: no such directory", param_hint="'DIRECTORY'")
     if not directory.is_dir():
         raise click.BadParameter(f"{directory}: not a directory", param_hint="'DIRECTORY'")
+    from prefect_pipeline.jobs.base import Kind
+
+    definition = _definition()
+    if definition.job_range(start_from, stop_after)[0].takes is Kind.FILE:
+        _check_output_dir(config)  # its JSON files go there
     _check_database_location(config)  # the run opens it, after its own usage checks
     run = functools.partial(
         run_parallel_from_files,
         directory,
         config,
-        definition=_definition(),
+        definition=definition,
         start_from=start_from,
         stop_after=stop_after,
         pattern=pattern,

@@ -296,9 +296,13 @@ _RELEASE = (
     " attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated_at = ?"
     " WHERE claim_token = ? AND status = 'processing'"
 )
+#: Records and outcomes of done inputs only: a row registered or claimed again keeps those
+#: of its last run until this one marks it done (given back, or failed, it never does).
 _RUN_COUNTS = (
-    "SELECT status, count(*), CAST(coalesce(sum(records_written), 0) AS BIGINT),"
-    " coalesce(sum(CASE WHEN outcome = 'unchanged' THEN 1 ELSE 0 END), 0)"
+    "SELECT status, count(*),"
+    " CAST(coalesce(sum(CASE WHEN status = 'done' THEN records_written ELSE 0 END), 0)"
+    " AS BIGINT),"
+    " coalesce(sum(CASE WHEN status = 'done' AND outcome = 'unchanged' THEN 1 ELSE 0 END), 0)"
     " FROM pipeline_inputs WHERE run_id = ? GROUP BY status"
 )
 _RUN_FAILURES = (

@@ -338,11 +338,20 @@ class BaseJob(ABC):
 
     def _unexpected(self, exc: Exception, input_data: Any, started: float) -> JobResult:
         """The result of an unexpected error (call in its ``except`` block), logged with its
-        traceback."""
-        logger.exception("job %s failed on %s", self.job_name, _describe(input_data))
-        result = self._failed(
-            f"{_describe(input_data)}: {type(exc).__name__}: {exc}", UNEXPECTED_ERROR, started
-        )
+        traceback; an error of the system's (a folder not writable, a full disk) in one
+        line, its traceback for --log-level DEBUG (the run's line about the failed input
+        says the rest)."""
+        if isinstance(exc, OSError) and exc.strerror:
+            logger.debug("job %s failed on %s", self.job_name, _describe(input_data),
+                         exc_info=True)  # fmt: skip
+            # A rename's target (filename2), not the temporary file it was renaming.
+            path = exc.filename2 or exc.filename
+            where = f": {path}" if path else ""
+            error = f"{_describe(input_data)}: {exc.strerror.lower()}{where}"
+        else:
+            logger.exception("job %s failed on %s", self.job_name, _describe(input_data))
+            error = f"{_describe(input_data)}: {type(exc).__name__}: {exc}"
+        result = self._failed(error, UNEXPECTED_ERROR, started)
         result.traceback = traceback.format_exc()
         return result
 

@@ -80,6 +80,8 @@ def create_locked(target: Path, *, readable: bool = False) -> tuple[BinaryIO, Pa
             # A folder swept before (so not made again for each file) that is gone now.
             folder.mkdir(parents=True, exist_ok=True)
             continue
+        except OSError as exc:  # named after the folder, not the temporary name it chose
+            raise OSError(exc.errno, exc.strerror, os.fspath(folder)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             return os.fdopen(fd, "w+b" if readable else "wb"), Path(path)
