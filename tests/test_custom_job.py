@@ -115,6 +115,37 @@ def test_bad_definition_is_a_usage_error(  # type: ignore[no-untyped-def]
     assert message in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("raise RuntimeError('boom')\n", "importing {name} failed: RuntimeError: boom"),
+        ("def pipeline(:\n",
+         "importing {name} failed: SyntaxError: invalid syntax ({name}.py, line 1)"),
+        ("def pipeline():\n    raise ValueError('no jobs today')\n",
+         "calling pipeline failed: ValueError: no jobs today"),
+    ],
+    ids=["raises", "syntax", "factory-raises"],
+)
+@pytest.mark.parametrize("command", ["list-jobs", "run"])
+def test_a_definition_whose_own_code_fails_is_one_usage_error(  # type: ignore[no-untyped-def]
+    cli_runner, config, sample_file, tmp_path, monkeypatch, source, message, command
+):
+    name = f"broken_{tmp_path.name}"  # a module of its own: one that imports stays imported
+    folder = tmp_path / "usercode"
+    folder.mkdir()
+    (folder / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(folder))
+    args = [command] if command == "list-jobs" else [command, sample_file]
+
+    result = cli_runner(*_base(config), "--definition", f"{name}:pipeline", *args)
+
+    assert result.exit_code == 2, result.output
+    line = f"Error: --definition '{name}:pipeline': {message.format(name=name)}\n"
+    assert line in result.stderr
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+
+
 def test_a_definition_with_jobs_of_other_names_runs_everywhere(  # type: ignore[no-untyped-def]
     cli_runner, config, user_module, sample_file, tmp_path
 ):

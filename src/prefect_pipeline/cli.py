@@ -339,11 +339,11 @@ def list_jobs(config: PipelineConfig) -> None:
     Example:
       pipeline list-jobs
     """
-    click.echo("Available jobs:")
     try:
         definition = _definition()
     except UsageError as exc:
         raise click.UsageError(str(exc)) from None
+    click.echo("Available jobs:")
     for number, spec in enumerate(definition, start=1):
         click.echo(f"  {number}. {spec.name}  {spec.description}")
 

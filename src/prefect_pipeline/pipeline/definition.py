@@ -142,12 +142,23 @@ def load_definition(reference: str) -> PipelineDefinition:
         raise UsageError(
             f"--definition {reference!r}: cannot import {module_name} ({exc})"
         ) from None
+    except Exception as exc:  # the module's own code failed (or is not Python)
+        raise UsageError(
+            f"--definition {reference!r}: importing {module_name} failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
     try:
         value = getattr(module, attribute)
     except AttributeError:
         raise UsageError(f"--definition {reference!r}: {module_name} has no {attribute}") from None
     if callable(value) and not isinstance(value, PipelineDefinition):
-        value = value()
+        try:
+            value = value()
+        except Exception as exc:
+            raise UsageError(
+                f"--definition {reference!r}: calling {attribute} failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
     if not isinstance(value, PipelineDefinition):
         raise UsageError(
             f"--definition {reference!r}: expected a PipelineDefinition, got {type(value).__name__}"
