@@ -314,3 +314,41 @@ def test_run_parallel_with_every_input_unchanged_starts_nothing(
     assert (summary["total"], summary["skipped"], summary["succeeded"]) == (2, 2, 0)
     assert summary["flow_run_id"] is None
     assert_started_nothing(result)
+
+
+def test_an_input_its_content_failed_is_not_run_again_until_it_changes(
+    watched: WatchedRun, cli_runner: CliInvoke, tmp_path: Path, sample_file: Path
+) -> None:
+    """A folder that rarely changes, with one file its content fails (binary): run again,
+    it costs a Prefect server and a cluster to fail the same file the same way. Skipped
+    instead, and said so, while the file is unchanged; run again once it changes, and on
+    request (requeue --failed)."""
+    bad = sample_file.parent / "bad.bin"
+    bad.write_bytes(b"x\x00y")
+    base = ["--log-level", "OFF", "--db-path", tmp_path / "p.db", "--output-dir", tmp_path / "o"]
+    first = cli_runner(*base, "run-parallel", sample_file.parent, "--workers", "0", "--json")
+    assert first.exit_code == 1, first.output
+    assert json.loads(first.stdout)["failed"] == 1
+
+    again = watched(*base, "run-parallel", sample_file.parent, "--json")
+
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert (summary["total"], summary["skipped"], summary["failed"]) == (2, 2, 0)
+    assert {s["input"]: s["reason"] for s in summary["skipped_inputs"]}[str(bad)] == (
+        "rejected by its last run and unchanged since (requeue --failed or --force runs it "
+        "again)"
+    )
+    assert_started_nothing(again)
+    # The terminal's summary names it too.
+    shown = cli_runner(*base[2:], "run-parallel", sample_file.parent, "--workers", "0")
+    assert f"skipped {bad}: rejected by its last run" in shown.stdout
+
+    assert cli_runner(*base, "requeue", "--failed").exit_code == 0
+    requeued = cli_runner(*base, "run-parallel", sample_file.parent, "--workers", "0", "--json")
+    assert (requeued.exit_code, json.loads(requeued.stdout)["failed"]) == (1, 1)
+
+    bad.write_bytes(b"now it is text\n")
+    changed = cli_runner(*base, "run-parallel", sample_file.parent, "--workers", "0", "--json")
+    assert changed.exit_code == 0, changed.output
+    assert json.loads(changed.stdout)["succeeded"] == 1

@@ -168,17 +168,21 @@ def test_run_parallel_tree(cli_runner, config, tmp_path, dask_address):  # type:
     assert {p for p, r in inputs.items() if r["status"] == "done"} == {str(p) for p in tree["good"]}
     assert inputs[str(root / "binary.dat")]["status"] == "failed"
 
-    # A second run over the unchanged tree adds nothing; the bad files fail again.
+    # A second run over the unchanged tree adds nothing; the files their content failed
+    # are skipped too while they are unchanged (and stay failed in the ledger).
     before = db_counts(config.db_path)
     again = run_cli(cli_runner, config, str(root), "--address", dask_address, "--json")
-    assert again.exit_code == 1
+    assert again.exit_code == 0
     second = json.loads(again.stdout)
     assert (second["succeeded"], second["failed"], second["skipped"], second["records"]) == (
         0,
-        2,
-        len(tree["good"]),
+        0,
+        len(tree["good"]) + 2,
         0,
     )
+    [row] = query(config.db_path, "SELECT status FROM pipeline_inputs WHERE path = ?",
+                  (str(root / "binary.dat"),))  # fmt: skip
+    assert row["status"] == "failed"
     assert db_counts(config.db_path)["processed_records"] == before["processed_records"]
     assert db_counts(config.db_path)["processing_batches"] == before["processing_batches"]
 

@@ -18,8 +18,9 @@ from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
 from prefect_pipeline.clock import SYSTEM_CLOCK, Clock, iso, iso_in
-from prefect_pipeline.database.models import DONE, PROCESSING
+from prefect_pipeline.database.models import DONE, FAILED, PROCESSING
 from prefect_pipeline.database.owners import Owner, is_gone, this_process
+from prefect_pipeline.database.statuses import REJECTED, REJECTED_BEFORE
 from prefect_pipeline.database.store import Claim, ClaimedRow, Finished, Store
 from prefect_pipeline.exceptions import ClaimLostError, DatabaseConflict
 from prefect_pipeline.logs import get_logger
@@ -32,6 +33,14 @@ T = TypeVar("T")
 #: before a conflict with other commands' (a deadlock the database ended by rolling it
 #: back) ends the run.
 CONFLICT_ATTEMPTS = 5
+
+#: Why registration skips an input whose file is as its last run found it, by its status.
+_UNCHANGED = {
+    DONE: "unchanged since its last run",
+    # Its own content failed it (binary, not UTF-8, a line too long): it would again.
+    FAILED: f"{REJECTED_BEFORE} and unchanged since (requeue --failed or --force runs it "
+    "again)",
+}
 
 #: An input this run holds.
 Claimed = ClaimedRow
@@ -211,13 +220,13 @@ class Ledger:
                         continue
                     if (
                         not force
-                        and row.status == DONE
+                        and (row.status == DONE or (row.status, row.outcome) == (FAILED, REJECTED))
                         and row.size == entry.size
                         and row.mtime_ns == entry.mtime_ns
                         and row.start_job == start_job
                         and row.stop_job == stop_job
                     ):
-                        result.skipped.append((entry.path, "unchanged since its last run"))
+                        result.skipped.append((entry.path, _UNCHANGED[row.status]))
                         continue
                 wanted[entry.path] = entry
             claimed = self.store.register_all_claimed(
@@ -286,10 +295,17 @@ class Ledger:
             raise ClaimLostError(f"{which}: claim lost (lease expired)")
 
     def mark_failed(
-        self, input_id: int, *, job: str, error: str, retry_in: float | None = None
+        self,
+        input_id: int,
+        *,
+        job: str,
+        error: str,
+        retry_in: float | None = None,
+        rejected: bool = False,
     ) -> bool:
-        """Record a failure: back to pending after ``retry_in`` seconds, or failed for good.
-        Returns False if the claim no longer holds (another command has the input)."""
+        """Record a failure: back to pending after ``retry_in`` seconds, or failed for good
+        (``rejected``: by its own content; a later run skips it while the file is
+        unchanged). Returns False if the claim no longer holds (another command has it)."""
         retry_at = None if retry_in is None else iso_in(self.clock, retry_in)
         with self.store.transaction():
             return self.store.mark_failed(
@@ -299,6 +315,7 @@ class Ledger:
                 error=error,
                 now=iso(self.clock.now()),
                 retry_at=retry_at,
+                rejected=rejected,
             )
 
     def stamp_flow_run(self, flow_run_id: str, url: str | None) -> None:

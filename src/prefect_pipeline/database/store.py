@@ -32,6 +32,7 @@ from prefect_pipeline.database.models import (
     PROCESSING,
 )
 from prefect_pipeline.database.owners import Owner
+from prefect_pipeline.database.statuses import REJECTED
 from prefect_pipeline.database.url import DatabaseUrl
 from prefect_pipeline.exceptions import (
     DatabaseConflict,
@@ -156,6 +157,9 @@ class InputRow:
     start_job: str | None
     stop_job: str | None
     lease_expires_at: str | None
+    #: How its last run ended: "processed", "unchanged" (done) or REJECTED (failed on its
+    #: content); stale while it runs again.
+    outcome: str | None = None
     owner_host: str | None = None
     owner_namespace: str | None = None
     owner_pid: int | None = None
@@ -233,7 +237,7 @@ def documents_array(documents: Sequence[tuple[int, str]]) -> str:
 
 _SELECT_INPUTS = (
     "SELECT id, path, status, size, mtime_ns, sha256, start_job, stop_job, lease_expires_at,"
-    " owner_host, owner_namespace, owner_pid, owner_started_at"
+    " outcome, owner_host, owner_namespace, owner_pid, owner_started_at"
     " FROM pipeline_inputs WHERE path IN ({marks})"
 )
 #: The columns a claim stamps besides its token and lease (``Claim.owner_values``).
@@ -277,13 +281,13 @@ _NEXT_DUE = (
     " AND not_before IS NOT NULL"
 )
 _MARK_FAILED = (
-    "UPDATE pipeline_inputs SET status = 'failed', last_job = ?, last_error = ?,"
+    "UPDATE pipeline_inputs SET status = 'failed', last_job = ?, last_error = ?, outcome = ?,"
     " claim_token = NULL, lease_expires_at = NULL, finished_at = ?,"
     " updated_at = ? WHERE id = ? AND claim_token = ?"
 )
 _MARK_RETRY = (
     "UPDATE pipeline_inputs SET status = 'pending', last_job = ?, last_error = ?,"
-    " claim_token = NULL, lease_expires_at = NULL, not_before = ?,"
+    " outcome = NULL, claim_token = NULL, lease_expires_at = NULL, not_before = ?,"
     " updated_at = ? WHERE id = ? AND claim_token = ?"
 )
 _RENEW = (
@@ -688,12 +692,22 @@ class Store(ABC):
         are)."""
 
     def mark_failed(
-        self, input_id: int, token: str, *, job: str, error: str, now: str, retry_at: str | None
+        self,
+        input_id: int,
+        token: str,
+        *,
+        job: str,
+        error: str,
+        now: str,
+        retry_at: str | None,
+        rejected: bool = False,
     ) -> bool:
-        """Record a failure: pending again from ``retry_at``, or failed for good (None).
-        False if ``token`` no longer holds the claim."""
+        """Record a failure: pending again from ``retry_at``, or failed for good (None),
+        ``rejected`` when its own content failed it. False if ``token`` no longer holds the
+        claim."""
         if retry_at is None:
-            cursor = self.execute(_MARK_FAILED, (job, error, now, now, input_id, token))
+            outcome = REJECTED if rejected else None
+            cursor = self.execute(_MARK_FAILED, (job, error, outcome, now, now, input_id, token))
         else:
             cursor = self.execute(_MARK_RETRY, (job, error, retry_at, now, input_id, token))
         return bool(cursor.rowcount == 1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from prefect_pipeline.database.statuses import REJECTED_BEFORE
+
 
 def rate(count: int, elapsed_s: float) -> float:
     """Per second over the whole elapsed time: the summary's figures and the live
@@ -120,6 +122,11 @@ class RunSummary:
             lines.append((f"ignored {ignored['path']}: {ignored['reason']}", "dim"))
         if len(self.ignored_paths) > 20:
             lines.append((f"... and {len(self.ignored_paths) - 20} more ignored path(s)", "dim"))
+        rejected = [s for s in self.skipped_inputs if s["reason"].startswith(REJECTED_BEFORE)]
+        for skipped in rejected[:20]:
+            lines.append((f"skipped {skipped['input']}: {skipped['reason']}", "yellow"))
+        if len(rejected) > 20:
+            lines.append((f"... and {len(rejected) - 20} more rejected before", "yellow"))
         for failure in self.failures[:50]:
             lines.append(
                 (

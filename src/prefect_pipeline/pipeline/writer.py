@@ -256,5 +256,9 @@ class Writer:
         if retry_in is None:
             self._tell(self._on_failed, 1)
         self.ledger.mark_failed(
-            item.input_id, job=result.job_name, error=result.error or "", retry_in=retry_in
+            item.input_id,
+            job=result.job_name,
+            error=result.error or "",
+            retry_in=retry_in,
+            rejected=result.error_kind == INPUT_ERROR,
         )
