@@ -14,6 +14,7 @@ an ``atexit`` check would never run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -283,6 +284,50 @@ def test_drain_db_on_a_missing_database_starts_nothing(watched: WatchedRun, tmp_
     )
     assert_started_nothing(result)
     assert not missing.exists()
+
+
+def _another_programs_database(path: Path) -> None:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("CREATE TABLE users (id INTEGER)")
+
+
+@pytest.mark.parametrize("command", [["status"], ["drain-db"], ["requeue", "--failed"]])
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (lambda path: path.write_bytes(b""), "holds no pipeline tables (check the database "
+         "location; enqueue, run, run-all and run-parallel create them)"),
+        (_another_programs_database, "holds no pipeline tables (check the database "
+         "location; enqueue, run, run-all and run-parallel create them)"),
+        (lambda path: path.write_text("notes\n"), "cannot be used: file is not a database "
+         "(check --db-path)"),
+    ],
+    ids=["empty", "another-programs", "not-a-database"],
+)
+def test_a_command_that_reads_refuses_a_file_that_is_not_the_pipelines_database(
+    watched: WatchedRun,
+    tmp_path: Path,
+    command: list[str],
+    make: Callable[[Path], object],
+    problem: str,
+) -> None:
+    """A mistyped --db-path that names some other file must neither look like an empty
+    queue nor get the pipeline's tables added to it."""
+    db = tmp_path / "other.db"
+    make(db)
+    before = db.read_bytes()
+
+    result = watched("--db-path", db, *command)
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"Error: {db}: {problem}\n"
+    assert_started_nothing(result)
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("other")) == [
+        "other.db"
+    ]  # no -wal, -shm or -journal file either
 
 
 def test_drain_db_on_an_empty_queue_starts_nothing(watched: WatchedRun, tmp_path: Path) -> None:

@@ -114,6 +114,9 @@ def _require_database(config: PipelineConfig) -> None:
             "run-parallel create it)"
         )
     _check_database_location(config)
+    # A file that is not the pipeline's (an empty one, another program's database) is
+    # refused as a missing one is, before the command would create its tables there.
+    _sqlite_store(config, path, create=False)
 
 
 def _check_database_location(config: PipelineConfig) -> None:
@@ -174,10 +177,16 @@ def _open_database(config: PipelineConfig) -> Any:
     if path is None:  # a server database: checked when it is connected to
         return _store(config)
     _check_database_location(config)
+    return _sqlite_store(config, path)
+
+
+def _sqlite_store(config: PipelineConfig, path: Path, *, create: bool = True) -> Any:
+    """``_store`` of a SQLite file, or one line saying why it cannot be used (a file that is
+    not a database, a folder it cannot be created in)."""
     from peewee import DatabaseError
 
     try:
-        return _store(config)
+        return _store(config, create=create)
     except (OSError, DatabaseError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise UnusableDatabase(f"{path}: cannot be used: {reason} (check --db-path)") from None
