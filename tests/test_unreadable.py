@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import api_env, db_counts, files_under
+from tests.conftest import api_env, db_counts, files_under, sqlite_store
 
 pytestmark = pytest.mark.slow
 
@@ -111,3 +111,36 @@ def test_an_output_folder_that_is_not_writable_is_one_line_before_anything_start
     assert result.stdout == ""
     assert not db.exists()
     assert files_under(out) == []
+
+
+@pytest.mark.parametrize("locked", ["file", "folder"])
+def test_a_database_that_is_not_writable_is_one_line_before_anything_starts(
+    tmp_path: Path, locked: str
+) -> None:
+    """Found by the first write, it would cost a Prefect server's start-up and end the run
+    (exit 3); a command that only reads it (status) still works."""
+    folder = tmp_path / "db"
+    folder.mkdir()
+    db, out = folder / "p.db", tmp_path / "out"
+    sample = tmp_path / "a.txt"
+    sample.write_text("one\n")
+    sqlite_store(db)
+    target = db if locked == "file" else folder
+    target.chmod(0o444 if locked == "file" else 0o555)
+    problem = "not writable" if locked == "file" else f"its folder {folder} is not writable"
+    try:
+        written = subprocess.run(
+            _command("--db-path", db, "--output-dir", out, "run-all", sample),
+            env=api_env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        read = subprocess.run(
+            _command("--db-path", db, "status", "--json"),
+            env=api_env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        target.chmod(0o755)
+    assert written.returncode == 2, written.stderr
+    assert written.stderr == f"Error: {db}: {problem} (permission denied) (check --db-path)\n"
+    assert files_under(out) == []
+    assert read.returncode == 0, read.stderr
+    assert json.loads(read.stdout)["inputs"]["done"] == 0

@@ -100,10 +100,10 @@ class UnusableDatabase(click.ClickException):
     exit_code = EXIT_USAGE
 
 
-def _require_database(config: PipelineConfig) -> None:
-    """Refuse a database that does not exist, creating nothing: the command only reads it,
-    so a missing file is a mistyped --db-path, not an empty queue. A server database
-    without the pipeline's tables is refused the same way (connecting tells)."""
+def _require_database(config: PipelineConfig, *, writes: bool = True) -> None:
+    """Refuse a database that does not exist, creating nothing: the command only works on
+    what it holds, so a missing file is a mistyped --db-path, not an empty queue. A server
+    database without the pipeline's tables is refused the same way (connecting tells)."""
     path = config.database.path
     if path is None:
         _store(config, create=False)
@@ -113,16 +113,27 @@ def _require_database(config: PipelineConfig) -> None:
             f"{path}: no such database (check --db-path; enqueue, run, run-all and "
             "run-parallel create it)"
         )
-    _check_database_location(config)
+    _check_database_location(config, writes=writes)
     # A file that is not the pipeline's (an empty one, another program's database) is
     # refused as a missing one is, before the command would create its tables there.
     _sqlite_store(config, path, create=False)
 
 
-def _check_database_location(config: PipelineConfig) -> None:
+def _not_writable(path: Path) -> str | None:
+    """Why this process may not write ``path`` (a file, or a folder to make files in), or
+    None when it may."""
+    if os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
+        return None
+    return "read-only file system" if os.statvfs(path).f_flag & os.ST_RDONLY else (
+        "permission denied"
+    )
+
+
+def _check_database_location(config: PipelineConfig, *, writes: bool = True) -> None:
     """Refuse, creating nothing, a SQLite location where no database can be created: a
-    folder, or a path under a file. (A server database is checked when it is connected
-    to.)"""
+    folder, or a path under a file; and, for a command that ``writes``, one it may not
+    write (the file, or its folder, where SQLite keeps its journal). (A server database is
+    checked when it is connected to.)"""
     path = config.database.path
     if path is None:
         return
@@ -135,6 +146,16 @@ def _check_database_location(config: PipelineConfig) -> None:
         raise UnusableDatabase(
             f"{path}: cannot be created: {folder} is not a directory (check --db-path)"
         )
+    if not writes:
+        return
+    if path.exists():
+        problems = [("not writable", _not_writable(path)),
+                    (f"its folder {folder} is not writable", _not_writable(folder))]  # fmt: skip
+    else:
+        problems = [(f"cannot be created in {folder}", _not_writable(folder))]
+    for problem, why in problems:
+        if why is not None:
+            raise UnusableDatabase(f"{path}: {problem} ({why}) (check --db-path)")
 
 
 class UnusableOutput(click.ClickException):
@@ -158,14 +179,10 @@ def _check_output_dir(config: PipelineConfig) -> None:
             else f"cannot be created: {folder} is not a directory"
         )
         raise UnusableOutput(f"{path}: {problem} (check --output-dir)")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        why = "read-only file system" if os.statvfs(folder).f_flag & os.ST_RDONLY else (
-            "permission denied"
-        )
-        problem = f"not writable ({why})" if folder == path else (
-            f"cannot be created in {folder} ({why})"
-        )
-        raise UnusableOutput(f"{path}: {problem} (check --output-dir)")
+    why = _not_writable(folder)
+    if why is not None:
+        problem = "not writable" if folder == path else f"cannot be created in {folder}"
+        raise UnusableOutput(f"{path}: {problem} ({why}) (check --output-dir)")
 
 
 def _open_database(config: PipelineConfig) -> Any:
@@ -887,7 +904,7 @@ def status(config: PipelineConfig, as_json: bool) -> None:
     """
     from prefect_pipeline.database.queue import status as queue_status
 
-    _require_database(config)
+    _require_database(config, writes=False)
     report = queue_status(_store(config))
     if as_json:
         click.echo(json.dumps(report))
