@@ -289,10 +289,10 @@ def handle_errors[F: Callable[..., Any]](func: F) -> F:
     "--max-line-bytes",
     type=ByteSize(),
     default=DEFAULT_MAX_LINE_BYTES,
-    show_default="64MiB",
     envvar="PIPELINE_MAX_LINE_BYTES",
     help="A line longer than this (bytes; K, M, G suffixes, e.g. 128MiB) fails its input "
-    "with an error naming the line: a line is the one thing held whole in memory.",
+    "with an error naming the line: a line is the one thing held whole in memory. "
+    "Default: 64MiB.",
 )
 @click.option(
     "--definition",
