@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -523,6 +524,77 @@ def test_a_signal_stops_a_large_file_on_the_local_lane_between_its_chunks(
     assert not (config.output_dir / "large_processed.json").exists()  # not finished first
     assert temporary_files(config.output_dir) == []
     assert statuses(config) == {"pending": 1}
+
+
+#: A library a Dask worker maps at a stage of its start: numpy while distributed is being
+#: imported (before the worker's preload), pydantic's core once the preload imports Prefect
+#: (the worker then goes on to join the scheduler).
+_STAGES = {"importing": "numpy", "preloading": "pydantic_core"}
+
+
+def _starting(process: psutil.Process, stage: str) -> bool:
+    """Whether ``process`` is a Dask worker that has reached ``stage`` of its start."""
+    try:
+        if "multiprocessing.spawn" not in " ".join(process.cmdline()):
+            return False
+        return _STAGES[stage] in Path(f"/proc/{process.pid}/maps").read_text()
+    except (psutil.Error, OSError):
+        return False
+
+
+@pytest.mark.parametrize(
+    ("stage", "signum"),
+    [("importing", signal.SIGINT), ("importing", signal.SIGTERM),
+     ("preloading", signal.SIGINT)],
+    ids=["importing-SIGINT", "importing-SIGTERM", "preloading-SIGINT"],
+)  # fmt: skip
+def test_a_signal_while_the_workers_start_prints_no_traceback(
+    config: PipelineConfig,
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],
+    stage: str,
+    signum: signal.Signals,
+) -> None:
+    """At the default log level, a Ctrl-C (or a supervisor's SIGTERM) while the run's Dask
+    workers are still importing reached them too, and closing them mid-start made Dask
+    print a traceback per worker and per nanny: a hundred lines above "Interrupted.". They
+    start deaf to it now, and those still starting are killed quietly."""
+    inputs = tmp_path / "inputs"
+    make_inputs(inputs, files=400, lines=20)
+    # At the default log level: --log-level OFF sends what the workers print nowhere.
+    args = [str(PIPELINE), *command(config, "run-parallel", inputs, "--workers", "2",
+                                    "--workers-after", "0")[3:]]  # fmt: skip
+    runner = start(processes, args, api_env(), new_group=True)
+    lines: list[str] = []
+    cluster_started = threading.Event()
+
+    def read() -> None:
+        assert runner.stderr is not None
+        for line in runner.stderr:
+            lines.append(line)
+            if "started a Dask LocalCluster" in line:
+                cluster_started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert cluster_started.wait(TIMEOUT), lines
+    # The workers were asked for as the cluster started, and take seconds to start: the
+    # signal comes once one has reached the stage.
+    deadline = time.monotonic() + TIMEOUT
+    while not any(_starting(child, stage) for child in children_of(runner.pid)):
+        assert runner.poll() is None and time.monotonic() < deadline, "".join(lines)
+        time.sleep(0.01)
+    children = children_of(runner.pid)
+    os.killpg(runner.pid, signum)
+    runner.wait(TIMEOUT)
+    reader.join(10)
+
+    assert runner.returncode == 130, "".join(lines)
+    text = "".join(lines)
+    assert "Traceback" not in text and "Error" not in text, text
+    assert lines[-1] == "Interrupted.\n", text
+    assert_gone(children)
+    assert statuses(config).get("processing", 0) == 0
 
 
 def test_a_sigterm_that_prefect_caught_mid_task_run_counts_as_the_interrupt() -> None:

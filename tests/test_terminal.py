@@ -377,6 +377,21 @@ def test_what_reaches_the_terminal(name: str, level: int, terminal: str, shown: 
     assert shown_on_terminal(_record(name, level), terminal) is shown
 
 
+def test_prefects_crash_report_of_an_interrupt_stays_off_the_terminal() -> None:
+    """A Ctrl-C that lands before the flow run's own logger exists makes Prefect's engine
+    log the crash at ERROR; the command says "Interrupted." itself, with its summary."""
+    record = logging.LogRecord("prefect.engine", logging.ERROR, __file__, 1,
+                               "Crash detected! Execution was aborted by an interrupt signal.",
+                               None, None)  # fmt: skip
+    other = logging.LogRecord("prefect.engine", logging.ERROR, __file__, 1,
+                              "Engine execution exited with unexpected exception", None,
+                              None)  # fmt: skip
+
+    assert not shown_on_terminal(record, "INFO")
+    assert shown_on_terminal(record, "DEBUG")
+    assert shown_on_terminal(other, "INFO")
+
+
 def test_lines_sent_to_prefect_only_stay_off_the_terminal() -> None:
     record = _record("prefect.flow_runs", logging.ERROR, pipeline_terminal=False)
 

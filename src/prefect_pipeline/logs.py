@@ -43,6 +43,12 @@ _RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 # repeat what the pipeline said when it started the cluster, in another format.
 _TASK_RUNNER_LOGGER = "prefect.task_runner"
 
+# Prefect's engine, for a flow run a Ctrl-C or SIGTERM stopped before its own logger
+# existed: "Crash detected! Execution was aborted by an interrupt signal." at ERROR, and the
+# Crashed state it ends in.
+_ENGINE_LOGGER = "prefect.engine"
+_INTERRUPTED = "aborted by an interrupt signal"
+
 #: ``extra`` for a record sent to Prefect's API only: the terminal already shows the
 #: project's own line for the same event (see ``log_to_flow_run``).
 NOT_ON_TERMINAL = {"pipeline_terminal": False}
@@ -84,6 +90,8 @@ def shown_on_terminal(record: logging.LogRecord, level: str | None = None) -> bo
         return False
     if record.levelno < logging.WARNING and record.name.startswith(_TASK_RUNNER_LOGGER):
         return level == "DEBUG"
+    if record.name == _ENGINE_LOGGER and _INTERRUPTED in record.getMessage():
+        return level == "DEBUG"  # the command says "Interrupted." itself, with its summary
     # One flow run's or task run's lines: run states, in Prefect's UI (see the docstring).
     return level == "DEBUG" or not record.name.startswith(_RUN_LOGGERS)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -76,6 +78,47 @@ def _without_dask_echo() -> Iterator[None]:
         yield
     finally:
         spec_logger.removeFilter(_not_dask_echo)
+
+
+@contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM blocked in this thread for the block, and so in the threads it
+    starts (the cluster's event loop, which starts the workers) and in the processes those
+    start: a worker begins life deaf to a terminal's Ctrl-C and a supervisor's SIGTERM,
+    which reach the command's whole process group, until its preload ignores them for good
+    (``worker_preload``). Without it, one that is still importing when they come dies with
+    a traceback. This thread's own signals arrive again at the block's end; the command's
+    handler runs in the main thread whichever thread the kernel chose."""
+    from multiprocessing import resource_tracker
+
+    # Started later by a thread with them blocked, multiprocessing's resource tracker
+    # would unblock them in that thread once it had spawned itself (its own way of being
+    # deaf to them); started first, it is not started again.
+    resource_tracker.ensure_running()
+    stops = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextmanager
+def _quiet_teardown() -> Iterator[None]:
+    """Dask's and tornado's error lines while the run's own cluster closes: its end is
+    decided, and a worker killed as it started (``_kill_starting_workers``) makes its
+    nanny report a failed start that says nothing to the user."""
+    # Dask's own logging settings give "tornado.application" a level of its own.
+    names = ("distributed", "tornado", "tornado.application")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _joined_workers_plugin(names: set[str]) -> Any:
@@ -193,7 +236,7 @@ class DaskCluster:
             # The scheduler (most of a second), then the workers, asked for without waiting:
             # each is a process that spends seconds of CPU importing Prefect's task engine,
             # and meanwhile the run goes on in this process (``workers_ready``).
-            with _without_dask_echo():
+            with _without_dask_echo(), _stop_signals_blocked():
                 cluster = LocalCluster(
                     n_workers=0,
                     threads_per_worker=self.threads_per_worker,
@@ -211,7 +254,7 @@ class DaskCluster:
                 # LocalCluster's scheduler runs in this process.)
                 if cluster.scheduler is not None:
                     cluster.scheduler.add_plugin(_joined_workers_plugin(self._joined))
-                cluster.scale(self.workers)
+                cluster.scale(self.workers)  # started by the loop's thread, signals blocked
             except BaseException:
                 cluster.close()
                 raise
@@ -267,6 +310,29 @@ class DaskCluster:
         except Exception as exc:
             # The run loses its workers, not its inputs: it goes on in this process.
             logger.warning("%s; the run goes on in this process", exc)
+
+    def _kill_starting_workers(self) -> None:
+        """Kill the worker processes still starting (not joined yet) at once.
+
+        Closed in the middle of their start (a run that stopped seconds after asking for
+        them: Ctrl-C, a Cancel), Dask's workers and nannies fail it with a traceback each
+        in every process, a hundred lines over the run's summary, and the close waits for
+        them. A worker that has not joined holds nothing of the run: killed, it says
+        nothing, and its nanny's failure is the teardown's (``_quiet_teardown``). Dask
+        lists a nanny only once all have started: the workers are found as this process's
+        children that multiprocessing spawned, less those the scheduler has."""
+        import psutil
+
+        assert self._cluster is not None
+        joined = {state.pid for state in list(self._cluster.scheduler.workers.values())}
+        for child in psutil.Process().children():
+            with contextlib.suppress(psutil.Error):
+                if child.pid in joined or "multiprocessing.spawn" not in " ".join(
+                    child.cmdline()
+                ):
+                    continue
+                child.kill()
+                logger.debug("killed a worker still starting (pid %d)", child.pid)
 
     @staticmethod
     def _check_reachable(address: str, timeout: float) -> None:
@@ -330,7 +396,9 @@ class DaskCluster:
         try:
             if self._cluster is not None:
                 started = time.perf_counter()
-                self._cluster.close()
+                with _quiet_teardown():
+                    self._kill_starting_workers()
+                    self._cluster.close()
                 self._cluster = None
                 logger.debug("closed the Dask cluster in %.2f s", time.perf_counter() - started)
         finally:

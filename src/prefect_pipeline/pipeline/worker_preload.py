@@ -26,3 +26,6 @@ plain_http_clients()  # before the worker's first Prefect client
 if threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Started with them blocked (``cluster._stop_signals_blocked``): any that came while it
+    # started is dropped now, ignored.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
