@@ -16,7 +16,7 @@ import pytest
 
 from prefect_pipeline.clock import iso, iso_in
 from prefect_pipeline.database.backends import open_store
-from prefect_pipeline.database.ledger import Ledger
+from prefect_pipeline.database.ledger import CONFLICT_ATTEMPTS, Ledger
 from prefect_pipeline.database.owners import this_process
 from prefect_pipeline.database.store import Claim, Finished, Store
 from prefect_pipeline.exceptions import ClaimLostError
@@ -498,7 +498,9 @@ def deadlock_with(
     row ``action`` holds: a circle. ``action``'s connections look for one 3 s into a lock
     wait, the test's own after a minute, so ``action``'s transaction is the one rolled back
     ("deadlock detected"); the test's then rolls back, and ``action``, if it runs its
-    transaction again, goes on."""
+    transaction again, goes on. (Run again at once, as a test's clock has it, ``action``
+    can win the released row back before the test's statement takes it, and meet the same
+    circle once more: PostgreSQL wakes a row's waiters in no set order.)"""
     import threading
 
     import psycopg
@@ -570,7 +572,7 @@ def test_a_registration_rolled_back_to_end_a_deadlock_runs_again_on_postgresql(
     )
 
     assert "error" not in outcome, outcome
-    assert len(clock.slept) == 1  # one pause, then the second attempt
+    assert 1 <= len(clock.slept) < CONFLICT_ATTEMPTS  # paused, then went on
     claimed = outcome["result"].claimed
     assert sorted(row.path for row in claimed) == ["/in/a", "/in/b"]
     tokens = dict(store.execute("SELECT path, claim_token FROM pipeline_inputs").fetchall())
@@ -596,7 +598,7 @@ def test_a_lease_renewal_rolled_back_to_end_a_deadlock_runs_again_on_postgresql(
     outcome = deadlock_with(postgres_url, ledger.renew, (_touch("/in/b"), _touch("/in/a")))
 
     assert "error" not in outcome, outcome
-    assert len(clock.slept) == 1
+    assert 1 <= len(clock.slept) < CONFLICT_ATTEMPTS
     leases = {row.lease_expires_at for row in store.inputs_by_path(["/in/a", "/in/b"]).values()}
     assert leases == {iso_in(clock, 60)}
 
