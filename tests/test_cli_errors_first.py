@@ -23,6 +23,7 @@ import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -342,17 +343,24 @@ def test_drain_db_on_an_empty_queue_starts_nothing(watched: WatchedRun, tmp_path
     assert_started_nothing(result)
 
 
+def _a_second_run(
+    watched: WatchedRun, cli_runner: CliInvoke, tmp_path: Path, folder: Path
+) -> tuple[Any, Watched, list[str | Path]]:
+    """``run-parallel folder`` run once in the test's process, then again, watched, with the
+    default workers (a cluster would start if anything had to run): both results, and the
+    options both used."""
+    base: list[str | Path] = ["--log-level", "OFF", "--db-path", tmp_path / "p.db",
+                              "--output-dir", tmp_path / "o"]  # fmt: skip
+    first = cli_runner(*base, "run-parallel", folder, "--workers", "0", "--json")
+    return first, watched(*base, "run-parallel", folder, "--json"), base
+
+
 def test_run_parallel_with_every_input_unchanged_starts_nothing(
     watched: WatchedRun, cli_runner: CliInvoke, tmp_path: Path, sample_file: Path
 ) -> None:
     (sample_file.parent / "second.txt").write_text("one\ntwo\n")
-    base = ["--log-level", "OFF", "--db-path", tmp_path / "p.db", "--output-dir", tmp_path / "o"]
-    first = cli_runner(*base, "run-parallel", sample_file.parent, "--workers", "0", "--json")
-    assert first.exit_code == 0, first.output
-    assert json.loads(first.stdout)["succeeded"] == 2
-
-    # Again, with the default workers: a cluster would start if anything had to run.
-    result = watched(*base, "run-parallel", sample_file.parent, "--json")
+    first, result, _ = _a_second_run(watched, cli_runner, tmp_path, sample_file.parent)
+    assert (first.exit_code, json.loads(first.stdout)["succeeded"]) == (0, 2)
 
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -370,12 +378,8 @@ def test_an_input_its_content_failed_is_not_run_again_until_it_changes(
     request (requeue --failed)."""
     bad = sample_file.parent / "bad.bin"
     bad.write_bytes(b"x\x00y")
-    base = ["--log-level", "OFF", "--db-path", tmp_path / "p.db", "--output-dir", tmp_path / "o"]
-    first = cli_runner(*base, "run-parallel", sample_file.parent, "--workers", "0", "--json")
-    assert first.exit_code == 1, first.output
-    assert json.loads(first.stdout)["failed"] == 1
-
-    again = watched(*base, "run-parallel", sample_file.parent, "--json")
+    first, again, base = _a_second_run(watched, cli_runner, tmp_path, sample_file.parent)
+    assert (first.exit_code, json.loads(first.stdout)["failed"]) == (1, 1)
 
     assert again.returncode == 0, again.stderr
     summary = json.loads(again.stdout)
