@@ -146,6 +146,49 @@ def test_a_definition_whose_own_code_fails_is_one_usage_error(  # type: ignore[n
     assert result.stdout == ""
 
 
+COUNTING_MODULE = """
+from prefect_pipeline.jobs import BaseJob
+from prefect_pipeline.jobs.base import Kind
+from prefect_pipeline.pipeline.definition import PipelineDefinition
+
+
+class CountLines(BaseJob):
+    name = "count"
+    takes = Kind.FILE
+
+    def validate_input(self, input_data):
+        return input_data["path"] if isinstance(input_data, dict) else input_data
+
+    def single_job(self, path):
+        with open(path, "rb") as handle:
+            return sum(1 for _ in handle)
+
+
+pipeline = PipelineDefinition().add_job("count", CountLines)
+"""
+
+
+def test_a_definition_that_writes_no_files_is_not_refused_an_unusable_output_folder(  # type: ignore[no-untyped-def]
+    cli_runner, config, sample_file, tmp_path, monkeypatch
+):
+    """The output folder is checked before the start only for a job that writes there
+    (``writes_output``, job A's): a pipeline of your own that takes files and writes none
+    runs whatever --output-dir says."""
+    name = f"counting_{tmp_path.name}"
+    folder = tmp_path / "usercode"
+    folder.mkdir()
+    (folder / f"{name}.py").write_text(COUNTING_MODULE)
+    monkeypatch.syspath_prepend(str(folder))
+    (tmp_path / "afile").write_text("a file, not a folder\n")
+
+    result = cli_runner("--log-level", "OFF", "--db-path", config.db_path, "--output-dir",
+                        tmp_path / "afile" / "out", "--definition", f"{name}:pipeline", "run",
+                        sample_file, "--json")  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["output"] == 4  # the sample's lines
+
+
 def test_a_definition_with_jobs_of_other_names_runs_everywhere(  # type: ignore[no-untyped-def]
     cli_runner, config, user_module, sample_file, tmp_path
 ):

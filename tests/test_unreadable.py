@@ -57,24 +57,10 @@ def test_unreadable_file_fails_alone_in_a_parallel_run(tmp_path: Path) -> None:
     secret.write_text("hidden\n")
     secret.chmod(0)
     db, out = tmp_path / "p.db", tmp_path / "out"
+    args = ["--log-level", "OFF", "--db-path", db, "--output-dir", out, "run-parallel", root,
+            "--workers", "0", "--json"]  # fmt: skip
     result = subprocess.run(
-        _command(
-            "--log-level",
-            "OFF",
-            "--db-path",
-            db,
-            "--output-dir",
-            out,
-            "run-parallel",
-            root,
-            "--workers",
-            "0",
-            "--json",
-        ),
-        env=api_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+        _command(*args), env=api_env(), capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 1, result.stderr
     summary = json.loads(result.stdout)
@@ -84,6 +70,15 @@ def test_unreadable_file_fails_alone_in_a_parallel_run(tmp_path: Path) -> None:
     ]
     assert db_counts(db)["processed_records"] == 3
     assert files_under(out) == ["a_processed.json", "b_processed.json"]
+
+    # Made readable (its size and time unchanged): not its content's failure, so the next
+    # run reads it, where a rejected content would be skipped.
+    secret.chmod(0o644)
+    again = subprocess.run(
+        _command(*args), env=api_env(), capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["succeeded"] == 1
 
 
 def test_an_output_folder_that_is_not_writable_is_one_line_before_anything_starts(
@@ -118,13 +113,16 @@ def test_a_database_that_is_not_writable_is_one_line_before_anything_starts(
     tmp_path: Path, locked: str
 ) -> None:
     """Found by the first write, it would cost a Prefect server's start-up and end the run
-    (exit 3); a command that only reads it (status) still works."""
+    (exit 3). A command that only reads it (status) still works when its folder is
+    writable; in a read-only folder SQLite cannot make the shared-memory file a WAL
+    database is read with: one line too (exit 2)."""
     folder = tmp_path / "db"
     folder.mkdir()
     db, out = folder / "p.db", tmp_path / "out"
     sample = tmp_path / "a.txt"
     sample.write_text("one\n")
-    sqlite_store(db)
+    sqlite_store(db).close()  # closed as a command leaves it: no -wal or -shm file
+    assert sorted(p.name for p in folder.iterdir()) == ["p.db"]
     target = db if locked == "file" else folder
     target.chmod(0o444 if locked == "file" else 0o555)
     problem = "not writable" if locked == "file" else f"its folder {folder} is not writable"
@@ -142,5 +140,45 @@ def test_a_database_that_is_not_writable_is_one_line_before_anything_starts(
     assert written.returncode == 2, written.stderr
     assert written.stderr == f"Error: {db}: {problem} (permission denied) (check --db-path)\n"
     assert files_under(out) == []
-    assert read.returncode == 0, read.stderr
-    assert json.loads(read.stdout)["inputs"]["done"] == 0
+    if locked == "file":
+        assert read.returncode == 0, read.stderr
+        assert json.loads(read.stdout)["inputs"]["done"] == 0
+    else:
+        assert read.returncode == 2
+        assert read.stderr == (
+            f"Error: {db}: cannot be used: attempt to write a readonly database (check --db-path)\n"
+        )
+
+
+def test_a_sub_folder_of_the_output_that_is_not_writable_fails_its_inputs_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """The output folder passes the check before the start, one of its sub-folders does
+    not take files: the inputs whose JSON goes there fail, each in one line naming that
+    folder (not the temporary file it was about to make), without a traceback; the others
+    are done."""
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text("one\n")
+    (root / "sub" / "b.txt").write_text("two\n")
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "sub").chmod(0o555)
+    db = tmp_path / "p.db"
+    try:
+        result = subprocess.run(
+            _command("--db-path", db, "--output-dir", out, "run-parallel", root, "--workers",
+                     "0", "--json"),
+            env=api_env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        (out / "sub").chmod(0o755)
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["succeeded"], summary["failed"]) == (1, 1)
+    failing = root / "sub" / "b.txt"
+    assert summary["failures"] == [
+        {"input": str(failing), "job": "A", "error": f"{failing}: permission denied: {out / 'sub'}"}
+    ]
+    assert "Traceback" not in result.stderr
+    assert files_under(out) == ["a_processed.json"]

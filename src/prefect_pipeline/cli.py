@@ -12,7 +12,7 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -149,8 +149,11 @@ def _check_database_location(config: PipelineConfig, *, writes: bool = True) -> 
     if not writes:
         return
     if path.exists():
-        problems = [("not writable", _not_writable(path)),
-                    (f"its folder {folder} is not writable", _not_writable(folder))]  # fmt: skip
+        real = path.resolve()  # a symlink's target, whose folder holds SQLite's journal
+        problems = [
+            ("not writable", _not_writable(real)),
+            (f"its folder {real.parent} is not writable", _not_writable(real.parent)),
+        ]
     else:
         problems = [(f"cannot be created in {folder}", _not_writable(folder))]
     for problem, why in problems:
@@ -166,8 +169,11 @@ class UnusableOutput(click.ClickException):
     exit_code = EXIT_USAGE
 
 
-def _check_output_dir(config: PipelineConfig) -> None:
-    """Refuse, creating nothing, an output folder that job A's JSON files cannot go in."""
+def _check_output_dir(config: PipelineConfig, jobs: Iterable[Any]) -> None:
+    """Refuse, creating nothing, an output folder that the ``jobs`` (``JobSpec``s) to run
+    would write in (job A's JSON files) and cannot."""
+    if not any(spec.job_class.writes_output for spec in jobs):
+        return
     path = config.output_dir
     folder = path
     while not folder.exists():  # the nearest existing folder, which job A creates in
@@ -398,8 +404,7 @@ def _run_single(
     # A rejected input before any start-up (Prefect, its server).
     outcome = precheck(jobs, input_data, config)
     if outcome is None:
-        if jobs[0].takes is Kind.FILE:  # it writes its JSON file under --output-dir
-            _check_output_dir(config)
+        _check_output_dir(config, jobs)
         if any(spec.uses_database for spec in jobs):
             _open_database(config)
         from prefect_pipeline.pipeline.server import prefect_api
@@ -683,11 +688,8 @@ def run_parallel(
         raise click.BadParameter(f"{directory}: no such directory", param_hint="'DIRECTORY'")
     if not directory.is_dir():
         raise click.BadParameter(f"{directory}: not a directory", param_hint="'DIRECTORY'")
-    from prefect_pipeline.jobs.base import Kind
-
     definition = _definition()
-    if definition.job_range(start_from, stop_after)[0].takes is Kind.FILE:
-        _check_output_dir(config)  # its JSON files go there
+    _check_output_dir(config, definition.job_range(start_from, stop_after))
     _check_database_location(config)  # the run opens it, after its own usage checks
     run = functools.partial(
         run_parallel_from_files,
@@ -873,10 +875,12 @@ def drain_db(
     workers = _workers(workers, address)
     _check_cluster(workers, threads_per_worker, address)
     _require_database(config)
+    definition = _definition()
+    _check_output_dir(config, definition.jobs)  # queued files go through the whole chain
     run = functools.partial(
         run_parallel_from_database,
         config,
-        definition=_definition(),
+        definition=definition,
         limit=limit,
         lease_seconds=lease_seconds,
         max_attempts=max_attempts,
@@ -1109,8 +1113,9 @@ def serve(
     if (interval is None) == (cron is None):
         raise click.UsageError("give --interval or --cron (one of them)")
     ParallelOptions(workers=workers, address=address).check()
-    _definition().path_range(start_from, stop_after)
+    jobs = _definition().path_range(start_from, stop_after)
     _require_database(config)
+    _check_output_dir(config, jobs)
     # PREFECT_API_URL in the environment or the active Prefect profile, else the local
     # server; the scheduled runs' processes inherit where it is.
     api = configured_api()

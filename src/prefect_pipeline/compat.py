@@ -369,6 +369,25 @@ def _check_client_tls() -> None:
             raise CompatError(f"prefect {kind.__name__} no longer takes a TLS context given")
 
 
+def worker_processes(cluster: Any) -> list[int]:
+    """The process ids of a local Dask cluster's worker processes, those still starting
+    included: a ``SpecCluster`` lists its nannies in ``workers`` only once all have
+    started, in ``_created`` from the moment each is made. Internal: distributed's."""
+    pids = [getattr(nanny, "pid", None) for nanny in list(getattr(cluster, "_created", ()))]
+    return [pid for pid in pids if pid]
+
+
+def _check_spec_cluster_created() -> None:
+    import inspect
+
+    from distributed import Nanny, SpecCluster
+
+    if "self._created.add(worker)" not in inspect.getsource(SpecCluster):
+        raise CompatError("distributed.SpecCluster no longer records its workers in _created")
+    if not isinstance(inspect.getattr_static(Nanny, "pid", None), property):
+        raise CompatError("distributed.Nanny.pid is gone")
+
+
 def _check_database_registry() -> None:
     from prefect.server.database.orm_models import Base
 
@@ -390,6 +409,7 @@ CHECKS: dict[str, Callable[[], None]] = {
     "prefect-dask DaskTaskRunner.submit internals": _check_dask_task_runner,
     "prefect database registry tables": _check_database_registry,
     "prefect API clients take a TLS context given": _check_client_tls,
+    "distributed SpecCluster._created and Nanny.pid": _check_spec_cluster_created,
 }
 
 

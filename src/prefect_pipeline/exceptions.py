@@ -19,6 +19,13 @@ class InputValidationError(PipelineError):
         super().__init__(f"{self.input_ref}: {problem}")
 
 
+class ContentError(InputValidationError):
+    """An input whose own content is unusable (binary, not UTF-8, a line too long, JSON that
+    is malformed or not a document): the same bytes fail the same way, so a run skips the
+    file while it is unchanged. Not a file that could not be read (its permissions, its
+    absence), which a later run may find readable."""
+
+
 class UsageError(PipelineError):
     """The request itself is wrong (unknown job name, impossible job range...)."""
 

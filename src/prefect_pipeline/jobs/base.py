@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from prefect_pipeline.config import PipelineConfig
 from prefect_pipeline.exceptions import (
     ClaimLostError,
+    ContentError,
     DatabaseUnavailable,
     InputValidationError,
 )
@@ -119,6 +120,9 @@ class JobResult:
     summary: str = ""
     #: The formatted traceback of an unexpected error (input errors have none).
     traceback: str | None = None
+    #: An input error of its own content (``ContentError``): the same bytes fail the same
+    #: way, and a run skips the file while it is unchanged.
+    rejected: bool = False
 
 
 #: Called inside the job's transaction when it succeeds (the ledger's status change).
@@ -140,6 +144,9 @@ class BaseJob(ABC):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     uses_database: ClassVar[bool] = False
+    #: Whether it writes files under ``--output-dir`` (job A's JSON): a command that runs
+    #: it refuses an output folder it cannot write in before anything starts.
+    writes_output: ClassVar[bool] = False
     takes: ClassVar[Kind] = Kind.ANY
     produces: ClassVar[Kind] = Kind.ANY
     #: File names a folder run picks when this job comes first and no pattern is given.
@@ -204,7 +211,7 @@ class BaseJob(ABC):
         try:
             self.validate_input(input_data)
         except InputValidationError as exc:
-            return self._failed(str(exc), INPUT_ERROR, started)
+            return self._rejected(exc, started)
         return None
 
     def describe(self, outcome: Outcome) -> str:
@@ -227,7 +234,7 @@ class BaseJob(ABC):
                     on_commit(outcome)
         except InputValidationError as exc:
             logger.debug("job %s: %s", self.job_name, exc)
-            return self._failed(str(exc), INPUT_ERROR, started)
+            return self._rejected(exc, started)
         except DatabaseUnavailable:
             # Not the input's fault: the run cannot go on (the command says why, once).
             raise
@@ -275,7 +282,7 @@ class BaseJob(ABC):
                 validated.append(self.validate_input(data))
             except InputValidationError as exc:
                 logger.debug("job %s: %s", self.job_name, exc)
-                results[i] = self._failed(str(exc), INPUT_ERROR, started)
+                results[i] = self._rejected(exc, started)
             except DatabaseUnavailable:
                 raise
             except Exception as exc:  # a bug or an environment failure, as ``execute`` has it
@@ -353,6 +360,11 @@ class BaseJob(ABC):
             error = f"{_describe(input_data)}: {type(exc).__name__}: {exc}"
         result = self._failed(error, UNEXPECTED_ERROR, started)
         result.traceback = traceback.format_exc()
+        return result
+
+    def _rejected(self, exc: InputValidationError, started: float) -> JobResult:
+        result = self._failed(str(exc), INPUT_ERROR, started)
+        result.rejected = isinstance(exc, ContentError)
         return result
 
     def _failed(self, error: str, kind: str, started: float) -> JobResult:

@@ -20,7 +20,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from prefect_pipeline.exceptions import InputValidationError
+from prefect_pipeline.exceptions import ContentError, InputValidationError
 from prefect_pipeline.jobs.output_file import atomic_output, scratch_file
 from prefect_pipeline.validators import binary_file, invalid_utf8
 from prefect_pipeline.validators.input_validators import BOM
@@ -282,14 +282,14 @@ class DocumentReader:
         except UnicodeDecodeError as exc:
             raise invalid_utf8(self.path, match.start(1) + exc.start) from None
         if not source_path:
-            raise InputValidationError(self.path, "source_path must be a non-empty string")
+            raise ContentError(self.path, "source_path must be a non-empty string")
         #: The header's bytes, as read (``check_header`` takes them).
         self.header = data[: match.end()]
         self._offset = match.end()
         self._rest = data[match.end() :]
         self.record_count = int(match.group(3))
         if self.record_count < 0:
-            raise InputValidationError(self.path, "record_count must be a non-negative integer")
+            raise ContentError(self.path, "record_count must be a non-negative integer")
         return source_path, match.group(2).decode(), self.record_count
 
     def check_header(self, expected: bytes, record_count: int) -> None:
@@ -339,7 +339,7 @@ class DocumentReader:
             pending_size += len(chunk)
             if not boundary:
                 if pending_size > self.max_record_bytes:
-                    raise InputValidationError(
+                    raise ContentError(
                         self.path,
                         f"records[{seen}] is longer than any record job A writes "
                         f"({pending_size} bytes and counting)",
@@ -358,20 +358,20 @@ class DocumentReader:
             tail = rest[-len(RECORD_BOUNDARY) :]
         data = b"".join(pending).rstrip(b" \t\r\n")
         if not data.endswith(TRAILER):
-            raise InputValidationError(self.path, "the JSON file ends before its records do")
+            raise ContentError(self.path, "the JSON file ends before its records do")
         body = data[: -len(TRAILER)]
         if body:
             text, count = self._array(body, seen, check_layout)
             yield text, count
             seen += count
         if seen != self.record_count:
-            raise InputValidationError(
+            raise ContentError(
                 self.path, f"record_count is {self.record_count} but records has {seen} item(s)"
             )
 
     def _array(self, records: bytes, seen: int, check_layout: bool) -> tuple[str, int]:
         if check_layout and _RECORDS.fullmatch(records) is None:
-            raise InputValidationError(
+            raise ContentError(
                 self.path,
                 f"records[{seen}] and after are not in the layout job A writes "
                 '({"index": int, "line_number": int, "content": string})',

@@ -62,6 +62,7 @@ class JobA(BaseJob):
     description = "Read a text file, split it into records, write them as JSON"
     takes = Kind.FILE
     produces = Kind.DOCUMENT
+    writes_output = True
 
     def __init__(self, config: PipelineConfig, *, force: bool = False) -> None:
         super().__init__(config, force=force)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect_pipeline.clock import SYSTEM_CLOCK, iso
-from prefect_pipeline.exceptions import InputValidationError
+from prefect_pipeline.exceptions import ContentError
 from prefect_pipeline.jobs.base import BaseJob, Facts, Kind, Outcome
 from prefect_pipeline.jobs.document import (
     OUTPUT_SUFFIX,
@@ -109,7 +109,7 @@ class JobB(BaseJob):
                     source_path, sha256, count = reader.read_header()
                 except NotInLayout:
                     if version.st_size > self.config.max_line_bytes:
-                        raise InputValidationError(
+                        raise ContentError(
                             path,
                             "not in the layout job A writes, and larger than "
                             f"{format_bytes(self.config.max_line_bytes)} (--max-line-bytes) "
@@ -133,7 +133,7 @@ class JobB(BaseJob):
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise InputValidationError(
+            raise ContentError(
                 path, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
             ) from None
         stored = _from_dict(validate_document(path, doc), str(path))

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from prefect_pipeline.compat import QUIET_DASK
+from prefect_pipeline.compat import QUIET_DASK, worker_processes
 from prefect_pipeline.exceptions import RunError, UsageError
 from prefect_pipeline.logs import get_logger
 
@@ -236,27 +236,33 @@ class DaskCluster:
             # The scheduler (most of a second), then the workers, asked for without waiting:
             # each is a process that spends seconds of CPU importing Prefect's task engine,
             # and meanwhile the run goes on in this process (``workers_ready``).
-            with _without_dask_echo(), _stop_signals_blocked():
-                cluster = LocalCluster(
-                    n_workers=0,
-                    threads_per_worker=self.threads_per_worker,
-                    processes=True,
-                    # Port 0 picks a free port, so two runs (or a user's own dashboard) never
-                    # clash; on the loopback, like the scheduler and the workers.
-                    dashboard_address="127.0.0.1:0",
-                    scheduler_port=0,
-                    host="127.0.0.1",
-                    silence_logs=os.environ.get("DASK_LOGGING__DISTRIBUTED", "warning").upper(),
-                    preload=["prefect_pipeline.pipeline.worker_preload"],
-                )
+            cluster = None
             try:
-                # Before the workers are asked for: each is counted as it joins. (A
-                # LocalCluster's scheduler runs in this process.)
-                if cluster.scheduler is not None:
-                    cluster.scheduler.add_plugin(_joined_workers_plugin(self._joined))
-                cluster.scale(self.workers)  # started by the loop's thread, signals blocked
+                with _without_dask_echo(), _stop_signals_blocked():
+                    cluster = LocalCluster(
+                        n_workers=0,
+                        threads_per_worker=self.threads_per_worker,
+                        processes=True,
+                        # Port 0 picks a free port, so two runs (or a user's own dashboard)
+                        # never clash; on the loopback, like the scheduler and the workers.
+                        dashboard_address="127.0.0.1:0",
+                        scheduler_port=0,
+                        host="127.0.0.1",
+                        silence_logs=os.environ.get(
+                            "DASK_LOGGING__DISTRIBUTED", "warning"
+                        ).upper(),
+                        preload=["prefect_pipeline.pipeline.worker_preload"],
+                    )
+                    # Before the workers are asked for: each is counted as it joins. (A
+                    # LocalCluster's scheduler runs in this process.)
+                    if cluster.scheduler is not None:
+                        cluster.scheduler.add_plugin(_joined_workers_plugin(self._joined))
+                    cluster.scale(self.workers)  # started by the loop's thread
             except BaseException:
-                cluster.close()
+                # A Ctrl-C held back by the blocked signals lands as they are unblocked:
+                # the cluster made by then is closed here, not left running.
+                if cluster is not None:
+                    cluster.close()
                 raise
         except Exception as exc:
             self._restore_settings()  # __exit__ does not run when __enter__ raises
@@ -318,21 +324,13 @@ class DaskCluster:
         them: Ctrl-C, a Cancel), Dask's workers and nannies fail it with a traceback each
         in every process, a hundred lines over the run's summary, and the close waits for
         them. A worker that has not joined holds nothing of the run: killed, it says
-        nothing, and its nanny's failure is the teardown's (``_quiet_teardown``). Dask
-        lists a nanny only once all have started: the workers are found as this process's
-        children that multiprocessing spawned, less those the scheduler has."""
-        import psutil
-
+        nothing, and its nanny's failure is the teardown's (``_quiet_teardown``)."""
         assert self._cluster is not None
         joined = {state.pid for state in list(self._cluster.scheduler.workers.values())}
-        for child in psutil.Process().children():
-            with contextlib.suppress(psutil.Error):
-                if child.pid in joined or "multiprocessing.spawn" not in " ".join(
-                    child.cmdline()
-                ):
-                    continue
-                child.kill()
-                logger.debug("killed a worker still starting (pid %d)", child.pid)
+        for pid in set(worker_processes(self._cluster)) - joined:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            logger.debug("killed a worker still starting (pid %d)", pid)
 
     @staticmethod
     def _check_reachable(address: str, timeout: float) -> None:

@@ -260,5 +260,5 @@ class Writer:
             job=result.job_name,
             error=result.error or "",
             retry_in=retry_in,
-            rejected=result.error_kind == INPUT_ERROR,
+            rejected=result.rejected,
         )

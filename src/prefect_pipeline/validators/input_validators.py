@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from prefect_pipeline.exceptions import InputValidationError
+from prefect_pipeline.exceptions import ContentError, InputValidationError
 
 BOM = b"\xef\xbb\xbf"
 
@@ -77,17 +77,17 @@ def decode_text(path: Path, data: bytes) -> str:
 
 def binary_file(path: Path, offset: int) -> InputValidationError:
     """The error for a file with a NUL byte at ``offset`` (the file's first)."""
-    return InputValidationError(path, f"binary file (NUL byte at offset {offset})")
+    return ContentError(path, f"binary file (NUL byte at offset {offset})")
 
 
 def invalid_utf8(path: Path, offset: int) -> InputValidationError:
     """The error for a file whose bytes from ``offset`` are not UTF-8."""
-    return InputValidationError(path, f"invalid UTF-8 at byte offset {offset}")
+    return ContentError(path, f"invalid UTF-8 at byte offset {offset}")
 
 
 def line_too_long(path: Path, line_number: int, limit: int) -> InputValidationError:
     """The error for a line of more than ``limit`` bytes."""
-    return InputValidationError(
+    return ContentError(
         path, f"line {line_number} is longer than {format_bytes(limit)} (--max-line-bytes)"
     )
 
@@ -119,23 +119,23 @@ def validate_batch_id(value: object) -> int:
 def validate_document(ref: object, doc: Any) -> Mapping[str, Any]:
     """The structure job A writes: source_path, sha256, record_count, records."""
     if not isinstance(doc, Mapping):
-        raise InputValidationError(ref, f"expected a JSON object, got {type(doc).__name__}")
+        raise ContentError(ref, f"expected a JSON object, got {type(doc).__name__}")
     missing = [k for k in ("source_path", "sha256", "record_count", "records") if k not in doc]
     if missing:
-        raise InputValidationError(ref, f"missing key(s): {', '.join(missing)}")
+        raise ContentError(ref, f"missing key(s): {', '.join(missing)}")
     if not isinstance(doc["source_path"], str) or not doc["source_path"]:
-        raise InputValidationError(ref, "source_path must be a non-empty string")
+        raise ContentError(ref, "source_path must be a non-empty string")
     sha = doc["sha256"]
     if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
-        raise InputValidationError(ref, "sha256 must be 64 lowercase hex digits")
+        raise ContentError(ref, "sha256 must be 64 lowercase hex digits")
     count = doc["record_count"]
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise InputValidationError(ref, "record_count must be a non-negative integer")
+        raise ContentError(ref, "record_count must be a non-negative integer")
     records = doc["records"]
     if not isinstance(records, list):
-        raise InputValidationError(ref, "records must be a list")
+        raise ContentError(ref, "records must be a list")
     if len(records) != count:
-        raise InputValidationError(
+        raise ContentError(
             ref, f"record_count is {count} but records has {len(records)} item(s)"
         )
     for position, record in enumerate(records):
@@ -145,7 +145,7 @@ def validate_document(ref: object, doc: Any) -> Mapping[str, Any]:
             and type(record.get("line_number")) is int
             and isinstance(record.get("content"), str)
         ):
-            raise InputValidationError(
+            raise ContentError(
                 ref,
                 f"records[{position}] must have integer index and line_number and string content",
             )
