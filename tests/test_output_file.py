@@ -198,8 +198,9 @@ def test_a_folder_job_a_cannot_write_in_fails_its_input_in_one_line(
     config: PipelineConfig, sample_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An error of the system's (here a path under a file; a folder not writable, a full
-    disk) names the folder, not the temporary file it was about to make, and logs no
-    traceback at the default level: the run's line about the failed input says it all."""
+    disk) is one line naming the path, and logs no traceback at the default level: the
+    run's line about the failed input says it all. (A folder that exists and takes no
+    file, named instead of the temporary file: ``test_unreadable.py``.)"""
     (tmp_path / "afile").write_text("a regular file\n")
     out = tmp_path / "afile" / "out"
     config = config.model_copy(update={"output_dir": out})

@@ -119,6 +119,13 @@ def _require_database(config: PipelineConfig, *, writes: bool = True) -> None:
     _sqlite_store(config, path, create=False)
 
 
+def _nearest_folder(path: Path) -> Path:
+    """``path`` if it exists, else its nearest existing parent: where it would be made."""
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def _not_writable(path: Path) -> str | None:
     """Why this process may not write ``path`` (a file, or a folder to make files in), or
     None when it may."""
@@ -139,9 +146,7 @@ def _check_database_location(config: PipelineConfig, *, writes: bool = True) -> 
         return
     if path.is_dir():
         raise UnusableDatabase(f"{path}: a directory, not a database file (check --db-path)")
-    folder = path.parent
-    while not folder.exists():  # the nearest existing folder, which the store creates in
-        folder = folder.parent
+    folder = _nearest_folder(path.parent)  # which the store creates in
     if not folder.is_dir():
         raise UnusableDatabase(
             f"{path}: cannot be created: {folder} is not a directory (check --db-path)"
@@ -175,9 +180,7 @@ def _check_output_dir(config: PipelineConfig, jobs: Iterable[Any]) -> None:
     if not any(spec.job_class.writes_output for spec in jobs):
         return
     path = config.output_dir
-    folder = path
-    while not folder.exists():  # the nearest existing folder, which job A creates in
-        folder = folder.parent
+    folder = _nearest_folder(path)  # which job A creates in
     if not folder.is_dir():
         problem = (
             "not a directory"
