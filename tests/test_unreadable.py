@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import api_env, db_counts, files_under, sqlite_store
+from tests.conftest import api_env, db_counts, files_under
 
 pytestmark = pytest.mark.slow
 
@@ -108,21 +108,47 @@ def test_an_output_folder_that_is_not_writable_is_one_line_before_anything_start
     assert files_under(out) == []
 
 
-@pytest.mark.parametrize("locked", ["file", "folder"])
+# A writer that died (or was killed) leaves its last transactions in the -wal file, which
+# a read must not miss: here, two more records, committed and never checkpointed.
+_DIE_WITH_TWO_RECORDS_IN_THE_WAL = """
+import os, sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("PRAGMA wal_autocheckpoint = 0")
+connection.execute(
+    "INSERT INTO processed_records (batch_id, record_index, line_number, content, status)"
+    " SELECT batch_id, record_index + 2, line_number + 2, content, status"
+    " FROM processed_records"
+)
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("locked", ["file", "folder", "folder, -wal file left"])
 def test_a_database_that_is_not_writable_is_one_line_before_anything_starts(
     tmp_path: Path, locked: str
 ) -> None:
     """Found by the first write, it would cost a Prefect server's start-up and end the run
-    (exit 3). A command that only reads it (status) still works when its folder is
-    writable; in a read-only folder SQLite cannot make the shared-memory file a WAL
-    database is read with: one line too (exit 2)."""
+    (exit 3). A command that only reads it (status) still works, and changes nothing: in a
+    read-only folder, where SQLite cannot make the shared-memory file a WAL database is
+    read with, it reads the file alone."""
     folder = tmp_path / "db"
     folder.mkdir()
     db, out = folder / "p.db", tmp_path / "out"
-    sample = tmp_path / "a.txt"
+    first, sample = tmp_path / "first.txt", tmp_path / "a.txt"
+    first.write_text("one\ntwo\n")
     sample.write_text("one\n")
-    sqlite_store(db).close()  # closed as a command leaves it: no -wal or -shm file
-    assert sorted(p.name for p in folder.iterdir()) == ["p.db"]
+    done = subprocess.run(
+        _command("--log-level", "OFF", "--db-path", db, "--output-dir", out, "run-all", first),
+        env=api_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["p.db"]  # as a command leaves it
+    records = 2
+    if locked == "folder, -wal file left":
+        subprocess.run([sys.executable, "-c", _DIE_WITH_TWO_RECORDS_IN_THE_WAL, db], check=True)
+        records = 4
+    left = sorted(p.name for p in folder.iterdir())
+    before = db.read_bytes()
     target = db if locked == "file" else folder
     target.chmod(0o444 if locked == "file" else 0o555)
     problem = "not writable" if locked == "file" else f"its folder {folder} is not writable"
@@ -139,15 +165,13 @@ def test_a_database_that_is_not_writable_is_one_line_before_anything_starts(
         target.chmod(0o755)
     assert written.returncode == 2, written.stderr
     assert written.stderr == f"Error: {db}: {problem} (permission denied) (check --db-path)\n"
-    assert files_under(out) == []
-    if locked == "file":
-        assert read.returncode == 0, read.stderr
-        assert json.loads(read.stdout)["inputs"]["done"] == 0
-    else:
-        assert read.returncode == 2
-        assert read.stderr == (
-            f"Error: {db}: cannot be used: attempt to write a readonly database (check --db-path)\n"
-        )
+    assert sorted(p.name for p in out.iterdir()) == ["first_processed.json"]
+    assert read.returncode == 0, read.stderr
+    report = json.loads(read.stdout)
+    assert (report["batches"]["finalized"], report["records"]) == (1, records)
+    assert db.read_bytes() == before
+    if locked != "file":
+        assert sorted(p.name for p in folder.iterdir()) == left
 
 
 def test_a_sub_folder_of_the_output_that_is_not_writable_fails_its_inputs_in_one_line(

@@ -106,7 +106,7 @@ def _require_database(config: PipelineConfig, *, writes: bool = True) -> None:
     database without the pipeline's tables is refused the same way (connecting tells)."""
     path = config.database.path
     if path is None:
-        _store(config, create=False)
+        _store(config, create=False, read_only=not writes)
         return
     if not path.exists():
         raise NoSuchDatabase(
@@ -116,7 +116,7 @@ def _require_database(config: PipelineConfig, *, writes: bool = True) -> None:
     _check_database_location(config, writes=writes)
     # A file that is not the pipeline's (an empty one, another program's database) is
     # refused as a missing one is, before the command would create its tables there.
-    _sqlite_store(config, path, create=False)
+    _sqlite_store(config, path, create=False, read_only=not writes)
 
 
 def _nearest_folder(path: Path) -> Path:
@@ -206,18 +206,18 @@ def _open_database(config: PipelineConfig) -> Any:
     return _sqlite_store(config, path)
 
 
-def _sqlite_store(config: PipelineConfig, path: Path, *, create: bool = True) -> Any:
+def _sqlite_store(
+    config: PipelineConfig, path: Path, *, create: bool = True, read_only: bool = False
+) -> Any:
     """``_store`` of a SQLite file, or one line saying why it cannot be used (a file that is
     not a database, a folder it cannot be created in)."""
     from peewee import DatabaseError
 
     try:
-        return _store(config, create=create)
+        return _store(config, create=create, read_only=read_only)
     except (OSError, DatabaseError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise UnusableDatabase(f"{path}: cannot be used: {reason} (check --db-path)") from None
-
-
 
 
 def handle_errors[F: Callable[..., Any]](func: F) -> F:
@@ -912,7 +912,7 @@ def status(config: PipelineConfig, as_json: bool) -> None:
     from prefect_pipeline.database.queue import status as queue_status
 
     _require_database(config, writes=False)
-    report = queue_status(_store(config))
+    report = queue_status(_store(config, read_only=True))
     if as_json:
         click.echo(json.dumps(report))
         return
@@ -1170,12 +1170,14 @@ def serve(
     )
 
 
-def _store(config: PipelineConfig, *, create: bool = True) -> Any:
+def _store(config: PipelineConfig, *, create: bool = True, read_only: bool = False) -> Any:
     """The configured database's store (created with its schema if missing, unless
-    ``create`` is False)."""
+    ``create`` is False; for reading only if ``read_only``)."""
     from prefect_pipeline.database.backends import open_store
 
-    return open_store(config.database, timeout=config.db_timeout, create=create)
+    return open_store(
+        config.database, timeout=config.db_timeout, create=create, read_only=read_only
+    )
 
 
 def main() -> None:
@@ -1201,6 +1203,13 @@ def _exit_now(code: int) -> None:
 
     with contextlib.suppress(Exception):
         flush_prefect(timeout=5)
+    # Closed, a SQLite database's last connection moves what its -wal file holds into the
+    # file itself and removes the -wal and -shm files: the file alone is then the whole
+    # database (to copy, or to read from a folder that is read-only later).
+    backends = sys.modules.get("prefect_pipeline.database.backends")
+    if backends is not None:
+        with contextlib.suppress(Exception):
+            backends.close_all()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

@@ -13,7 +13,7 @@ from prefect_pipeline.database.url import POSTGRESQL, SQLITE, DatabaseUrl
 from prefect_pipeline.exceptions import RunError
 
 _lock = threading.Lock()
-_stores: dict[tuple[str, float], Store] = {}
+_stores: dict[tuple[str, float, bool], Store] = {}
 
 
 def _backend(name: str) -> type[Store]:
@@ -29,21 +29,24 @@ def _backend(name: str) -> type[Store]:
     raise RunError(f"no storage backend for {name!r} databases")
 
 
-def open_store(location: DatabaseUrl | str, *, timeout: float, create: bool = True) -> Store:
+def open_store(
+    location: DatabaseUrl | str, *, timeout: float, create: bool = True, read_only: bool = False
+) -> Store:
     """This process's store for ``location``, created (with its schema) on first use; with
     ``create=False``, a database without the pipeline's tables is refused
-    (``MissingDatabase``) and nothing is created."""
+    (``MissingDatabase``) and nothing is created. A ``read_only`` store is for a command
+    that only reads (it creates nothing either)."""
     if isinstance(location, str):
         location = DatabaseUrl.parse(location)
-    key = (location.url, timeout)
+    key = (location.url, timeout, read_only)
     store = _stores.get(key)
     if store is not None:
         return store
     with _lock:
         store = _stores.get(key)
         if store is None:
-            store = _backend(location.backend)(location, timeout=timeout)
-            store.ensure_schema(create=create)
+            store = _backend(location.backend)(location, timeout=timeout, read_only=read_only)
+            store.ensure_schema(create=create and not read_only)
             _stores[key] = store
         return store
 

@@ -12,6 +12,7 @@ schema version lives in ``PRAGMA user_version``; and a claim is one ``UPDATE ...
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import closing
@@ -38,6 +39,7 @@ from prefect_pipeline.database.store import (
     schema_columns,
 )
 from prefect_pipeline.database.url import SQLITE
+from prefect_pipeline.exceptions import DatabaseMismatch
 
 PRAGMAS = {
     # Readers never block the writer; one writer at a time (all on one host).
@@ -149,6 +151,23 @@ _MIGRATIONS: dict[int, Callable[[SqliteDatabase], None]] = {
 }
 
 
+def read_only_uri(path: Path) -> str:
+    """A URI that opens the SQLite file at ``path`` for reading only.
+
+    A read-only connection to a WAL database still needs its -shm file (the WAL's index),
+    and makes one if there is none. Where none can be made (a folder this process may not
+    write) and there is none, SQLite refuses ("attempt to write a readonly database"),
+    unless told the file is ``immutable``: then it reads the file alone, which is all there
+    is to read, since no writer can be at work in a folder where it could not make its -wal
+    and -shm files either."""
+    uri = f"file:{quote(str(path))}?mode=ro"
+    folder = path.parent
+    if os.access(folder, os.W_OK | os.X_OK):
+        return uri
+    wal_files = (folder / f"{path.name}{suffix}" for suffix in ("-wal", "-shm"))
+    return uri if all(p.exists() for p in wal_files) else f"{uri}&immutable=1"
+
+
 def read_schema(path: Path, timeout: float) -> tuple[dict[str, set[str]], int]:
     """The pipeline's tables that exist in the SQLite file at ``path`` (with their columns)
     and its ``user_version``, read without changing the file: opened read-only, so no WAL
@@ -156,7 +175,7 @@ def read_schema(path: Path, timeout: float) -> tuple[dict[str, set[str]], int]:
     missing or empty file has none."""
     if not path.exists() or path.stat().st_size == 0:
         return {}, 0
-    uri = f"file:{quote(str(path))}?mode=ro"
+    uri = read_only_uri(path)
     try:
         with closing(sqlite3.connect(uri, uri=True, timeout=timeout)) as connection:
             version = int(connection.execute("PRAGMA user_version").fetchone()[0])
@@ -175,6 +194,8 @@ class SqliteStore(Store):
 
     backend = SQLITE
     unavailable_errors = (sqlite3.OperationalError, peewee.OperationalError)
+    #: Opened with ``read_only_uri``: nothing can be created or upgraded.
+    opened_read_only = False
 
     def cannot_serve(self, exc: BaseException) -> bool:
         # SQLite reports a statement's own failure ("malformed JSON" in an input's records,
@@ -192,11 +213,19 @@ class SqliteStore(Store):
         return not codes or any(code != sqlite3.SQLITE_ERROR for code in codes)
 
     def _open_database(self) -> SqliteDatabase:
-        assert self.location.path is not None
-        self.location.path.parent.mkdir(parents=True, exist_ok=True)
-        return SqliteDatabase(
-            str(self.location.path), pragmas=PRAGMAS, timeout=self.timeout, autoconnect=True
-        )
+        path = self.location.path
+        assert path is not None
+        if self.read_only and not os.access(path.parent, os.W_OK | os.X_OK):
+            # ``status`` of a database in a folder it may not write (a copy kept read-only,
+            # another user's): opened as a writer, SQLite would need to make its -shm file.
+            self.opened_read_only = True
+            pragmas = {k: v for k, v in PRAGMAS.items() if k != "journal_mode"}
+            return SqliteDatabase(
+                read_only_uri(path), uri=True, pragmas=pragmas, timeout=self.timeout,
+                autoconnect=True,
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return SqliteDatabase(str(path), pragmas=PRAGMAS, timeout=self.timeout, autoconnect=True)
 
     def _begin(self) -> Any:
         return self.db.atomic("IMMEDIATE")
@@ -212,6 +241,12 @@ class SqliteStore(Store):
             return  # the usual case: nothing to create or upgrade
         if not create and not found:
             raise refuse_missing(self.location.display)
+        if self.opened_read_only:
+            raise DatabaseMismatch(
+                f"{self.location.display}: written by an older version of the pipeline "
+                f"(schema version {version}), and its folder is not writable, so it cannot "
+                "be upgraded; run a command that writes it where its folder is writable"
+            )
         with db.bind_ctx(MODELS), db.atomic("IMMEDIATE"):
             # Read again under the write lock: another command may have just created them.
             version = db.execute_sql("PRAGMA user_version").fetchone()[0]

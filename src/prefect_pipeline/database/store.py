@@ -374,9 +374,12 @@ class Store(ABC):
     #: side by side must not take a row that another command claimed a moment earlier.
     register_guard: ClassVar[str] = ""
 
-    def __init__(self, location: DatabaseUrl, *, timeout: float) -> None:
+    def __init__(self, location: DatabaseUrl, *, timeout: float, read_only: bool = False) -> None:
         self.location = location
         self.timeout = timeout
+        #: Only read through this store (``status``): a backend may then open its database
+        #: in a way that writes nothing, where writing is impossible.
+        self.read_only = read_only
         self.db: Database = self._open_database()
 
     def cannot_serve(self, exc: BaseException) -> bool:
