@@ -189,7 +189,8 @@ def test_enqueue_a_tree_skips_hidden_files_and_mirrors_folders(
     as_json = pipeline("enqueue", tree, "--json")
     assert as_json.exit_code == 0, as_json.output
     assert json.loads(as_json.stdout) == {
-        "queued": 0, "already": 7, "ignored": 0, "ignored_paths": []
+        "queued": 0, "already": 7, "ignored": 0, "ignored_paths": [], "unreadable": 0,
+        "unreadable_paths": [],
     }
     assert rows(config) == queued  # untouched, updated_at included
 

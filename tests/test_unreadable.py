@@ -81,6 +81,57 @@ def test_unreadable_file_fails_alone_in_a_parallel_run(tmp_path: Path) -> None:
     assert json.loads(again.stdout)["succeeded"] == 1
 
 
+def test_a_folder_that_cannot_be_listed_is_reported_and_the_run_exits_1(tmp_path: Path) -> None:
+    """Its inputs were not found, so the run did not do all it was asked: exit 1 with one
+    line naming the folder, by run-parallel (a run with work and one without) and enqueue;
+    the rest runs. Listed again later, its inputs run."""
+    root = tmp_path / "in"
+    locked = root / "locked"
+    locked.mkdir(parents=True)
+    (root / "a.txt").write_text("one\ntwo\n")
+    (locked / "b.txt").write_text("three\n")
+    db, out = tmp_path / "p.db", tmp_path / "out"
+    base = ["--log-level", "OFF", "--db-path", db, "--output-dir", out]
+    parallel = [*base, "run-parallel", root, "--workers", "0"]
+    reason = "cannot list folder (Permission denied)"
+    locked.chmod(0)
+    try:
+        first = subprocess.run(
+            _command(*parallel, "--json"), env=api_env(), capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        again = subprocess.run(
+            _command(*parallel), env=api_env(), capture_output=True, text=True, timeout=120
+        )
+        queued = subprocess.run(
+            _command(*base, "enqueue", root), env=api_env(), capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+    finally:
+        locked.chmod(0o755)
+    assert first.returncode == 1, first.stderr
+    summary = json.loads(first.stdout)
+    assert (summary["succeeded"], summary["failed"], summary["unreadable"]) == (1, 0, 1)
+    assert summary["unreadable_paths"] == [{"path": str(locked), "reason": reason}]
+    assert summary["flow_run_id"]  # it had work: a.txt
+    assert again.returncode == 1, again.stderr
+    assert "0 succeeded, 0 failed, 1 skipped" in again.stdout  # nothing to do, and said so
+    assert f"cannot read {locked}: {reason}\n" in again.stdout
+    assert "Prefect flow run" not in again.stdout
+    assert queued.returncode == 1, queued.stderr
+    assert queued.stdout == "0 input(s) queued, 1 already there, 1 could not be read\n"
+    assert queued.stderr == f"cannot read {locked}: {reason}\n"
+    assert files_under(out) == ["a_processed.json"]
+
+    listed = subprocess.run(
+        _command(*parallel, "--json"), env=api_env(), capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["succeeded"] == 1
+    assert files_under(out) == ["a_processed.json", "locked/b_processed.json"]
+
+
 def test_an_output_folder_that_is_not_writable_is_one_line_before_anything_starts(
     tmp_path: Path,
 ) -> None:

@@ -553,8 +553,8 @@ def _report(run: Callable[..., Any], as_json: bool) -> None:
         _say_interrupted()
         sys.exit(EXIT_INTERRUPTED)
     # Inputs left pending (a retry not yet due when --limit was reached), or held by another
-    # command, are not done.
-    if summary.failed or summary.pending or summary.held:
+    # command, are not done; nor are those of a folder that could not be listed.
+    if summary.failed or summary.pending or summary.held or summary.unreadable_paths:
         sys.exit(EXIT_FAILED)
 
 
@@ -757,9 +757,10 @@ def enqueue(
         if not path.exists():
             raise click.BadParameter(f"{path}: no such file or directory", param_hint="'PATH...'")
     ignored: list[dict[str, str]] = []
+    unreadable: list[dict[str, str]] = []
     result = enqueue_inputs(
         _open_database(config),
-        _queued_inputs(config, paths, pattern, recursive, ignored),
+        _queued_inputs(config, paths, pattern, recursive, ignored, unreadable),
         force=force,
     )
     if as_json:
@@ -770,14 +771,21 @@ def enqueue(
                     "already": result.already,
                     "ignored": len(ignored),
                     "ignored_paths": ignored,
+                    "unreadable": len(unreadable),
+                    "unreadable_paths": unreadable,
                 }
             )
         )
     else:
         line = f"{result.queued} input(s) queued, {result.already} already there"
-        click.echo(line + (f", {len(ignored)} ignored" if ignored else ""))
+        line += f", {len(ignored)} ignored" if ignored else ""
+        click.echo(line + (f", {len(unreadable)} could not be read" if unreadable else ""))
         for entry in ignored:
             click.echo(f"ignored {entry['path']}: {entry['reason']}", err=True)
+        for entry in unreadable:
+            click.echo(f"cannot read {entry['path']}: {entry['reason']}", err=True)
+    if unreadable:  # what is under them was not queued
+        sys.exit(EXIT_FAILED)
 
 
 def _queued_inputs(
@@ -786,8 +794,10 @@ def _queued_inputs(
     pattern: str,
     recursive: bool,
     ignored: list[dict[str, str]],
+    unreadable: list[dict[str, str]],
 ) -> Any:
-    """The files to queue; what is not an input goes to ``ignored`` with the reason."""
+    """The files to queue; what is not an input goes to ``ignored`` with the reason, what
+    could not be looked at (a folder that cannot be listed) to ``unreadable``."""
     import itertools
     import os
 
@@ -814,7 +824,9 @@ def _queued_inputs(
         if isinstance(entry, Found):
             yield entry
         else:
-            ignored.append({"path": entry.path, "reason": entry.reason})
+            (unreadable if entry.unreadable else ignored).append(
+                {"path": entry.path, "reason": entry.reason}
+            )
 
 
 @cli.command("drain-db", short_help="Run the queued inputs, in parallel on Dask.")

@@ -54,10 +54,13 @@ NOT_UTF8 = "file name is not valid UTF-8 (rename it; paths are stored as text)"
 
 @dataclass(frozen=True)
 class Ignored:
-    """Something under the root that is not an input (a FIFO, an escaping symlink...)."""
+    """Something under the root that is not an input (a FIFO, an escaping symlink...), or
+    that could not be looked at (``unreadable``: a folder that cannot be listed, a name that
+    cannot be stat'ed), so inputs under it may have been missed."""
 
     path: str
     reason: str
+    unreadable: bool = False
 
 
 def stem_of(name: str) -> str:
@@ -141,7 +144,7 @@ def _walk(
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
-        yield Ignored(str(folder), f"cannot list folder ({exc.strerror})")
+        yield Ignored(str(folder), f"cannot list folder ({exc.strerror})", unreadable=True)
         return
     files: list[tuple[str, os.stat_result]] = []
     # Every regular file's name, matched or not: output names must not depend on --pattern,
@@ -175,7 +178,7 @@ def _walk(
         try:
             st = os.stat(path)
         except OSError as exc:
-            yield Ignored(path, f"cannot stat ({exc.strerror})")
+            yield Ignored(path, f"cannot stat ({exc.strerror})", unreadable=True)
             continue
         if stat.S_ISDIR(st.st_mode):
             if recursive:

@@ -337,6 +337,7 @@ def read_summary(plan: Plan) -> RunSummary:
     summary.pending = counts["pending"] + counts["processing"]
     summary.skipped_inputs = list(plan.source.skipped_inputs)
     summary.ignored_paths = list(plan.source.ignored_paths)
+    summary.unreadable_paths = list(plan.source.unreadable_paths)
     summary.skipped = len(summary.skipped_inputs) + counts["unchanged"]
     summary.held_inputs = list(plan.source.held_inputs)
     summary.held = len(summary.held_inputs)

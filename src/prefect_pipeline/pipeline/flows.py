@@ -238,8 +238,8 @@ def run_parallel(
     ``queue``), the database (never with its password) and the command's options;
     ``run_id`` is the ledger's id of the run, whose plan ``start_parallel`` registered.
 
-    Returns the ``RunSummary``: in a Failed state when any input failed, Cancelled when a
-    Cancel stopped it.
+    Returns the ``RunSummary``: in a Failed state when any input failed (or a folder could
+    not be listed), Cancelled when a Cancel stopped it.
     """
     plan = _PLANS.pop(run_id)
     observer = PrefectObserver(database, plan.environment.ui_url)
@@ -259,9 +259,12 @@ def run_parallel(
     _SUMMARIES[run_id] = summary
     if summary.stopped == "cancelled":
         return Cancelled(message=f"cancelled after {summary.total} input(s)", data=summary)
-    if summary.failed:
+    if summary.failed or summary.unreadable_paths:
         # The run did its job, but the Prefect UI should not show it green.
-        return Failed(message=f"{summary.failed} of {summary.total} input(s) failed", data=summary)
+        problems = [f"{summary.failed} of {summary.total} input(s) failed"] * bool(summary.failed)
+        if summary.unreadable_paths:
+            problems.append(f"{len(summary.unreadable_paths)} path(s) could not be read")
+        return Failed(message="; ".join(problems), data=summary)
     return summary
 
 

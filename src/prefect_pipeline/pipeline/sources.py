@@ -43,6 +43,9 @@ class Source(Protocol):
     held_inputs: list[dict[str, str]]
     #: Paths that are not inputs (a FIFO, a symlink out of the folder...), with the reason.
     ignored_paths: list[dict[str, str]]
+    #: Paths that could not be looked at (a folder that cannot be listed), with the reason:
+    #: inputs under them may have been missed, so the run did not do all it was asked.
+    unreadable_paths: list[dict[str, str]]
 
     def next_group(self) -> list[WorkItem] | None:
         """The next group (possibly empty: everything found was skipped), or None when
@@ -98,6 +101,7 @@ class FileSource:
         self.skipped_inputs: list[dict[str, str]] = []
         self.held_inputs: list[dict[str, str]] = []
         self.ignored_paths: list[dict[str, str]] = []
+        self.unreadable_paths: list[dict[str, str]] = []
 
     def next_group(self) -> list[WorkItem] | None:
         if self.exhausted:
@@ -107,8 +111,12 @@ class FileSource:
         size = 0
         for entry in self._found:
             if isinstance(entry, Ignored):
-                self.ignored_paths.append({"path": entry.path, "reason": entry.reason})
-                logger.info("ignored %s: %s", entry.path, entry.reason)
+                if entry.unreadable:
+                    self.unreadable_paths.append({"path": entry.path, "reason": entry.reason})
+                    logger.error("cannot read %s: %s", entry.path, entry.reason)
+                else:
+                    self.ignored_paths.append({"path": entry.path, "reason": entry.reason})
+                    logger.info("ignored %s: %s", entry.path, entry.reason)
                 continue
             group.append(entry)
             size += entry.size
@@ -157,6 +165,7 @@ class QueueSource:
         # Other drainers' claims are theirs to run: a drain never reports them.
         self.held_inputs: list[dict[str, str]] = []
         self.ignored_paths: list[dict[str, str]] = []
+        self.unreadable_paths: list[dict[str, str]] = []
 
     def next_group(self) -> list[WorkItem] | None:
         if self._left is not None and self._left <= 0:

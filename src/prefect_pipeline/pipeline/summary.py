@@ -49,6 +49,9 @@ class RunSummary:
     held_inputs: list[dict[str, str]] = field(default_factory=list)
     #: Paths under the input directory that are not inputs (FIFOs, escaping symlinks...).
     ignored_paths: list[dict[str, str]] = field(default_factory=list)
+    #: Paths under the input directory that could not be looked at (a folder that cannot
+    #: be listed): inputs there may have been missed, and the command exits 1.
+    unreadable_paths: list[dict[str, str]] = field(default_factory=list)
     run_id: str = ""
     #: None when the run reached its end; "interrupted" (Ctrl-C, SIGTERM) or "cancelled"
     #: (in Prefect) when it stopped early and gave back its claims.
@@ -74,6 +77,7 @@ class RunSummary:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["ignored"] = len(self.ignored_paths)
+        data["unreadable"] = len(self.unreadable_paths)
         data["elapsed_s"] = round(self.elapsed_s, 3)
         data["startup_s"] = None if self.startup_s is None else round(self.startup_s, 3)
         data["writer_s"] = round(self.writer_s, 3)
@@ -94,7 +98,8 @@ class RunSummary:
     def styled_lines(self) -> list[tuple[str, str]]:
         """The summary's lines, each with a rich style for terminals ("" for none)."""
         unfinished = self.pending or self.held
-        outcome = "bold red" if self.failed else "bold yellow" if unfinished else "bold green"
+        broken = self.failed or self.unreadable_paths
+        outcome = "bold red" if broken else "bold yellow" if unfinished else "bold green"
         held = f", {self.held} held by another command" if self.held else ""
         lines = [
             (
@@ -122,6 +127,11 @@ class RunSummary:
             lines.append((f"ignored {ignored['path']}: {ignored['reason']}", "dim"))
         if len(self.ignored_paths) > 20:
             lines.append((f"... and {len(self.ignored_paths) - 20} more ignored path(s)", "dim"))
+        for unreadable in self.unreadable_paths[:20]:
+            lines.append((f"cannot read {unreadable['path']}: {unreadable['reason']}", "red"))
+        if len(self.unreadable_paths) > 20:
+            more = len(self.unreadable_paths) - 20
+            lines.append((f"... and {more} more path(s) that cannot be read", "red"))
         rejected = [s for s in self.skipped_inputs if s["reason"].startswith(REJECTED_BEFORE)]
         for skipped in rejected[:20]:
             lines.append((f"skipped {skipped['input']}: {skipped['reason']}", "yellow"))
@@ -164,6 +174,7 @@ class RunSummary:
                 ("elapsed_s", round(self.elapsed_s, 3)),
                 ("startup_s", None if self.startup_s is None else round(self.startup_s, 3)),
                 ("ignored", len(self.ignored_paths)),
+                ("unreadable", len(self.unreadable_paths)),
                 ("pending", self.pending),
                 ("dask_dashboard", self.dashboard_url),
             )
