@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CliInvoke, files_under, sqlite_store
+from tests.conftest import CliInvoke, files_under, query, sqlite_store
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
 
@@ -401,3 +401,58 @@ def test_an_input_its_content_failed_is_not_run_again_until_it_changes(
     changed = cli_runner(*base, "run-parallel", sample_file.parent, "--workers", "0", "--json")
     assert changed.exit_code == 0, changed.output
     assert json.loads(changed.stdout)["succeeded"] == 1
+
+
+def test_an_input_rejected_for_a_line_too_long_runs_again_under_a_larger_limit(
+    watched: WatchedRun, cli_runner: CliInvoke, tmp_path: Path, sample_file: Path
+) -> None:
+    """Its content failed only for being larger than --max-line-bytes: skipped (by
+    run-parallel and enqueue) while the file and the limit are as they were, run again
+    under a larger limit, since that one may take it."""
+    long_line = sample_file.parent / "long.txt"
+    long_line.write_text("short\n" + "x" * 2000 + "\n")
+    small = ["--max-line-bytes", "1K"]
+    base: list[str | Path] = ["--log-level", "OFF", "--db-path", tmp_path / "p.db",
+                              "--output-dir", tmp_path / "o"]  # fmt: skip
+    first = cli_runner(*base, *small, "run-parallel", sample_file.parent, "--workers", "0",
+                       "--json")  # fmt: skip
+    assert (first.exit_code, json.loads(first.stdout)["failed"]) == (1, 1)
+    assert "line 2 is longer than 1 KiB (--max-line-bytes)" in first.stdout
+
+    again = watched(*base, *small, "run-parallel", sample_file.parent, "--json")
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert (summary["skipped"], summary["failed"]) == (2, 0)
+    assert_started_nothing(again)
+    queued = cli_runner(*base, *small, "enqueue", sample_file.parent)
+    assert queued.exit_code == 0, queued.output
+    assert queued.stdout == "0 input(s) queued, 1 already there, 1 rejected before\n"
+    assert queued.stderr == (
+        f"skipped {long_line}: rejected by its last run and unchanged since (requeue --failed "
+        "or --force queues it again)\n"
+    )
+
+    larger = ["--max-line-bytes", "4K"]
+    queued = cli_runner(*base, *larger, "enqueue", long_line, "--json")
+    assert (queued.exit_code, json.loads(queued.stdout)["queued"]) == (0, 1), queued.output
+    drained = cli_runner(*base, *larger, "drain-db", "--workers", "0", "--json")
+    assert drained.exit_code == 0, drained.output
+    assert json.loads(drained.stdout)["succeeded"] == 1
+    rows = query(tmp_path / "p.db", "SELECT status, outcome FROM pipeline_inputs"
+                 " WHERE path = ?", (str(long_line),))  # fmt: skip
+    assert [tuple(row) for row in rows] == [("done", "processed")]
+
+
+def test_an_input_rejected_for_a_line_too_long_runs_again_in_a_run_with_a_larger_limit(
+    cli_runner: CliInvoke, tmp_path: Path, sample_file: Path
+) -> None:
+    long_line = sample_file.parent / "long.txt"
+    long_line.write_text("x" * 2000 + "\n")
+    base: list[str | Path] = ["--log-level", "OFF", "--db-path", tmp_path / "p.db",
+                              "--output-dir", tmp_path / "o"]  # fmt: skip
+    run = [*base, "run-parallel", sample_file.parent, "--workers", "0", "--json"]
+    first = cli_runner("--max-line-bytes", "1K", *run)
+    assert (first.exit_code, json.loads(first.stdout)["failed"]) == (1, 1)
+    larger = cli_runner("--max-line-bytes", "4K", *run)
+    assert larger.exit_code == 0, larger.output
+    assert (json.loads(larger.stdout)["succeeded"], json.loads(larger.stdout)["skipped"]) == (1, 1)

@@ -190,7 +190,7 @@ def test_enqueue_a_tree_skips_hidden_files_and_mirrors_folders(
     assert as_json.exit_code == 0, as_json.output
     assert json.loads(as_json.stdout) == {
         "queued": 0, "already": 7, "ignored": 0, "ignored_paths": [], "unreadable": 0,
-        "unreadable_paths": [],
+        "unreadable_paths": [], "rejected": 0, "rejected_paths": [],
     }
     assert rows(config) == queued  # untouched, updated_at included
 

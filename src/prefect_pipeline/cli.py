@@ -752,6 +752,7 @@ def enqueue(
       pipeline enqueue a.txt b.txt notes/ --pattern '*.md'
     """
     from prefect_pipeline.database.queue import enqueue as enqueue_inputs
+    from prefect_pipeline.database.statuses import REJECTED_BEFORE
 
     for path in paths:
         if not path.exists():
@@ -762,6 +763,7 @@ def enqueue(
         _open_database(config),
         _queued_inputs(config, paths, pattern, recursive, ignored, unreadable),
         force=force,
+        max_line_bytes=config.max_line_bytes,
     )
     if as_json:
         click.echo(
@@ -773,13 +775,22 @@ def enqueue(
                     "ignored_paths": ignored,
                     "unreadable": len(unreadable),
                     "unreadable_paths": unreadable,
+                    "rejected": len(result.rejected),
+                    "rejected_paths": result.rejected,
                 }
             )
         )
     else:
         line = f"{result.queued} input(s) queued, {result.already} already there"
+        line += f", {len(result.rejected)} rejected before" if result.rejected else ""
         line += f", {len(ignored)} ignored" if ignored else ""
         click.echo(line + (f", {len(unreadable)} could not be read" if unreadable else ""))
+        for rejected in result.rejected:
+            click.echo(
+                f"skipped {rejected}: {REJECTED_BEFORE} and unchanged since (requeue --failed "
+                "or --force queues it again)",
+                err=True,
+            )
         for entry in ignored:
             click.echo(f"ignored {entry['path']}: {entry['reason']}", err=True)
         for entry in unreadable:

@@ -23,7 +23,16 @@ class ContentError(InputValidationError):
     """An input whose own content is unusable (binary, not UTF-8, a line too long, JSON that
     is malformed or not a document): the same bytes fail the same way, so a run skips the
     file while it is unchanged. Not a file that could not be read (its permissions, its
-    absence), which a later run may find readable."""
+    absence), which a later run may find readable.
+
+    ``max_line_bytes``: the limit (--max-line-bytes) when the content failed only for being
+    larger than it; a run with a larger limit reads the file again."""
+
+    def __init__(
+        self, input_ref: object, problem: str, *, max_line_bytes: int | None = None
+    ) -> None:
+        super().__init__(input_ref, problem)
+        self.max_line_bytes = max_line_bytes
 
 
 class UsageError(PipelineError):

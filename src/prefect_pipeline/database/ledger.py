@@ -20,7 +20,7 @@ from typing import Protocol, TypeVar
 from prefect_pipeline.clock import SYSTEM_CLOCK, Clock, iso, iso_in
 from prefect_pipeline.database.models import DONE, FAILED, PROCESSING
 from prefect_pipeline.database.owners import Owner, is_gone, this_process
-from prefect_pipeline.database.statuses import REJECTED, REJECTED_BEFORE
+from prefect_pipeline.database.statuses import REJECTED_BEFORE, still_rejected
 from prefect_pipeline.database.store import Claim, ClaimedRow, Finished, Store
 from prefect_pipeline.exceptions import ClaimLostError, DatabaseConflict
 from prefect_pipeline.logs import get_logger
@@ -123,8 +123,12 @@ class Ledger:
         run_id: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
         owner: Owner | None = None,
+        max_line_bytes: int | None = None,
     ) -> None:
         self.store = store
+        #: The run's --max-line-bytes: an input rejected as too large for a smaller one runs
+        #: again (None: whatever it was rejected for, it stays skipped while unchanged).
+        self.max_line_bytes = max_line_bytes
         self.lease_seconds = lease_seconds
         self.run_id = run_id or new_token()
         # One token for the whole command: renewing its leases is one statement.
@@ -220,7 +224,13 @@ class Ledger:
                         continue
                     if (
                         not force
-                        and (row.status == DONE or (row.status, row.outcome) == (FAILED, REJECTED))
+                        and (
+                            row.status == DONE
+                            or (
+                                row.status == FAILED
+                                and still_rejected(row.outcome, self.max_line_bytes)
+                            )
+                        )
                         and row.size == entry.size
                         and row.mtime_ns == entry.mtime_ns
                         and row.start_job == start_job
@@ -301,11 +311,12 @@ class Ledger:
         job: str,
         error: str,
         retry_in: float | None = None,
-        rejected: bool = False,
+        rejected: str | None = None,
     ) -> bool:
         """Record a failure: back to pending after ``retry_in`` seconds, or failed for good
-        (``rejected``: by its own content; a later run skips it while the file is
-        unchanged). Returns False if the claim no longer holds (another command has it)."""
+        (``rejected``: by its own content, this outcome from ``rejected_outcome``; a later run
+        skips it while the file is unchanged). Returns False if the claim no longer holds
+        (another command has it)."""
         retry_at = None if retry_in is None else iso_in(self.clock, retry_in)
         with self.store.transaction():
             return self.store.mark_failed(

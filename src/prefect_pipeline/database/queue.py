@@ -13,17 +13,20 @@ from typing import Any
 
 from prefect_pipeline.clock import SYSTEM_CLOCK, Clock, iso
 from prefect_pipeline.database.ledger import FoundInput, dead_owners, take_over_dead_owners
-from prefect_pipeline.database.models import DONE, PENDING, PROCESSING
+from prefect_pipeline.database.models import DONE, FAILED, PENDING, PROCESSING
 from prefect_pipeline.database.owners import this_process
+from prefect_pipeline.database.statuses import still_rejected
 from prefect_pipeline.database.store import Store
 
 
 @dataclass
 class EnqueueResult:
-    """How many inputs became pending, and how many were already there."""
+    """How many inputs became pending, how many were already there, and which were not
+    queued because their own content failed them and their file is unchanged."""
 
     queued: int = 0
     already: int = 0
+    rejected: list[str] = field(default_factory=list)
 
 
 def _sha256(path: str) -> str | None:
@@ -44,19 +47,22 @@ def enqueue(
     force: bool = False,
     chunk: int = 500,
     clock: Clock = SYSTEM_CLOCK,
+    max_line_bytes: int | None = None,
 ) -> EnqueueResult:
     """Make found files pending. A path already pending or processing is not queued
-    twice; a done path is queued again only if its content changed (or with ``force``)."""
+    twice; a done path is queued again only if its content changed (or with ``force``),
+    and one its content failed (``still_rejected`` under ``max_line_bytes``) only if its
+    file changed (or with ``force``), as ``run-parallel`` registers them."""
     result = EnqueueResult()
     seen: set[str] = set()
     batch: list[FoundInput] = []
     for entry in found:
         batch.append(entry)
         if len(batch) >= chunk:
-            _enqueue_chunk(store, batch, force, result, seen, clock)
+            _enqueue_chunk(store, batch, force, result, seen, clock, max_line_bytes)
             batch = []
     if batch:
-        _enqueue_chunk(store, batch, force, result, seen, clock)
+        _enqueue_chunk(store, batch, force, result, seen, clock, max_line_bytes)
     return result
 
 
@@ -67,6 +73,7 @@ def _enqueue_chunk(
     result: EnqueueResult,
     seen: set[str],
     clock: Clock,
+    max_line_bytes: int | None,
 ) -> None:
     now = iso(clock.now())
     with store.transaction():
@@ -90,6 +97,14 @@ def _enqueue_chunk(
                     )
                 ):
                     result.already += 1
+                    continue
+                if (
+                    row.status == FAILED
+                    and not force
+                    and (row.size, row.mtime_ns) == (entry.size, entry.mtime_ns)
+                    and still_rejected(row.outcome, max_line_bytes)
+                ):
+                    result.rejected.append(entry.path)
                     continue
             store.queue(
                 path=entry.path,

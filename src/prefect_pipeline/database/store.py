@@ -32,7 +32,6 @@ from prefect_pipeline.database.models import (
     PROCESSING,
 )
 from prefect_pipeline.database.owners import Owner
-from prefect_pipeline.database.statuses import REJECTED
 from prefect_pipeline.database.url import DatabaseUrl
 from prefect_pipeline.exceptions import (
     DatabaseConflict,
@@ -703,14 +702,13 @@ class Store(ABC):
         error: str,
         now: str,
         retry_at: str | None,
-        rejected: bool = False,
+        rejected: str | None = None,
     ) -> bool:
         """Record a failure: pending again from ``retry_at``, or failed for good (None),
-        ``rejected`` when its own content failed it. False if ``token`` no longer holds the
-        claim."""
+        with the outcome ``rejected`` (``rejected_outcome``) when its own content failed it.
+        False if ``token`` no longer holds the claim."""
         if retry_at is None:
-            outcome = REJECTED if rejected else None
-            cursor = self.execute(_MARK_FAILED, (job, error, outcome, now, now, input_id, token))
+            cursor = self.execute(_MARK_FAILED, (job, error, rejected, now, now, input_id, token))
         else:
             cursor = self.execute(_MARK_RETRY, (job, error, retry_at, now, input_id, token))
         return bool(cursor.rowcount == 1)

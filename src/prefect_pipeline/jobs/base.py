@@ -123,6 +123,9 @@ class JobResult:
     #: An input error of its own content (``ContentError``): the same bytes fail the same
     #: way, and a run skips the file while it is unchanged.
     rejected: bool = False
+    #: With ``rejected``, the --max-line-bytes the content was too large for, when only
+    #: that limit refused it (a run with a larger one reads the file again).
+    rejected_under: int | None = None
 
 
 #: Called inside the job's transaction when it succeeds (the ledger's status change).
@@ -364,7 +367,8 @@ class BaseJob(ABC):
 
     def _rejected(self, exc: InputValidationError, started: float) -> JobResult:
         result = self._failed(str(exc), INPUT_ERROR, started)
-        result.rejected = isinstance(exc, ContentError)
+        if isinstance(exc, ContentError):
+            result.rejected, result.rejected_under = True, exc.max_line_bytes
         return result
 
     def _failed(self, error: str, kind: str, started: float) -> JobResult:

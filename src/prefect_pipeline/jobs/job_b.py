@@ -114,6 +114,7 @@ class JobB(BaseJob):
                             "not in the layout job A writes, and larger than "
                             f"{format_bytes(self.config.max_line_bytes)} (--max-line-bytes) "
                             "to be read whole",
+                            max_line_bytes=self.config.max_line_bytes,
                         ) from None
                 else:
                     return StoredInput(

@@ -151,7 +151,12 @@ def _shown_options(chain: list[Any], options: ParallelOptions, **more: Any) -> d
 
 def _ledger(config: PipelineConfig, options: ParallelOptions) -> Ledger:
     store = open_store(config.database, timeout=config.db_timeout)
-    return Ledger(store, lease_seconds=options.lease_seconds, clock=options.clock)
+    return Ledger(
+        store,
+        lease_seconds=options.lease_seconds,
+        clock=options.clock,
+        max_line_bytes=config.max_line_bytes,
+    )
 
 
 def _execute(plan: Plan, command: str, source: str, shown: dict[str, Any]) -> RunSummary:

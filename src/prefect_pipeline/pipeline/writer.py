@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from prefect_pipeline.database.ledger import Ledger
+from prefect_pipeline.database.statuses import rejected_outcome
 from prefect_pipeline.database.store import Finished
 from prefect_pipeline.exceptions import DatabaseConflict
 from prefect_pipeline.jobs.base import CLAIM_LOST, INPUT_ERROR, JobResult, Outcome
@@ -260,5 +261,5 @@ class Writer:
             job=result.job_name,
             error=result.error or "",
             retry_in=retry_in,
-            rejected=result.rejected,
+            rejected=rejected_outcome(result.rejected_under) if result.rejected else None,
         )

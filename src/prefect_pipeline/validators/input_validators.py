@@ -88,7 +88,9 @@ def invalid_utf8(path: Path, offset: int) -> InputValidationError:
 def line_too_long(path: Path, line_number: int, limit: int) -> InputValidationError:
     """The error for a line of more than ``limit`` bytes."""
     return ContentError(
-        path, f"line {line_number} is longer than {format_bytes(limit)} (--max-line-bytes)"
+        path,
+        f"line {line_number} is longer than {format_bytes(limit)} (--max-line-bytes)",
+        max_line_bytes=limit,
     )
 
 
