@@ -3,9 +3,12 @@ real SQLite store and ledger, the real jobs, and no Prefect or Dask."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -260,6 +263,33 @@ def test_a_definition_may_name_its_jobs_as_it_likes(
     assert tuple(row) == ("done", "seal", "read", "seal")
 
 
+def ending_levels(flow_run_id: UUID, expected: int, timeout: float = 30) -> list[tuple[str, int]]:
+    """(state name, level) of each "Finished in state" line of the flow run's task runs, as
+    the Prefect API holds them, once ``expected`` are there (they are shipped in the
+    background)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    from prefect_pipeline.compat import flush_api_logs
+
+    flush_api_logs()
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            endings = [
+                (log.message.removeprefix("Finished in state ").split("(")[0], log.level)
+                for log in client.read_logs(
+                    LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                    sort=LogSort.TIMESTAMP_ASC,
+                )
+                if log.task_run_id is not None and log.message.startswith("Finished in state ")
+            ]
+            if len(endings) >= expected or time.monotonic() > deadline:
+                return endings
+            time.sleep(0.2)
+
+
 def test_a_write_rolled_back_to_end_a_deadlock_runs_again_on_postgresql(
     postgres_url: str, tmp_path: Path
 ) -> None:
@@ -314,6 +344,10 @@ def test_a_write_rolled_back_to_end_a_deadlock_runs_again_on_postgresql(
     assert [(r.state_name, r.state_type.value) for r in recorded][:2] == [
         ("Failed", "FAILED"), ("RolledBack", "CANCELLED"),
     ]
+    # And in the flow run's log, its end is a warning (Prefect's own level is ERROR); R's
+    # Failed stays an error.
+    endings = ending_levels(flow_state.state_details.flow_run_id, expected=3 + 2 * rollbacks)
+    assert endings[:2] == [("Failed", logging.ERROR), ("RolledBack", logging.WARNING)]
     # The driver renews its leases before a commit; told of the rollback, it renews again.
     assert run.hooks == ["rolled back"] * rollbacks + ["before commit"]
     # Told once: R's refusal, then the two done; told twice, the progress would pass 3.

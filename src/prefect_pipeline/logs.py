@@ -49,6 +49,13 @@ _TASK_RUNNER_LOGGER = "prefect.task_runner"
 _ENGINE_LOGGER = "prefect.engine"
 _INTERRUPTED = "aborted by an interrupt signal"
 
+# Prefect logs the end of a task run in any state but Completed at ERROR ("Finished in
+# state ..."). A job's task run ends Cancelled when its run stopped with the group on a
+# thread of the command, and RolledBack when the database undid its write to end a
+# deadlock (the writer then writes the group again): neither is an error.
+_UNDONE_ENDINGS = ("Finished in state Cancelled(", "Finished in state RolledBack(")
+_TASK_RUNS_LOGGER = "prefect.task_runs"
+
 #: ``extra`` for a record sent to Prefect's API only: the terminal already shows the
 #: project's own line for the same event (see ``log_to_flow_run``).
 NOT_ON_TERMINAL = {"pipeline_terminal": False}
@@ -94,6 +101,29 @@ def shown_on_terminal(record: logging.LogRecord, level: str | None = None) -> bo
         return level == "DEBUG"  # the command says "Interrupted." itself, with its summary
     # One flow run's or task run's lines: run states, in Prefect's UI (see the docstring).
     return level == "DEBUG" or not record.name.startswith(_RUN_LOGGERS)
+
+
+class _UndoneTaskRunsAsWarnings(logging.Filter):
+    """The end of a job's task run that was undone, not failed, as a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.levelno == logging.ERROR
+            and str(getattr(record, "task_name", "")).startswith("job-")
+            and record.getMessage().startswith(_UNDONE_ENDINGS)
+        ):
+            # On the logger, before any handler: the API's and the terminal's alike.
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_UNDONE_AS_WARNINGS = _UndoneTaskRunsAsWarnings()
+
+
+def undone_task_runs_as_warnings() -> None:
+    """Log the end of a job's task run that was cancelled or rolled back as a warning, not
+    as Prefect's error, in this process (idempotent: the filter is one object)."""
+    logging.getLogger(_TASK_RUNS_LOGGER).addFilter(_UNDONE_AS_WARNINGS)
 
 
 class TerminalFilter(logging.Filter):
