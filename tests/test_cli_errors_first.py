@@ -273,6 +273,35 @@ def test_a_missing_input_starts_nothing(watched: WatchedRun, tmp_path: Path) -> 
     assert not (tmp_path / "p.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"text\n\x00more\n", "binary file (NUL byte at offset 5)"),
+        (b"ok\n\xe9t\xe9\n", "invalid UTF-8 at byte offset 3"),
+        # Larger than 64 KiB, with a NUL byte in them: the first, as the job reports it (a
+        # NUL byte wins over invalid UTF-8 before it).
+        (b"line\n" * 10_000 + b"\x00" + b"ok\n" * 10_000, "binary file (NUL byte at offset 50000)"),
+        (b"\xff" + b"line\n" * 10_000 + b"\x00" * 20_000, "binary file (NUL byte at offset 50001)"),
+    ],
+    ids=["binary", "not-utf8", "large-binary", "large-binary-not-utf8"],
+)
+def test_a_file_that_is_not_text_starts_nothing(
+    watched: WatchedRun, tmp_path: Path, data: bytes, problem: str
+) -> None:
+    """Run over one file, job A looks at its first 64 KiB before anything starts (the whole
+    file if no larger): a NUL byte there, or a small file that is not UTF-8, is the line the
+    job would fail with, without a Prefect server's start-up and a Failed flow run."""
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(data)
+
+    result = watched("--db-path", tmp_path / "p.db", "run-all", path)
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == f"Error: job A: {path}: {problem}\n"
+    assert_started_nothing(result)
+    assert not (tmp_path / "p.db").exists()
+
+
 def test_drain_db_on_a_missing_database_starts_nothing(watched: WatchedRun, tmp_path: Path) -> None:
     missing = tmp_path / "typo.db"
 

@@ -208,13 +208,22 @@ class BaseJob(ABC):
         return type(self).group_job is not BaseJob.group_job
 
     def check(self, input_data: Any) -> JobResult | None:
-        """The failed result of ``validate_input`` on ``input_data`` (None when it passes):
-        a run can be refused before anything starts."""
+        """The failed result of ``validate_input`` and ``check_content`` on ``input_data``
+        (None when both pass): a run over one input can be refused before anything
+        starts."""
         started = time.perf_counter()
         try:
-            self.validate_input(input_data)
+            self.check_content(self.validate_input(input_data))
         except InputValidationError as exc:
             return self._rejected(exc, started)
+        return None
+
+    def check_content(self, validated: Any) -> None:
+        """Before a run over this one input starts (``check``): raise an
+        ``InputValidationError`` for what a quick look at the validated input shows that
+        the job would fail on anyway (job A: a binary file). Never called for the inputs
+        of a run over many, where a second look at each would cost more than it saves.
+        The default looks at nothing."""
         return None
 
     def describe(self, outcome: Outcome) -> str:

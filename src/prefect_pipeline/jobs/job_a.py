@@ -21,9 +21,14 @@ from prefect_pipeline.jobs.document import (
     write_json_atomically,
 )
 from prefect_pipeline.jobs.reader import text_blocks
-from prefect_pipeline.validators import decode_text, open_input, validate_file_path
+from prefect_pipeline.validators import binary_file, decode_text, open_input, validate_file_path
 
 __all__ = ["JobA", "split_records", "write_json_atomically"]
+
+#: How much of a file ``JobA.check_content`` reads. A file this small is judged whole, as
+#: the job would; of a larger one only a NUL byte counts, the first of the file being the
+#: one the job reports (a NUL byte anywhere makes a file binary, whatever else is wrong).
+CHECK_BYTES = 64 * 1024
 
 
 def split_records(text: str, first_line: int = 1, first_index: int = 0) -> list[dict[str, Any]]:
@@ -86,6 +91,19 @@ class JobA(BaseJob):
             path = validate_file_path(input_data)
             output_path = self.default_output_path(path)
         return path, output_path
+
+    def check_content(self, validated: tuple[Path, Path]) -> None:
+        # `pipeline run-all photo.jpg`: one line in a fraction of a second, not a Prefect
+        # server's start-up and a Failed flow run to say the same.
+        path, _ = validated
+        with open_input(path) as handle:
+            data = handle.read(CHECK_BYTES + 1)
+        if len(data) <= CHECK_BYTES:
+            decode_text(path, data)
+            return
+        nul = data.find(b"\x00")
+        if nul != -1:
+            raise binary_file(path, nul)
 
     def default_output_path(self, path: Path) -> Path:
         """``<output_dir>/<stem>_processed.json``: the name single-file runs use."""
