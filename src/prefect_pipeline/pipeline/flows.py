@@ -299,13 +299,31 @@ def start_parallel(plan: Plan, command: str, source: str, options: dict[str, Any
 
 def _end_cancelled(state: Any, summary: RunSummary) -> Any:
     message = f"cancelled after {summary.total} input(s)"
+    _set_cancelled(state.state_details.flow_run_id, message)
+    return Cancelled(message=message, data=summary)
+
+
+def end_interrupted(flow_run_id: str | None, summary: RunSummary) -> None:
+    """End the flow run of a run that a Ctrl-C or SIGTERM stopped (its claims given back)
+    Cancelled, as a Cancel in Prefect ends it: Prefect's engine marks it Crashed, its state
+    for an interrupt, which says the run broke and sets off whatever watches for crashes.
+    Only a Crashed flow run changes: an interrupt that came after it ended leaves it be."""
+    if flow_run_id is None:  # the flow run had not started
+        return
+    message = f"interrupted (Ctrl-C or SIGTERM) after {summary.total} input(s)"
+    _set_cancelled(flow_run_id, message, only_if_crashed=True)
+
+
+def _set_cancelled(flow_run_id: Any, message: str, *, only_if_crashed: bool = False) -> None:
     try:
         from prefect.client.orchestration import get_client
 
-        with get_client(sync_client=True) as client:
-            client.set_flow_run_state(
-                state.state_details.flow_run_id, Cancelled(message=message), force=True
-            )
+        # Seconds at most: a supervisor that sent SIGTERM sends SIGKILL 10-30 s later.
+        with get_client(sync_client=True, httpx_settings={"timeout": 5}) as client:
+            if only_if_crashed:
+                state = client.read_flow_run(flow_run_id).state
+                if state is None or not state.is_crashed():
+                    return
+            client.set_flow_run_state(flow_run_id, Cancelled(message=message), force=True)
     except Exception:
         logger.warning("could not mark the flow run Cancelled in Prefect", exc_info=True)
-    return Cancelled(message=message, data=summary)

@@ -173,7 +173,7 @@ def _execute(plan: Plan, command: str, source: str, shown: dict[str, Any]) -> Ru
         if not plan.primed and plan.source.next_due() is None:
             return _reported(plan, read_summary(plan))
         _check_api(plan)
-        from prefect_pipeline.pipeline.flows import start_parallel
+        from prefect_pipeline.pipeline.flows import end_interrupted, start_parallel
 
         # The display first: the processes started below inherit its capture of stderr.
         with plan.progress:
@@ -194,7 +194,9 @@ def _execute(plan: Plan, command: str, source: str, shown: dict[str, Any]) -> Ru
                     # Ctrl-C or SIGTERM: the claims go back and the summary is printed
                     # before the cluster and the server stop (seconds a supervisor may not
                     # wait: it sends SIGKILL 10-30 s after its SIGTERM).
-                    raise _stopped(plan, read_summary(plan), "interrupted") from None
+                    stopped = _stopped(plan, read_summary(plan), "interrupted")
+                    end_interrupted(stopped.summary.flow_run_id, stopped.summary)
+                    raise stopped from None
                 if summary.stopped:  # cancelled in Prefect
                     raise _stopped(plan, summary, summary.stopped)
                 if received():  # its KeyboardInterrupt was lost in a finalizer
@@ -224,6 +226,9 @@ def _stopped(plan: Plan, summary: RunSummary, how: str) -> Interrupted:
     display's last frame, then the summary) - the ``Interrupted`` to raise."""
     _give_back(plan)
     summary.stopped = how
+    if summary.flow_run_id is None:  # the flow run's, if it started
+        summary.flow_run_id = getattr(plan.observer, "flow_run_id", None)
+        summary.flow_run_url = getattr(plan.observer, "url", None)
     plan.progress.finish(summary)
     _reported(plan, summary)
     return Interrupted(summary, how)
