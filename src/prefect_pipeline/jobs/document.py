@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from prefect_pipeline.exceptions import ContentError, InputValidationError
-from prefect_pipeline.jobs.output_file import atomic_output, scratch_file
+from prefect_pipeline.jobs.output_file import atomic_output, scratch_file, write_atomically
 from prefect_pipeline.validators import binary_file, invalid_utf8
 from prefect_pipeline.validators.input_validators import BOM
 
@@ -148,9 +148,7 @@ def write_json_atomically(path: Path, document: Mapping[str, Any] | str) -> None
     # dumps, not dump: json.dump streams through the pure-Python encoder, several times
     # slower than the C one that dumps uses.
     text = document if isinstance(document, str) else json.dumps(document, ensure_ascii=False)
-    data = text.encode("utf-8")
-    with atomic_output(path) as handle:
-        handle.write(data)
+    write_atomically(path, text.encode("utf-8"))
 
 
 class DocumentWriter:

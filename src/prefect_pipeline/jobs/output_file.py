@@ -40,18 +40,13 @@ _TEMP_NAME = re.compile(
     r"\.(?:.+\.pipeline-[0-9a-f]{10}|.+_processed\.json\.[a-z0-9_]{8})\.tmp", re.DOTALL
 )
 
+# Temporary names are not secret, only unlikely to be taken (O_EXCL retries if one is): the
+# module's generator, seeded from the system at start-up, costs no system call per file.
 _random = random.Random()
 
 #: Folders this process has swept (the first write into a folder sweeps it).
 _swept: set[str] = set()
 _SWEPT_MAX = 10_000
-
-
-def temp_name(target: Path) -> str:
-    """A fresh temporary-file name for ``target`` (in its folder)."""
-    # Not secret, only unlikely to be taken (O_EXCL retries if it is): the module's
-    # generator, seeded from the system at start-up, costs no system call per file.
-    return f".{target.name}.pipeline-{_random.getrandbits(40):010x}.tmp"
 
 
 def is_temp_name(name: str) -> bool:
@@ -63,34 +58,68 @@ def create_locked(target: Path, *, readable: bool = False) -> tuple[BinaryIO, Pa
     """A new, empty temporary file next to ``target``, locked by this process, open for
     writing (and reading if ``readable``), binary; sweeps the folder first if this process
     has not yet done so."""
-    folder = target.parent
+    fd, path = _open_locked(os.fspath(target), os.O_RDWR if readable else os.O_WRONLY)
+    try:
+        return os.fdopen(fd, "w+b" if readable else "wb"), Path(path)
+    except BaseException:
+        _discard(fd, path)
+        raise
+
+
+def _open_locked(target: str, access: int) -> tuple[int, str]:
+    """``create_locked``'s file as a descriptor and a path (text paths, no file object:
+    per small file, pathlib and a buffered file cost more than the writing)."""
+    folder, name = os.path.split(target)
+    folder = folder or os.curdir
     # Made (and swept) at the process's first write into it: a mkdir of an existing folder
     # for every file was half the CPU time of writing a small one.
-    if os.fspath(folder) not in _swept:
-        folder.mkdir(parents=True, exist_ok=True)
-        sweep_once(folder)
-    access = os.O_RDWR if readable else os.O_WRONLY
+    if folder not in _swept:
+        os.makedirs(folder, exist_ok=True)
+        sweep_once(Path(folder))
     for _ in range(100):
-        path = os.path.join(folder, temp_name(target))
+        path = os.path.join(folder, f".{name}.pipeline-{_random.getrandbits(40):010x}.tmp")
         try:
             fd = os.open(path, access | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         except FileExistsError:
             continue
         except FileNotFoundError:
             # A folder swept before (so not made again for each file) that is gone now.
-            folder.mkdir(parents=True, exist_ok=True)
+            os.makedirs(folder, exist_ok=True)
             continue
         except OSError as exc:  # named after the folder, not the temporary name it chose
-            raise OSError(exc.errno, exc.strerror, os.fspath(folder)) from None
+            raise OSError(exc.errno, exc.strerror, folder) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            return os.fdopen(fd, "w+b" if readable else "wb"), Path(path)
         except BaseException:
-            os.close(fd)
-            with suppress(FileNotFoundError):
-                os.unlink(path)
+            _discard(fd, path)
             raise
-    raise FileExistsError(f"{folder}: no free temporary file name for {target.name}")
+        return fd, path
+    raise FileExistsError(f"{folder}: no free temporary file name for {name}")
+
+
+def _discard(fd: int, path: str) -> None:
+    """Close and remove a temporary file that will not become its target."""
+    os.close(fd)
+    with suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def write_atomically(target: Path | str, data: bytes) -> None:
+    """``target`` holds ``data`` whole, or is left as it was: ``atomic_output`` for bytes
+    already in memory, written through the descriptor (5-15 times less CPU per small file
+    than a file object and paths; measured on 5,000 files of 500 bytes)."""
+    fd, tmp = _open_locked(os.fspath(target), os.O_WRONLY)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        # Renamed while still locked: a sweep never sees a complete, unlocked file under a
+        # temporary name.
+        os.replace(tmp, target)
+    except BaseException:
+        _discard(fd, tmp)
+        raise
+    os.close(fd)
 
 
 @contextmanager
