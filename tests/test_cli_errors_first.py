@@ -457,8 +457,8 @@ def test_an_input_rejected_for_a_line_too_long_runs_again_under_a_larger_limit(
     assert queued.exit_code == 0, queued.output
     assert queued.stdout == "0 input(s) queued, 1 already there, 1 rejected before\n"
     assert queued.stderr == (
-        f"skipped {long_line}: rejected by its last run and unchanged since (requeue --failed "
-        "or --force queues it again)\n"
+        f"skipped {long_line}: rejected by its last run and unchanged since (requeue --failed, "
+        "--force or a --max-line-bytes above 1024 bytes queues it again)\n"
     )
 
     larger = ["--max-line-bytes", "4K"]

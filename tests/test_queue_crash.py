@@ -485,6 +485,13 @@ def test_a_signal_to_the_group_gives_claimed_inputs_back(
         )
     else:
         assert summary["pending"] <= left["pending"], (summary, left)
+        # The temporary server kept the flow run in PREFECT_HOME's database: Cancelled too.
+        home = Path(env["PREFECT_HOME"])
+        with closing(sqlite3.connect(f"file:{home / 'prefect.db'}?mode=ro", uri=True)) as db:
+            ended = db.execute(
+                "SELECT state_type FROM flow_run WHERE id = ?", (summary["flow_run_id"],)
+            ).fetchall()
+        assert ended == [("CANCELLED",)]
     # Given back without counting the attempt.
     assert (
         scalar(

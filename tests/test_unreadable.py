@@ -90,6 +90,7 @@ def test_a_folder_that_cannot_be_listed_is_reported_and_the_run_exits_1(tmp_path
     locked.mkdir(parents=True)
     (root / "a.txt").write_text("one\ntwo\n")
     (locked / "b.txt").write_text("three\n")
+    (root / "dangling.txt").symlink_to(root / "gone.txt")  # ignored: it hides no input
     db, out = tmp_path / "p.db", tmp_path / "out"
     base = ["--log-level", "OFF", "--db-path", db, "--output-dir", out]
     parallel = [*base, "run-parallel", root, "--workers", "0"]
@@ -113,14 +114,22 @@ def test_a_folder_that_cannot_be_listed_is_reported_and_the_run_exits_1(tmp_path
     summary = json.loads(first.stdout)
     assert (summary["succeeded"], summary["failed"], summary["unreadable"]) == (1, 0, 1)
     assert summary["unreadable_paths"] == [{"path": str(locked), "reason": reason}]
-    assert summary["flow_run_id"]  # it had work: a.txt
+    assert summary["ignored_paths"] == [
+        {"path": str(root / "dangling.txt"), "reason": "cannot stat (No such file or directory)"}
+    ]
+    # It had work (a.txt): its flow run is Failed, as for a failed input.
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(summary["flow_run_id"]).state
+    assert (state.type.value, state.message) == ("FAILED", "1 path(s) could not be read")
     assert again.returncode == 1, again.stderr
     assert "0 succeeded, 0 failed, 1 skipped" in again.stdout  # nothing to do, and said so
     assert f"cannot read {locked}: {reason}\n" in again.stdout
     assert "Prefect flow run" not in again.stdout
     assert queued.returncode == 1, queued.stderr
-    assert queued.stdout == "0 input(s) queued, 1 already there, 1 could not be read\n"
-    assert queued.stderr == f"cannot read {locked}: {reason}\n"
+    assert queued.stdout == "0 input(s) queued, 1 already there, 1 ignored, 1 could not be read\n"
+    assert queued.stderr.endswith(f"cannot read {locked}: {reason}\n")
     assert files_under(out) == ["a_processed.json"]
 
     listed = subprocess.run(
@@ -223,6 +232,57 @@ def test_a_database_that_is_not_writable_is_one_line_before_anything_starts(
     assert db.read_bytes() == before
     if locked != "file":
         assert sorted(p.name for p in folder.iterdir()) == left
+
+
+@pytest.mark.parametrize("case", ["-wal file without -shm", "link into it", "link from it"])
+def test_status_on_a_database_in_a_read_only_folder_reads_all_it_holds_or_says_why_not(
+    tmp_path: Path, case: str
+) -> None:
+    """A dead writer's transactions in a -wal file whose -shm file is gone (copied without
+    it) cannot be read without making one: one line, exit 2, not a count without them. A
+    --db-path that is a symlink is judged where its database lives: a link into a
+    read-only folder is read there; a link from one, to a database whose writer left its
+    -wal file, reads that file too."""
+    store_folder, link_folder = tmp_path / "db", tmp_path / "links"
+    store_folder.mkdir()
+    link_folder.mkdir()
+    db, first = store_folder / "p.db", tmp_path / "first.txt"
+    first.write_text("one\ntwo\n")
+    done = subprocess.run(
+        _command("--log-level", "OFF", "--db-path", db, "--output-dir", tmp_path / "out",
+                 "run-all", first),
+        env=api_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    subprocess.run([sys.executable, "-c", _DIE_WITH_TWO_RECORDS_IN_THE_WAL, db], check=True)
+    assert sorted(p.name for p in store_folder.iterdir()) == ["p.db", "p.db-shm", "p.db-wal"]
+    shown, locked = db, store_folder
+    if case == "-wal file without -shm":
+        (store_folder / "p.db-shm").unlink()
+    elif case == "link into it":
+        shown = link_folder / "p.db"
+        shown.symlink_to(db)
+    else:
+        shown, locked = link_folder / "p.db", link_folder
+        shown.symlink_to(db)
+    locked.chmod(0o555)
+    try:
+        read = subprocess.run(
+            _command("--db-path", shown, "status", "--json"),
+            env=api_env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        locked.chmod(0o755)
+    if case == "-wal file without -shm":
+        assert read.returncode == 2
+        assert read.stderr == (
+            f"Error: {shown}: cannot be used: its -wal file holds transactions and its -shm "
+            f"file is missing, which a reader cannot make in {store_folder} (not writable): "
+            "copy both files, or read it where the folder is writable (check --db-path)\n"
+        )
+    else:
+        assert read.returncode == 0, read.stderr
+        assert json.loads(read.stdout)["records"] == 4  # the -wal file's two included
 
 
 def test_a_sub_folder_of_the_output_that_is_not_writable_fails_its_inputs_in_one_line(

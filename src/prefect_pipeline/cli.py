@@ -752,19 +752,26 @@ def enqueue(
       pipeline enqueue a.txt b.txt notes/ --pattern '*.md'
     """
     from prefect_pipeline.database.queue import enqueue as enqueue_inputs
-    from prefect_pipeline.database.statuses import REJECTED_BEFORE
+    from prefect_pipeline.database.statuses import rejected_reason
 
     for path in paths:
         if not path.exists():
             raise click.BadParameter(f"{path}: no such file or directory", param_hint="'PATH...'")
     ignored: list[dict[str, str]] = []
     unreadable: list[dict[str, str]] = []
+    chain = _definition().jobs
     result = enqueue_inputs(
         _open_database(config),
         _queued_inputs(config, paths, pattern, recursive, ignored, unreadable),
         force=force,
         max_line_bytes=config.max_line_bytes,
+        # The range drain-db runs by default, which a rejected input's last run must match.
+        job_range=(chain[0].name, chain[-1].name),
     )
+    rejected = [
+        {"path": path, "reason": rejected_reason(outcome, "queues it again")}
+        for path, outcome in result.rejected
+    ]
     if as_json:
         click.echo(
             json.dumps(
@@ -775,22 +782,18 @@ def enqueue(
                     "ignored_paths": ignored,
                     "unreadable": len(unreadable),
                     "unreadable_paths": unreadable,
-                    "rejected": len(result.rejected),
-                    "rejected_paths": result.rejected,
+                    "rejected": len(rejected),
+                    "rejected_paths": rejected,
                 }
             )
         )
     else:
         line = f"{result.queued} input(s) queued, {result.already} already there"
-        line += f", {len(result.rejected)} rejected before" if result.rejected else ""
+        line += f", {len(rejected)} rejected before" if rejected else ""
         line += f", {len(ignored)} ignored" if ignored else ""
         click.echo(line + (f", {len(unreadable)} could not be read" if unreadable else ""))
-        for rejected in result.rejected:
-            click.echo(
-                f"skipped {rejected}: {REJECTED_BEFORE} and unchanged since (requeue --failed "
-                "or --force queues it again)",
-                err=True,
-            )
+        for entry in rejected:
+            click.echo(f"skipped {entry['path']}: {entry['reason']}", err=True)
         for entry in ignored:
             click.echo(f"ignored {entry['path']}: {entry['reason']}", err=True)
         for entry in unreadable:

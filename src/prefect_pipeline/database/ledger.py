@@ -20,7 +20,7 @@ from typing import Protocol, TypeVar
 from prefect_pipeline.clock import SYSTEM_CLOCK, Clock, iso, iso_in
 from prefect_pipeline.database.models import DONE, FAILED, PROCESSING
 from prefect_pipeline.database.owners import Owner, is_gone, this_process
-from prefect_pipeline.database.statuses import REJECTED_BEFORE, still_rejected
+from prefect_pipeline.database.statuses import rejected_reason, still_rejected
 from prefect_pipeline.database.store import Claim, ClaimedRow, Finished, Store
 from prefect_pipeline.exceptions import ClaimLostError, DatabaseConflict
 from prefect_pipeline.logs import get_logger
@@ -34,13 +34,8 @@ T = TypeVar("T")
 #: back) ends the run.
 CONFLICT_ATTEMPTS = 5
 
-#: Why registration skips an input whose file is as its last run found it, by its status.
-_UNCHANGED = {
-    DONE: "unchanged since its last run",
-    # Its own content failed it (binary, not UTF-8, a line too long): it would again.
-    FAILED: f"{REJECTED_BEFORE} and unchanged since (requeue --failed or --force runs it "
-    "again)",
-}
+#: Why registration skips a done input whose file is as its last run found it.
+_UNCHANGED = "unchanged since its last run"
 
 #: An input this run holds.
 Claimed = ClaimedRow
@@ -236,7 +231,10 @@ class Ledger:
                         and row.start_job == start_job
                         and row.stop_job == stop_job
                     ):
-                        result.skipped.append((entry.path, _UNCHANGED[row.status]))
+                        # A failed one: its own content failed it (binary, not UTF-8, a
+                        # line too long), and would again.
+                        why = _UNCHANGED if row.status == DONE else rejected_reason(row.outcome)
+                        result.skipped.append((entry.path, why))
                         continue
                 wanted[entry.path] = entry
             claimed = self.store.register_all_claimed(

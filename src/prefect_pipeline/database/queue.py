@@ -7,7 +7,7 @@ are here, the statements are the store's.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,9 @@ class EnqueueResult:
 
     queued: int = 0
     already: int = 0
-    rejected: list[str] = field(default_factory=list)
+    #: (path, outcome) of each input not queued: its content failed its last run
+    #: (``rejected_outcome``) and its file is unchanged.
+    rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _sha256(path: str) -> str | None:
@@ -48,21 +50,32 @@ def enqueue(
     chunk: int = 500,
     clock: Clock = SYSTEM_CLOCK,
     max_line_bytes: int | None = None,
+    job_range: tuple[str, str] | None = None,
 ) -> EnqueueResult:
     """Make found files pending. A path already pending or processing is not queued
-    twice; a done path is queued again only if its content changed (or with ``force``),
-    and one its content failed (``still_rejected`` under ``max_line_bytes``) only if its
-    file changed (or with ``force``), as ``run-parallel`` registers them."""
+    twice; a done path is queued again only if its content changed (or with ``force``).
+    One its content failed, as run by ``job_range`` (first and last job: the range the
+    queue will be drained with), is queued again only if its file changed, with ``force``,
+    or if it was only too large for a ``max_line_bytes`` smaller than this one
+    (``still_rejected``), as ``run-parallel`` registers them."""
+
+    def rejected_again(row: Any) -> bool:
+        return (
+            not force
+            and still_rejected(row.outcome, max_line_bytes)
+            and (job_range is None or (row.start_job, row.stop_job) == job_range)
+        )
+
     result = EnqueueResult()
     seen: set[str] = set()
     batch: list[FoundInput] = []
     for entry in found:
         batch.append(entry)
         if len(batch) >= chunk:
-            _enqueue_chunk(store, batch, force, result, seen, clock, max_line_bytes)
+            _enqueue_chunk(store, batch, force, result, seen, clock, rejected_again)
             batch = []
     if batch:
-        _enqueue_chunk(store, batch, force, result, seen, clock, max_line_bytes)
+        _enqueue_chunk(store, batch, force, result, seen, clock, rejected_again)
     return result
 
 
@@ -73,7 +86,7 @@ def _enqueue_chunk(
     result: EnqueueResult,
     seen: set[str],
     clock: Clock,
-    max_line_bytes: int | None,
+    rejected_again: Callable[[Any], bool],
 ) -> None:
     now = iso(clock.now())
     with store.transaction():
@@ -100,11 +113,10 @@ def _enqueue_chunk(
                     continue
                 if (
                     row.status == FAILED
-                    and not force
                     and (row.size, row.mtime_ns) == (entry.size, entry.mtime_ns)
-                    and still_rejected(row.outcome, max_line_bytes)
+                    and rejected_again(row)
                 ):
-                    result.rejected.append(entry.path)
+                    result.rejected.append((entry.path, row.outcome or ""))
                     continue
             store.queue(
                 path=entry.path,

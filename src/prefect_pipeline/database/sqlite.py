@@ -152,20 +152,37 @@ _MIGRATIONS: dict[int, Callable[[SqliteDatabase], None]] = {
 
 
 def read_only_uri(path: Path) -> str:
-    """A URI that opens the SQLite file at ``path`` for reading only.
+    """A URI that opens the SQLite file at ``path`` (a symlink: where it leads) for reading
+    only.
 
     A read-only connection to a WAL database still needs its -shm file (the WAL's index),
     and makes one if there is none. Where none can be made (a folder this process may not
     write) and there is none, SQLite refuses ("attempt to write a readonly database"),
-    unless told the file is ``immutable``: then it reads the file alone, which is all there
-    is to read, since no writer can be at work in a folder where it could not make its -wal
-    and -shm files either."""
-    uri = f"file:{quote(str(path))}?mode=ro"
-    folder = path.parent
+    unless told the file is ``immutable``: then it reads the file alone. That is all there
+    is to read when there is no -wal file, or an empty one: no writer can be at work in a
+    folder where it could not make its -wal and -shm files. (One that starts between this
+    look and the read is not seen: a ``status`` is a moment's picture.) A -wal file that
+    holds transactions without its -shm file cannot be read there: refused in one line
+    (``peewee.OperationalError``), rather than read without its last transactions."""
+    real = path.resolve()
+    uri = f"file:{quote(str(real))}?mode=ro"
+    folder = real.parent
     if os.access(folder, os.W_OK | os.X_OK):
         return uri
-    wal_files = (folder / f"{path.name}{suffix}" for suffix in ("-wal", "-shm"))
-    return uri if all(p.exists() for p in wal_files) else f"{uri}&immutable=1"
+    wal, shm = (folder / f"{real.name}{suffix}" for suffix in ("-wal", "-shm"))
+    if shm.exists():
+        return uri
+    try:
+        wal_bytes = wal.stat().st_size
+    except FileNotFoundError:
+        wal_bytes = 0
+    if wal_bytes == 0:
+        return f"{uri}&immutable=1"
+    raise peewee.OperationalError(
+        f"its -wal file holds transactions and its -shm file is missing, which a reader "
+        f"cannot make in {folder} (not writable): copy both files, or read it where the "
+        "folder is writable"
+    )
 
 
 def read_schema(path: Path, timeout: float) -> tuple[dict[str, set[str]], int]:
@@ -175,8 +192,8 @@ def read_schema(path: Path, timeout: float) -> tuple[dict[str, set[str]], int]:
     missing or empty file has none."""
     if not path.exists() or path.stat().st_size == 0:
         return {}, 0
-    uri = read_only_uri(path)
     try:
+        uri = read_only_uri(path)
         with closing(sqlite3.connect(uri, uri=True, timeout=timeout)) as connection:
             version = int(connection.execute("PRAGMA user_version").fetchone()[0])
             found = {}
@@ -215,7 +232,7 @@ class SqliteStore(Store):
     def _open_database(self) -> SqliteDatabase:
         path = self.location.path
         assert path is not None
-        if self.read_only and not os.access(path.parent, os.W_OK | os.X_OK):
+        if self.read_only and not os.access(path.resolve().parent, os.W_OK | os.X_OK):
             # ``status`` of a database in a folder it may not write (a copy kept read-only,
             # another user's): opened as a writer, SQLite would need to make its -shm file.
             self.opened_read_only = True

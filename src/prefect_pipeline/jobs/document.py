@@ -243,11 +243,22 @@ class DocumentReader:
     ``InputValidationError`` later on.
     """
 
-    def __init__(self, handle: BinaryIO, path: Path, *, chunk_bytes: int, max_record_bytes: int):
+    def __init__(
+        self,
+        handle: BinaryIO,
+        path: Path,
+        *,
+        chunk_bytes: int,
+        max_record_bytes: int,
+        max_line_bytes: int | None = None,
+    ):
         self.handle = handle
         self.path = path
         self.chunk_bytes = chunk_bytes
         self.max_record_bytes = max_record_bytes
+        #: The --max-line-bytes that ``max_record_bytes`` follows from, if one does: a record
+        #: above it is rejected only under that limit (``ContentError.max_line_bytes``).
+        self.max_line_bytes = max_line_bytes
         #: The file's offset of ``_rest[0]``.
         self._offset = 0
         self._rest = b""
@@ -341,6 +352,7 @@ class DocumentReader:
                         self.path,
                         f"records[{seen}] is longer than any record job A writes "
                         f"({pending_size} bytes and counting)",
+                        max_line_bytes=self.max_line_bytes,
                     )
                 continue
             if pending_size < self.chunk_bytes:

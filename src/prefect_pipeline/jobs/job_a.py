@@ -98,7 +98,9 @@ class JobA(BaseJob):
         path, _ = validated
         with open_input(path) as handle:
             data = handle.read(CHECK_BYTES + 1)
-        if len(data) <= CHECK_BYTES:
+        # Judged whole only where the job reads it whole (``single_job``): a file it streams
+        # may fail on a line too long before an invalid byte further on.
+        if len(data) <= min(CHECK_BYTES, self.config.stream_threshold, self.config.max_line_bytes):
             decode_text(path, data)
             return
         nul = data.find(b"\x00")

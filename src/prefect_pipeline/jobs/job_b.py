@@ -104,6 +104,7 @@ class JobB(BaseJob):
                     path,
                     chunk_bytes=self.config.chunk_bytes,
                     max_record_bytes=_max_record_bytes(self.config.max_line_bytes),
+                    max_line_bytes=self.config.max_line_bytes,
                 )
                 try:
                     source_path, sha256, count = reader.read_header()
@@ -274,6 +275,7 @@ class JobB(BaseJob):
                 path,
                 chunk_bytes=self.config.chunk_bytes,
                 max_record_bytes=_max_record_bytes(self.config.max_line_bytes),
+                max_line_bytes=self.config.max_line_bytes,
             )
             reader.check_header(stored.header, stored.record_count)
             for records_json, _count in reader.record_arrays(check_layout=stored.check_layout):

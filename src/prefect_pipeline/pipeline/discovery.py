@@ -11,6 +11,7 @@ names (``a.txt_processed.json``, ``a.md_processed.json``).
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import stat
@@ -128,6 +129,13 @@ def iter_inputs(
     yield from _walk(root_path, real_root, root_path, out, pattern, recursive, excluded)
 
 
+def _unreadable(exc: OSError) -> bool:
+    """Whether a folder or name that could not be looked at may hide inputs: refused
+    (permissions, an I/O error), not gone (removed meanwhile) or a link that leads nowhere
+    (dangling, a loop), which are reported and ignored like any other non-input."""
+    return exc.errno in (errno.EACCES, errno.EPERM, errno.EIO)
+
+
 def _inside(real: str, real_root: Path) -> bool:
     return real == str(real_root) or real.startswith(str(real_root) + os.sep)
 
@@ -144,7 +152,7 @@ def _walk(
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
-        yield Ignored(str(folder), f"cannot list folder ({exc.strerror})", unreadable=True)
+        yield Ignored(str(folder), f"cannot list folder ({exc.strerror})", _unreadable(exc))
         return
     files: list[tuple[str, os.stat_result]] = []
     # Every regular file's name, matched or not: output names must not depend on --pattern,
@@ -178,7 +186,7 @@ def _walk(
         try:
             st = os.stat(path)
         except OSError as exc:
-            yield Ignored(path, f"cannot stat ({exc.strerror})", unreadable=True)
+            yield Ignored(path, f"cannot stat ({exc.strerror})", _unreadable(exc))
             continue
         if stat.S_ISDIR(st.st_mode):
             if recursive:

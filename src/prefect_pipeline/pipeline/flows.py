@@ -315,15 +315,21 @@ def end_interrupted(flow_run_id: str | None, summary: RunSummary) -> None:
 
 
 def _set_cancelled(flow_run_id: Any, message: str, *, only_if_crashed: bool = False) -> None:
-    try:
-        from prefect.client.orchestration import get_client
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
-        # Seconds at most: a supervisor that sent SIGTERM sends SIGKILL 10-30 s later.
-        with get_client(sync_client=True, httpx_settings={"timeout": 5}) as client:
+    # Seconds at most (two requests of 3 s, not retried): after a SIGTERM, a supervisor
+    # sends SIGKILL 10-30 s later, and the cluster and the server are still to stop.
+    try:
+        with (
+            temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}),
+            get_client(sync_client=True, httpx_settings={"timeout": 3}) as client,
+        ):
             if only_if_crashed:
                 state = client.read_flow_run(flow_run_id).state
                 if state is None or not state.is_crashed():
                     return
             client.set_flow_run_state(flow_run_id, Cancelled(message=message), force=True)
-    except Exception:
-        logger.warning("could not mark the flow run Cancelled in Prefect", exc_info=True)
+    except Exception as exc:
+        logger.warning("could not mark the flow run Cancelled in Prefect: %s", exc)
+        logger.debug("why", exc_info=True)
