@@ -311,6 +311,37 @@ def test_missing_directory_and_empty_match(cli_runner, config, tmp_path):  # typ
     assert json.loads(empty.stdout)["total"] == 0
 
 
+def test_a_symlink_to_an_input_in_the_folder_is_not_run_twice(cli_runner, config, tmp_path):  # type: ignore[no-untyped-def]
+    """Both would write the one batch of their source file: with --force each replaced the
+    other's, and job C of the first found its batch gone. The link is reported instead;
+    one to a file the walk does not take (another pattern, a hidden one) is still run."""
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    (root / "real.txt").write_text("one\ntwo\n")
+    (root / ".hidden.txt").write_text("three\n")
+    (root / "data.csv").write_text("four\n")
+    (root / "alias.txt").symlink_to("real.txt")
+    (root / "sub" / "up.txt").symlink_to("../real.txt")
+    (root / "shown.txt").symlink_to(".hidden.txt")
+    (root / "csv.txt").symlink_to("data.csv")
+    for force in ([], ["--force"]):
+        result = run_cli(
+            cli_runner, config, str(root), "--pattern", "*.txt", "--workers", "0", "--json",
+            *force,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        assert (summary["succeeded"], summary["failed"]) == (3, 0)
+        assert summary["ignored_paths"] == [
+            {"path": str(root / name), "reason": f"symlink to {target}, which is an input itself"}
+            for name, target in (("alias.txt", "real.txt"), ("sub/up.txt", "real.txt"))
+        ]
+    rows = query(config.db_path, "SELECT source_path, status FROM processing_batches")
+    assert sorted(tuple(row) for row in rows) == [
+        (str(root / name), "finalized") for name in (".hidden.txt", "data.csv", "real.txt")
+    ]
+
+
 def test_unreachable_address_exits_3(cli_runner, config, tmp_path):  # type: ignore[no-untyped-def]
     import dask
     import distributed  # noqa: F401  (loads the distributed.* defaults)

@@ -136,6 +136,17 @@ def _unreadable(exc: OSError) -> bool:
     return exc.errno in (errno.EACCES, errno.EPERM, errno.EIO)
 
 
+def _found_itself(real: str, real_root: Path, pattern: str, recursive: bool) -> bool:
+    """Whether the walk finds the file at ``real`` (a symlink's target, inside the root)
+    under its own name: in a folder it walks, not hidden, matching ``pattern``."""
+    if not _inside(real, real_root) or not os.path.isfile(real):
+        return False
+    parts = os.path.relpath(real, real_root).split(os.sep)
+    if any(part.startswith(".") for part in parts) or not (recursive or len(parts) == 1):
+        return False
+    return fnmatch.fnmatch(parts[-1], pattern)
+
+
 def _inside(real: str, real_root: Path) -> bool:
     return real == str(real_root) or real.startswith(str(real_root) + os.sep)
 
@@ -182,6 +193,13 @@ def _walk(
             if os.path.isdir(real):
                 # A link to a folder inside the root is reached through the folder itself;
                 # following it could loop.
+                continue
+            if _found_itself(real, real_root, pattern, recursive):
+                # Its file is an input of its own: run twice, both would write the one
+                # batch of that source file, and with --force each would replace the
+                # other's.
+                shown = os.path.relpath(real, real_root)
+                yield Ignored(path, f"symlink to {shown}, which is an input itself")
                 continue
         try:
             st = os.stat(path)
