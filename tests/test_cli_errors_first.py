@@ -175,6 +175,16 @@ def test_an_unusable_database_is_one_line_before_prefect(
     assert (db.read_bytes() if db.is_file() else None) == before
 
 
+def test_a_database_named_by_url_is_checked_by_that_option(
+    watched: WatchedRun, tmp_path: Path, sample_file: Path
+) -> None:
+    db, problem = _a_directory(tmp_path)
+    result = watched("--db-url", f"sqlite:///{db}", "run-all", sample_file)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"Error: {problem} (check --db-url)\n"
+    assert_started_nothing(result)
+
+
 # An output folder job A cannot write in (run, run-all, run-parallel) ------------------
 
 

@@ -27,6 +27,18 @@ def test_sqlite_locations(text: str, tmp_path: Path, monkeypatch: pytest.MonkeyP
     ]
 
 
+def test_a_sqlite_url_is_read_as_sqlalchemy_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert DatabaseUrl.parse("sqlite:///rel.db").path == tmp_path / "rel.db"
+    assert DatabaseUrl.parse("sqlite:///data/p.db").path == tmp_path / "data" / "p.db"
+    assert DatabaseUrl.parse("sqlite:////abs/p.db").path == Path("/abs/p.db")
+    # Its own URL reads back as the same file.
+    location = DatabaseUrl.parse("sqlite:///rel.db")
+    assert DatabaseUrl.parse(location.url) == location
+
+
 def test_a_postgresql_password_is_never_shown() -> None:
     location = DatabaseUrl.parse("postgres://ingest:s3cret@db.example:5433/queue")
     assert location.backend == POSTGRESQL

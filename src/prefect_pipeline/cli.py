@@ -110,13 +110,18 @@ def _require_database(config: PipelineConfig, *, writes: bool = True) -> None:
         return
     if not path.exists():
         raise NoSuchDatabase(
-            f"{path}: no such database (check --db-path; enqueue, run, run-all and "
+            f"{path}: no such database (check {_db_option(config)}; enqueue, run, run-all and "
             "run-parallel create it)"
         )
     _check_database_location(config, writes=writes)
     # A file that is not the pipeline's (an empty one, another program's database) is
     # refused as a missing one is, before the command would create its tables there.
     _sqlite_store(config, path, create=False, read_only=not writes)
+
+
+def _db_option(config: PipelineConfig) -> str:
+    """The option that named the database, for a message that tells which to check."""
+    return "--db-url" if config.db_url is not None else "--db-path"
 
 
 def _nearest_folder(path: Path) -> Path:
@@ -145,11 +150,14 @@ def _check_database_location(config: PipelineConfig, *, writes: bool = True) -> 
     if path is None:
         return
     if path.is_dir():
-        raise UnusableDatabase(f"{path}: a directory, not a database file (check --db-path)")
+        raise UnusableDatabase(
+            f"{path}: a directory, not a database file (check {_db_option(config)})"
+        )
     folder = _nearest_folder(path.parent)  # which the store creates in
     if not folder.is_dir():
         raise UnusableDatabase(
-            f"{path}: cannot be created: {folder} is not a directory (check --db-path)"
+            f"{path}: cannot be created: {folder} is not a directory "
+            f"(check {_db_option(config)})"
         )
     if not writes:
         return
@@ -163,7 +171,7 @@ def _check_database_location(config: PipelineConfig, *, writes: bool = True) -> 
         problems = [(f"cannot be created in {folder}", _not_writable(folder))]
     for problem, why in problems:
         if why is not None:
-            raise UnusableDatabase(f"{path}: {problem} ({why}) (check --db-path)")
+            raise UnusableDatabase(f"{path}: {problem} ({why}) (check {_db_option(config)})")
 
 
 class UnusableOutput(click.ClickException):
@@ -217,7 +225,9 @@ def _sqlite_store(
         return _store(config, create=create, read_only=read_only)
     except (OSError, DatabaseError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise UnusableDatabase(f"{path}: cannot be used: {reason} (check --db-path)") from None
+        raise UnusableDatabase(
+            f"{path}: cannot be used: {reason} (check {_db_option(config)})"
+        ) from None
 
 
 def handle_errors[F: Callable[..., Any]](func: F) -> F:

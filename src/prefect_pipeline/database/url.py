@@ -40,9 +40,10 @@ class DatabaseUrl:
             return cls.sqlite(Path(text))
         scheme = scheme.lower()
         if scheme == SQLITE:
+            # As SQLAlchemy reads them: sqlite:///rel.db is relative to the current folder,
+            # sqlite:////abs/p.db absolute (the path is what follows the third slash).
             path = text[len("sqlite://") :]
-            if path.startswith("/"):
-                path = path[1:] if path.startswith("//") else path
+            path = path[1:] if path.startswith("/") else path
             if not path or path == "/":
                 raise UsageError(f"{text}: expected sqlite:///PATH")
             return cls.sqlite(Path(path))
