@@ -491,3 +491,28 @@ def test_version(cli_runner: CliInvoke) -> None:
 
     assert result.exit_code == 0
     assert result.stdout == f"pipeline, version {__version__}\n"
+
+
+@pytest.mark.parametrize("command", [["status"], ["list-jobs"]])
+def test_a_reader_that_closed_the_pipe_gets_no_traceback(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """``pipeline status | head -1``: head leaves after its line, the command's next write
+    meets a closed pipe. Played with a pipe closed before the first write."""
+    import subprocess
+    import sys
+
+    from tests.conftest import sqlite_store
+
+    db = tmp_path / "p.db"
+    sqlite_store(db).close()
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "pipeline"), "--db-path", str(db), *command],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (141, "")

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -45,6 +45,8 @@ from prefect_pipeline.pipeline.definition import default_pipeline
 logger = get_logger("cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BROKEN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: Standard output closed before all was written (a pipe to ``head``): 128 + SIGPIPE.
+EXIT_CLOSED_PIPE = 141
 
 
 class ByteSize(click.ParamType):
@@ -256,6 +258,8 @@ def handle_errors[F: Callable[..., Any]](func: F) -> F:
         except KeyboardInterrupt:
             _say_interrupted()
             sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            _stdout_closed()
         except Exception as exc:
             if caused_by_interrupt(exc):
                 # Prefect turns an interrupt that lands inside its task engine into another
@@ -377,6 +381,7 @@ def _definition() -> Any:
 
 @cli.command("list-jobs", short_help="List the pipeline's jobs, in the order they run.")
 @click.pass_obj
+@handle_errors
 def list_jobs(config: PipelineConfig) -> None:
     """List all available jobs in the pipeline, in the order they run.
 
@@ -1216,11 +1221,25 @@ def _store(config: PipelineConfig, *, create: bool = True, read_only: bool = Fal
     )
 
 
+def _stdout_closed() -> NoReturn:
+    """Standard output was closed before all was written (``pipeline status | head -1``):
+    the reader has what it wanted. Nothing is said, there being nowhere to say it that
+    helps, and the exit is a closed pipe's (128 + SIGPIPE), as for a shell program."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # Python's last flush would fail again
+    os.close(devnull)
+    sys.exit(EXIT_CLOSED_PIPE)
+
+
 def main() -> None:
     """Entry point of the ``pipeline`` script."""
     code = 0
     try:
         cli(prog_name="pipeline")
+    except BrokenPipeError:  # from a command that ``handle_errors`` does not wrap
+        with contextlib.suppress(SystemExit):
+            _stdout_closed()
+        code = EXIT_CLOSED_PIPE
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     _exit_now(code)
