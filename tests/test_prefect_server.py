@@ -118,6 +118,11 @@ def test_a_local_server_kept_between_commands_is_found_and_used(
     try:
         again = run_pipeline_command(["server", "start", "--port", str(port)], env, tmp_path)
         assert again.stdout.startswith("Prefect server already running at ")
+        elsewhere = run_pipeline_command(["server", "start", "--port", "1"], env, tmp_path)
+        assert (elsewhere.returncode, elsewhere.stdout) == (0, (
+            f"Prefect server already running at http://127.0.0.1:{port} (API {api}); --port 1 "
+            "not used (pipeline server stop, then start, moves it)\n"
+        ))
         status = run_pipeline_command(["server", "status"], env, tmp_path)
         assert (status.returncode, status.stdout) == (
             0, f"Prefect server at http://127.0.0.1:{port} (API {api}), answering\n"
@@ -154,6 +159,58 @@ def test_a_local_server_kept_between_commands_is_found_and_used(
     assert gone.returncode == 1
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{api}/health", timeout=2)
+
+
+def test_a_local_server_that_runs_and_does_not_answer_is_not_ok(tmp_path: Path) -> None:
+    """Its process alive (here: a process that is no server at all, on a port nobody
+    serves), its API silent: ``server status`` and ``server start`` say so and exit non-zero,
+    so that a script does not take it for a server it can use."""
+    import json
+    import subprocess
+
+    import psutil
+
+    home = seeded_prefect_home(tmp_path / "home")
+    env = clean_environment(home)
+    process = subprocess.Popen(["sleep", "60"])
+    try:
+        port = _free_port()
+        (home / "prefect_pipeline-server.json").write_text(json.dumps({
+            "pid": process.pid, "port": port,
+            "started_at": psutil.Process(process.pid).create_time(),
+        }))  # fmt: skip
+        status = run_pipeline_command(["server", "status"], env, tmp_path)
+        start = run_pipeline_command(["server", "start", "--port", str(port)], env, tmp_path)
+    finally:
+        process.kill()
+        process.wait()
+    api = f"http://127.0.0.1:{port}/api"
+    assert (status.returncode, status.stdout) == (1, (
+        f"Prefect server at http://127.0.0.1:{port} (API {api}), not answering (pipeline "
+        "server stop, then start)\n"
+    ))  # fmt: skip
+    assert start.returncode == 3
+    assert start.stderr == (
+        f"Error: the Prefect server at {api} runs but does not answer (pipeline server stop, "
+        "then start, restarts it)\n"
+    )
+
+
+def test_a_local_server_on_a_port_that_is_taken_is_one_line_at_once(tmp_path: Path) -> None:
+    import socket
+
+    env = clean_environment(seeded_prefect_home(tmp_path / "home"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        start = run_pipeline_command(["server", "start", "--port", str(port)], env, tmp_path)
+    assert start.returncode == 3
+    assert start.stderr == (
+        f"Error: port {port} on 127.0.0.1 is not free (Address already in use): another "
+        "server listens there; choose another with --port\n"
+    )
+    assert not (tmp_path / "home" / "prefect_pipeline-server.json").exists()
 
 
 def test_without_an_api_url_the_command_starts_its_own_server_and_prints_no_logs(

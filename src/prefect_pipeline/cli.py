@@ -1055,7 +1055,15 @@ def server_start(port: int) -> None:
 
     running, started = local_server.start(port)
     verb = "started" if started else "already running"
-    click.echo(f"Prefect server {verb} at {running.ui_url} (API {running.api_url})")
+    line = f"Prefect server {verb} at {running.ui_url} (API {running.api_url})"
+    if not started and running.port != port:
+        line += f"; --port {port} not used (pipeline server stop, then start, moves it)"
+    click.echo(line)
+    if not started and not running.healthy():
+        raise RunBroken(
+            f"the Prefect server at {running.api_url} runs but does not answer "
+            "(pipeline server stop, then start, restarts it)"
+        )
 
 
 @server.command("stop")
@@ -1076,7 +1084,8 @@ def server_stop() -> None:
 @server.command("status", short_help="Say whether the local Prefect server runs, and where.")
 @handle_errors
 def server_status() -> None:
-    """Say whether the local Prefect server runs, and where (exit 1 when it does not).
+    """Say whether the local Prefect server runs, and where (exit 1 when it does not, or
+    does not answer).
 
     \b
     Example:
@@ -1088,8 +1097,11 @@ def server_status() -> None:
     if running is None:
         click.echo("no server (start one with: pipeline server start)")
         sys.exit(EXIT_FAILED)
-    health = "answering" if running.healthy() else "not answering"
+    healthy = running.healthy()
+    health = "answering" if healthy else "not answering (pipeline server stop, then start)"
     click.echo(f"Prefect server at {running.ui_url} (API {running.api_url}), {health}")
+    if not healthy:
+        sys.exit(EXIT_FAILED)
 
 
 @cli.command(short_help="Drain the queue on a schedule, as a Prefect deployment.")

@@ -91,6 +91,7 @@ def start(port: int = DEFAULT_PORT, timeout: float = STARTUP_TIMEOUT) -> tuple[L
     running = find()
     if running is not None:
         return running, False
+    _check_port_free(port)
     home = prefect_home()
     home.mkdir(parents=True, exist_ok=True)
     log = home / "prefect_pipeline-server.log"
@@ -136,6 +137,23 @@ def start(port: int = DEFAULT_PORT, timeout: float = STARTUP_TIMEOUT) -> tuple[L
         time.sleep(0.2)
     _state_file().write_text(json.dumps(asdict(server)))
     return server, True
+
+
+def _check_port_free(port: int) -> None:
+    """Refuse, in a second rather than after the server's seconds of start-up (its reason
+    then only in its log), a port that something else already listens on."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the server binds (uvicorn): a port a stopped server left in TIME_WAIT is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise RunError(
+                f"port {port} on 127.0.0.1 is not free ({exc.strerror}): another server "
+                "listens there; choose another with --port"
+            ) from None
 
 
 def stop(timeout: float = 20.0) -> LocalServer | None:
