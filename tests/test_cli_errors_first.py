@@ -312,6 +312,17 @@ def test_a_file_that_is_not_text_starts_nothing(
     assert not (tmp_path / "p.db").exists()
 
 
+def test_a_batch_that_is_not_there_starts_nothing(watched: WatchedRun, tmp_path: Path) -> None:
+    db = tmp_path / "p.db"
+    sqlite_store(db).close()
+
+    result = watched("--db-path", db, "run", "999", "--start-from", "C")
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == "Error: job C: batch 999: no such batch\n"
+    assert_started_nothing(result)
+
+
 def test_drain_db_on_a_missing_database_starts_nothing(watched: WatchedRun, tmp_path: Path) -> None:
     missing = tmp_path / "typo.db"
 

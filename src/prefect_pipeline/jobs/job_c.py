@@ -27,6 +27,12 @@ class JobC(BaseJob):
     def validate_input(self, input_data: Any) -> int:
         return validate_batch_id(input_data)
 
+    def check_content(self, validated: int) -> None:
+        # `pipeline run 999 --start-from C`: one line at once, not after a Prefect server's
+        # start-up and a Failed flow run.
+        if not self.store.batches([validated]):
+            raise InputValidationError(f"batch {validated}", "no such batch")
+
     def single_job(self, validated: int) -> Outcome:
         [outcome] = self.group_job([validated])  # one batch is a group of one
         return outcome
