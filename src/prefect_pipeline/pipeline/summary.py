@@ -119,9 +119,8 @@ class RunSummary:
         if self.stopped:
             lines.append((f"{self.stopped}: the run stopped before its end", "yellow"))
         if self.pending:
-            lines.append(
-                (f"{self.pending} input(s) left pending (run drain-db to finish them)", "yellow")
-            )
+            again = "run the command again, or drain-db, to finish them"
+            lines.append((f"{self.pending} input(s) left pending ({again})", "yellow"))
         lines.extend((line, "yellow") for line in self._held_lines())
         for ignored in self.ignored_paths[:20]:
             lines.append((f"ignored {ignored['path']}: {ignored['reason']}", "dim"))
