@@ -317,3 +317,20 @@ def test_a_sub_folder_of_the_output_that_is_not_writable_fails_its_inputs_in_one
     ]
     assert "Traceback" not in result.stderr
     assert files_under(out) == ["a_processed.json"]
+
+
+def test_a_run_whose_input_fails_leaves_the_database_file_alone(tmp_path: Path) -> None:
+    """Its only connections read (the schema, read-only, which may not remove the -wal and
+    -shm files it makes); the store's own, closed last at the exit, removes them."""
+    folder = tmp_path / "db"
+    db, good, long_line = folder / "p.db", tmp_path / "good.txt", tmp_path / "long.txt"
+    good.write_text("one\n")
+    long_line.write_text("x" * 2000 + "\n")
+    base = ["--log-level", "OFF", "--db-path", db, "--output-dir", tmp_path / "out"]
+    for path, code in ((good, 0), (long_line, 1)):
+        result = subprocess.run(
+            _command(*base, "--max-line-bytes", "1K", "run-all", path),
+            env=api_env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == code, result.stderr
+        assert sorted(p.name for p in folder.iterdir()) == ["p.db"]

@@ -255,6 +255,12 @@ class SqliteStore(Store):
         # is someone else's.
         check_tables(self.location.display, found, version or None)
         if version == SCHEMA_VERSION and len(found) == len(schema_columns()):
+            if not self.opened_read_only:
+                # The read above left -wal and -shm files that a read-only connection may
+                # not remove. A connection of this thread's that may, closed last (at the
+                # command's exit, ``close_all``), removes them, even if the command then
+                # never writes (a run whose input failed in job A).
+                db.connect(reuse_if_open=True)
             return  # the usual case: nothing to create or upgrade
         if not create and not found:
             raise refuse_missing(self.location.display)
