@@ -533,6 +533,8 @@ def test_a_parallel_run_checks_the_prefect_api_before_it_starts_and_gives_its_cl
     assert done.returncode == 3, done.stderr
     [line] = done.stderr.splitlines()
     assert line.startswith(f"Error: {named}: the Prefect API "), line
+    # run-parallel registered them: the line says where they are now.
+    assert line.endswith("; the 3 input(s) this run took are pending in the database"), line
     assert took < 20, took  # a hang guard; the figures are measured elsewhere
     # The first group was claimed (it proved there is work), then given back untouched.
     rows = query(config.db_path, "SELECT status, attempts FROM pipeline_inputs")

@@ -261,9 +261,15 @@ def _check_api(plan: Plan) -> None:
 
     try:
         check_configured_api()
-    except RunError:
-        plan.ledger.release()
-        raise
+    except RunError as exc:
+        released = plan.ledger.release()
+        if not released:
+            raise
+        # Found and registered before the API was asked (a run with nothing to do needs
+        # none): they stay in the ledger, where a later run, or drain-db, takes them.
+        raise RunError(
+            f"{exc}; the {released} input(s) this run took are pending in the database"
+        ) from None
 
 
 def _first_group(plan: Plan) -> list[Any]:
