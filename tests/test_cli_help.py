@@ -33,6 +33,28 @@ def test_help_cuts_no_command_description(cli_runner: CliInvoke, group: list[str
 
 
 @pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["drain-db", "--log-level", "OFF"], "pipeline --log-level ... drain-db"),
+        (["server", "status", "--db-path", "x"], "pipeline --db-path ... server status"),
+    ],
+)
+def test_an_option_of_pipeline_after_the_command_says_where_it_goes(
+    cli_runner: CliInvoke, args: list[str], hint: str
+) -> None:
+    result = cli_runner(*args)
+    assert result.exit_code == 2
+    option = args[-2]
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: No such option: {option} ({option} is an option of pipeline itself: put it "
+        f"before the command, as in {hint})"
+    )
+    # An option nobody has is Click's usual line.
+    other = cli_runner("drain-db", "--bogus")
+    assert other.stderr.splitlines()[-1] == "Error: No such option '--bogus'."
+
+
+@pytest.mark.parametrize(
     ("command", "usage"),
     [
         ("run", "run [OPTIONS] INPUT_DATA"),

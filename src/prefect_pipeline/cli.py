@@ -272,7 +272,35 @@ def handle_errors[F: Callable[..., Any]](func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Command(click.Command):
+    """A command that, given an option of ``pipeline`` itself (``drain-db --log-level OFF``),
+    says where that option goes instead of only that the command has none."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            name = exc.option_name
+            root = ctx.find_root().command
+            if any(name in p.opts for p in root.params if isinstance(p, click.Option)):
+                program, command = ctx.command_path.split(" ", 1)
+                raise click.NoSuchOption(
+                    name,
+                    f"No such option: {name} ({name} is an option of {program} itself: put it "
+                    f"before the command, as in {program} {name} ... {command})",
+                    ctx=ctx,
+                ) from None
+            raise
+
+
+class _Group(click.Group):
+    command_class = _Command
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option(
     "--log-level",
     type=click.Choice(LEVELS, case_sensitive=False),
@@ -1025,7 +1053,7 @@ def requeue(
         sys.exit(EXIT_FAILED)
 
 
-@cli.group()
+@cli.group(cls=_Group)
 def server() -> None:
     """A local Prefect server, with its UI, kept between commands.
 
