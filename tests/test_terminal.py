@@ -177,7 +177,7 @@ def test_a_run_at_a_terminal_shows_one_bar_below_the_log_lines(tmp_path: Path, t
     # What is started, and when it is ready.
     assert any(
         re.search(
-            r"INFO    starting the Prefect API at http\S+ \(jobs run in this process, "
+            r"INFO    using the Prefect API at http\S+ \(jobs run in this process, "
             r"without Dask\)$",
             line,
         )
@@ -221,7 +221,7 @@ def test_with_a_dask_worker_one_bar_below_the_log_lines_and_the_json_summarys_fi
     at = lines.index(bars[0])
     above, below = lines[:at], lines[at + 1 :]
     assert any(
-        re.search(r"INFO    starting the Prefect API at http\S+ and a Dask cluster", line)
+        re.search(r"INFO    using the Prefect API at http\S+; starting a Dask cluster", line)
         for line in above
     ), "\n".join(above)
     assert any(

@@ -83,8 +83,9 @@ def run_environment(options: ParallelOptions) -> Iterator[Environment]:
 
 
 def describe_environment(options: ParallelOptions) -> str:
-    """What ``run_environment(options)`` starts, for the start-up line: "a temporary
-    Prefect server and a Dask cluster of 2 workers"."""
+    """What ``run_environment(options)`` starts or uses, for the start-up line: "starting a
+    temporary Prefect server and a Dask cluster of 2 worker(s)", "using the Prefect API at
+    URL; starting a Dask cluster of 2 worker(s)"."""
     import prefect_pipeline.pipeline.local_server as local_server
     from prefect_pipeline.pipeline.cluster import default_workers
     from prefect_pipeline.pipeline.server import configured_api
@@ -92,19 +93,21 @@ def describe_environment(options: ParallelOptions) -> str:
     configured = configured_api()  # the environment's PREFECT_API_URL, or the profile's
     local = None if configured else local_server.find()  # pipeline server start
     if configured:
-        api = f"the Prefect API at {configured[0]}"
+        api, starts = f"the Prefect API at {configured[0]}", False
     elif local is not None:
-        api = f"the local Prefect server at {local.api_url}"
+        api, starts = f"the local Prefect server at {local.api_url}", False
     else:
-        api = "a temporary Prefect server"
+        api, starts = "a temporary Prefect server", True
     if options.workers == 0:
-        return f"{api} (jobs run in this process, without Dask)"
+        return f"{'starting' if starts else 'using'} {api} (jobs run in this process, without Dask)"
     if options.address:
-        return f"{api} and the Dask scheduler at {options.address}"
+        scheduler = f"the Dask scheduler at {options.address}"
+        return f"starting {api}; using {scheduler}" if starts else f"using {api} and {scheduler}"
     workers = options.workers or default_workers()
     threads = options.threads_per_worker
     each = f", {threads} threads each" if threads > 1 else ""
     when = ""
     if options.workers_after_s > 0:
         when = f" (started if the run waits {options.workers_after_s:g} s for their jobs)"
-    return f"{api} and a Dask cluster of {workers} worker(s){each}{when}"
+    cluster = f"a Dask cluster of {workers} worker(s){each}{when}"
+    return f"starting {api} and {cluster}" if starts else f"using {api}; starting {cluster}"

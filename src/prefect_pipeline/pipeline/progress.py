@@ -107,10 +107,11 @@ class Progress:
     # Hooks ----------------------------------------------------------------------------
 
     def starting(self, what: str) -> None:
-        """Say what is being started ("a temporary Prefect server and a Dask cluster of 2
-        workers"); the display shows it with a spinner until ``ready()``."""
+        """Say what is being started or used ("starting a temporary Prefect server and a
+        Dask cluster of 2 worker(s)"); the display shows it with a spinner until
+        ``ready()``."""
         self._what = what
-        logger.info("starting %s", what)
+        logger.info("%s", what)
 
     def ready(self) -> None:
         """What ``starting()`` named is up: say so, with the time since the command began."""
@@ -213,7 +214,7 @@ class Progress:
         line.add_column(no_wrap=True, overflow="ellipsis")
         cells: list[Any] = [Spinner("dots", style="cyan")] if busy else []
         if self._what is not None:
-            text = Text(f"starting {self._what}", style="bold")
+            text = Text(self._what, style="bold")
             text.append(f" · {figures.elapsed_s:.1f} s", style="dim")
             if self.counted:
                 text.append(f" · {self.counted} input(s) found", style="dim")
