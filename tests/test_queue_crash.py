@@ -613,6 +613,30 @@ def test_a_signal_while_the_workers_start_prints_no_traceback(
     assert statuses(config).get("processing", 0) == 0
 
 
+def test_a_signal_after_the_summary_keeps_the_runs_result(
+    config: PipelineConfig, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    """A run that ended before its workers joined (they were asked for with the run) has
+    shown its summary; the cluster still starting and the server stop. Ctrl-C then cut that
+    short: it said "Interrupted.", exited 130 and printed Dask's tracebacks, for a run that
+    had done all it was asked. Its result stands: exit 0, nothing more said."""
+    inputs = tmp_path / "inputs"
+    make_inputs(inputs, files=30, lines=5)
+    args = [str(PIPELINE), *command(config, "run-parallel", inputs, "--workers", "2",
+                                    "--workers-after", "0", "--json")[3:]]  # fmt: skip
+    runner = start(processes, args, api_env(), new_group=True)
+    assert runner.stdout is not None
+    summary = json.loads(runner.stdout.readline())  # printed before the teardown
+    children = children_of(runner.pid)
+    os.killpg(runner.pid, signal.SIGINT)
+    _, stderr = runner.communicate(timeout=TIMEOUT)
+
+    assert summary["succeeded"] == 30 and summary["stopped"] is None
+    assert runner.returncode == 0, stderr
+    assert "Traceback" not in stderr and "Interrupted." not in stderr, stderr
+    assert_gone(children)
+
+
 def test_a_sigterm_that_prefect_caught_mid_task_run_counts_as_the_interrupt() -> None:
     """Prefect's engine puts its own SIGTERM handler in front of the command's while a flow
     runs; landing while a task run is created, its ``TerminationSignal`` comes out as

@@ -574,6 +574,7 @@ def _report(run: Callable[..., Any], as_json: bool) -> None:
     printed: list[Any] = []
 
     def show(summary: Any) -> None:
+        printed.append(summary)  # first: an interrupt while it prints must not print it twice
         if as_json:
             click.echo(json.dumps(summary.to_dict()))
         elif sys.stdout.isatty():
@@ -584,7 +585,6 @@ def _report(run: Callable[..., Any], as_json: bool) -> None:
         else:
             click.echo(summary.to_text())
         sys.stdout.flush()
-        printed.append(summary)
 
     try:
         summary = run(report=show)

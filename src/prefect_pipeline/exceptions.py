@@ -71,7 +71,9 @@ class Interrupted(KeyboardInterrupt):
     """A run over many inputs stopped before its end: Ctrl-C or SIGTERM (``how ==
     "interrupted"``), or a Cancel in Prefect (``how == "cancelled"``). Its claims were given
     back; ``summary`` holds what it did. A ``KeyboardInterrupt``, so that code that stops
-    on Ctrl-C still does."""
+    on Ctrl-C still does. ``how == "after its end"``: the run had ended (``summary`` is its
+    result, ``summary.stopped`` None), the signal came while its cluster and server
+    stopped."""
 
     def __init__(self, summary: Any, how: str = "interrupted") -> None:
         super().__init__(how)

@@ -8,6 +8,7 @@ driver. How the parts fit, and why, is in the README's "How it works".
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -168,6 +169,7 @@ def _execute(plan: Plan, command: str, source: str, shown: dict[str, Any]) -> Ru
     and the cluster start: a run with nothing to do (every input unchanged, an empty queue)
     reads its summary without starting either, or importing Prefect.
     """
+    reported: RunSummary | None = None  # the run's end, once said
     try:
         plan.primed = _first_group(plan)
         if not plan.primed and plan.source.next_due() is None:
@@ -208,11 +210,20 @@ def _execute(plan: Plan, command: str, source: str, shown: dict[str, Any]) -> Ru
                 # The last frame shows the summary's figures, and the display ends before
                 # the summary is printed (while the cluster and the server stop).
                 plan.progress.finish(summary)
+                # Before it is printed: a signal that lands as the line goes out (a
+                # reader that stops the command once it has the summary) finds it ended.
+                reported = summary
                 _reported(plan, summary)
         return summary
     except Interrupted:
         raise
     except BaseException as exc:
+        if reported is not None and caused_by_interrupt(exc):
+            # Ctrl-C or SIGTERM while the cluster and the server stopped, the run ended and
+            # its summary shown: the result stands (the command exits with its code), and
+            # what the teardown cut short says nothing more.
+            _silence_teardown()
+            raise Interrupted(reported, "after its end") from None
         _give_back(plan)
         if not caused_by_interrupt(exc):
             raise
@@ -232,6 +243,13 @@ def _stopped(plan: Plan, summary: RunSummary, how: str) -> Interrupted:
     plan.progress.finish(summary)
     _reported(plan, summary)
     return Interrupted(summary, how)
+
+
+def _silence_teardown() -> None:
+    """No more of Dask's and tornado's lines in this process: a cluster whose close was cut
+    short reports the workers it was still starting as failed starts."""
+    for name in ("distributed", "tornado", "tornado.application"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 def _reported(plan: Plan, summary: RunSummary) -> RunSummary:
