@@ -331,6 +331,16 @@ def test_enqueue_after_draining_queues_only_changed_or_forced_inputs(
     document = json.loads(Path(by_path(config)[str(changed)]["output_path"]).read_text())
     assert [r["content"] for r in document["records"]] == ["four", "and a new line"]
 
+    # drain-db --force replaces the stored batches of what it runs, as run-parallel --force.
+    before = {row["path"]: row["batch_id"] for row in rows(config)}
+    assert pipeline("enqueue", tree, "--force").stdout == "7 input(s) queued, 0 already there\n"
+    forced_drain = pipeline("drain-db", "--workers", "0", "--force", "--json")
+    assert forced_drain.exit_code == 0, forced_drain.output
+    assert (summary_of(forced_drain)["succeeded"], summary_of(forced_drain)["skipped"]) == (7, 0)
+    after = {row["path"]: row["batch_id"] for row in rows(config)}
+    assert all(after[path] != before[path] for path in before)  # new batches, replacing
+    assert db_counts(config.db_path)["processing_batches"] == 7
+
 
 class ChangedAfterFound(JobA):
     """Job A on a file that changes after the run found (or queued) it and before job A

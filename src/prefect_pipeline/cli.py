@@ -771,7 +771,12 @@ def run_parallel(
 @click.option(
     "--recursive/--no-recursive", default=True, show_default=True, help="Descend into sub-folders."
 )
-@click.option("--force", is_flag=True, help="Queue done inputs again even if unchanged.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Queue done inputs again even if unchanged (drain-db --force then replaces their "
+    "stored batches; without it, content already stored is skipped).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @click.pass_obj
 @handle_errors
@@ -915,12 +920,19 @@ def _queued_inputs(
     show_default=True,
     help="Seconds before the first retry; doubles with each attempt.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace the batches already stored for the content of the inputs it runs (after "
+    "enqueue --force, say).",
+)
 @_dask_options
 @click.pass_obj
 @handle_errors
 def drain_db(
     config: PipelineConfig,
     limit: int | None,
+    force: bool,
     lease_seconds: float,
     max_attempts: int,
     retry_delay: float,
@@ -940,6 +952,7 @@ def drain_db(
     Examples:
       pipeline enqueue ~/corpus && pipeline drain-db
       pipeline drain-db --limit 100 --workers 2 --json
+      pipeline enqueue --force notes/ && pipeline drain-db --force
     """
     from prefect_pipeline.pipeline.parallel import run_parallel_from_database
     from prefect_pipeline.pipeline.progress import Progress
@@ -957,6 +970,7 @@ def drain_db(
         lease_seconds=lease_seconds,
         max_attempts=max_attempts,
         retry_base_seconds=retry_delay,
+        force=force,
         workers=workers,
         threads_per_worker=threads_per_worker,
         workers_after_s=workers_after,
