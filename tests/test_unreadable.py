@@ -168,6 +168,22 @@ def test_an_output_folder_that_is_not_writable_is_one_line_before_anything_start
     assert files_under(out) == []
 
 
+def _run_with_mode(
+    target: Path, mode: int, *commands: list[str | Path]
+) -> list[subprocess.CompletedProcess[str]]:
+    """The pipeline ``commands``, one after the other, while ``target`` has ``mode``."""
+    target.chmod(mode)
+    try:
+        return [
+            subprocess.run(
+                _command(*args), env=api_env(), capture_output=True, text=True, timeout=120
+            )
+            for args in commands
+        ]
+    finally:
+        target.chmod(0o755)
+
+
 # A writer that died (or was killed) leaves its last transactions in the -wal file, which
 # a read must not miss: here, two more records, committed and never checkpointed.
 _DIE_WITH_TWO_RECORDS_IN_THE_WAL = """
@@ -210,19 +226,12 @@ def test_a_database_that_is_not_writable_is_one_line_before_anything_starts(
     left = sorted(p.name for p in folder.iterdir())
     before = db.read_bytes()
     target = db if locked == "file" else folder
-    target.chmod(0o444 if locked == "file" else 0o555)
     problem = "not writable" if locked == "file" else f"its folder {folder} is not writable"
-    try:
-        written = subprocess.run(
-            _command("--db-path", db, "--output-dir", out, "run-all", sample),
-            env=api_env(), capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        read = subprocess.run(
-            _command("--db-path", db, "status", "--json"),
-            env=api_env(), capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-    finally:
-        target.chmod(0o755)
+    written, read = _run_with_mode(
+        target, 0o444 if locked == "file" else 0o555,
+        ["--db-path", db, "--output-dir", out, "run-all", sample],
+        ["--db-path", db, "status", "--json"],
+    )  # fmt: skip
     assert written.returncode == 2, written.stderr
     assert written.stderr == f"Error: {db}: {problem} (permission denied) (check --db-path)\n"
     assert sorted(p.name for p in out.iterdir()) == ["first_processed.json"]
@@ -265,14 +274,7 @@ def test_status_on_a_database_in_a_read_only_folder_reads_all_it_holds_or_says_w
     else:
         shown, locked = link_folder / "p.db", link_folder
         shown.symlink_to(db)
-    locked.chmod(0o555)
-    try:
-        read = subprocess.run(
-            _command("--db-path", shown, "status", "--json"),
-            env=api_env(), capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-    finally:
-        locked.chmod(0o755)
+    [read] = _run_with_mode(locked, 0o555, ["--db-path", shown, "status", "--json"])
     if case == "-wal file without -shm":
         assert read.returncode == 2
         assert read.stderr == (
