@@ -622,7 +622,7 @@ def test_a_signal_after_the_summary_keeps_the_runs_result(
     had done all it was asked. Its result stands: exit 0, nothing more said."""
     inputs = tmp_path / "inputs"
     make_inputs(inputs, files=30, lines=5)
-    args = [str(PIPELINE), *command(config, "run-parallel", inputs, "--workers", "2",
+    args = [str(PIPELINE), *command(config, "run-parallel", inputs, "--workers", "1",
                                     "--workers-after", "0", "--json")[3:]]  # fmt: skip
     runner = start(processes, args, api_env(), new_group=True)
     assert runner.stdout is not None

@@ -168,6 +168,25 @@ def test_an_output_folder_that_is_not_writable_is_one_line_before_anything_start
     assert files_under(out) == []
 
 
+def _one_finalized_batch(db: Path, tmp_path: Path) -> None:
+    """What ``run-all`` of a 2-line file leaves in ``db``, made by the jobs in this process
+    (no Prefect start-up), the database closed as a command leaves it."""
+    from prefect_pipeline.config import PipelineConfig
+    from prefect_pipeline.database import close_all
+    from prefect_pipeline.jobs import JobA, JobB, JobC
+
+    first = tmp_path / "first.txt"
+    first.write_text("one\ntwo\n")
+    config = PipelineConfig(db_path=db, output_dir=tmp_path / "out")
+    data: object = str(first)
+    for job in (JobA, JobB, JobC):
+        result = job(config).execute(data)
+        assert result.success, result.error
+        data = result.output
+    close_all()
+    assert sorted(p.name for p in db.parent.iterdir()) == [db.name]
+
+
 def _run_with_mode(
     target: Path, mode: int, *commands: list[str | Path]
 ) -> list[subprocess.CompletedProcess[str]]:
@@ -255,14 +274,8 @@ def test_status_on_a_database_in_a_read_only_folder_reads_all_it_holds_or_says_w
     store_folder, link_folder = tmp_path / "db", tmp_path / "links"
     store_folder.mkdir()
     link_folder.mkdir()
-    db, first = store_folder / "p.db", tmp_path / "first.txt"
-    first.write_text("one\ntwo\n")
-    done = subprocess.run(
-        _command("--log-level", "OFF", "--db-path", db, "--output-dir", tmp_path / "out",
-                 "run-all", first),
-        env=api_env(), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    db = store_folder / "p.db"
+    _one_finalized_batch(db, tmp_path)
     subprocess.run([sys.executable, "-c", _DIE_WITH_TWO_RECORDS_IN_THE_WAL, db], check=True)
     assert sorted(p.name for p in store_folder.iterdir()) == ["p.db", "p.db-shm", "p.db-wal"]
     shown, locked = db, store_folder
