@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
@@ -260,6 +260,7 @@ def handle_errors[F: Callable[..., Any]](func: F) -> F:
             sys.exit(EXIT_INTERRUPTED)
         except BrokenPipeError:
             _stdout_closed()
+            sys.exit(EXIT_CLOSED_PIPE)
         except Exception as exc:
             if caused_by_interrupt(exc):
                 # Prefect turns an interrupt that lands inside its task engine into another
@@ -417,10 +418,7 @@ def list_jobs(config: PipelineConfig) -> None:
     Example:
       pipeline list-jobs
     """
-    try:
-        definition = _definition()
-    except UsageError as exc:
-        raise click.UsageError(str(exc)) from None
+    definition = _definition()
     click.echo("Available jobs:")
     for number, spec in enumerate(definition, start=1):
         click.echo(f"  {number}. {spec.name}  {spec.description}")
@@ -1275,14 +1273,13 @@ def _store(config: PipelineConfig, *, create: bool = True, read_only: bool = Fal
     )
 
 
-def _stdout_closed() -> NoReturn:
+def _stdout_closed() -> None:
     """Standard output was closed before all was written (``pipeline status | head -1``):
-    the reader has what it wanted. Nothing is said, there being nowhere to say it that
-    helps, and the exit is a closed pipe's (128 + SIGPIPE), as for a shell program."""
+    the reader has what it wanted. Nothing more is written there (Python's last flush would
+    fail again), nothing is said, and the exit is a closed pipe's (``EXIT_CLOSED_PIPE``)."""
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())  # Python's last flush would fail again
+    os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
-    sys.exit(EXIT_CLOSED_PIPE)
 
 
 def main() -> None:
@@ -1291,8 +1288,7 @@ def main() -> None:
     try:
         cli(prog_name="pipeline")
     except BrokenPipeError:  # from a command that ``handle_errors`` does not wrap
-        with contextlib.suppress(SystemExit):
-            _stdout_closed()
+        _stdout_closed()
         code = EXIT_CLOSED_PIPE
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)

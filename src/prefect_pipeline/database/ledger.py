@@ -21,7 +21,7 @@ from prefect_pipeline.clock import SYSTEM_CLOCK, Clock, iso, iso_in
 from prefect_pipeline.database.models import DONE, FAILED, PROCESSING
 from prefect_pipeline.database.owners import Owner, is_gone, this_process
 from prefect_pipeline.database.statuses import rejected_reason, still_rejected
-from prefect_pipeline.database.store import Claim, ClaimedRow, Finished, Store
+from prefect_pipeline.database.store import Claim, ClaimedRow, Finished, InputRow, Store
 from prefect_pipeline.exceptions import ClaimLostError, DatabaseConflict
 from prefect_pipeline.logs import get_logger
 
@@ -36,6 +36,27 @@ CONFLICT_ATTEMPTS = 5
 
 #: Why registration skips a done input whose file is as its last run found it.
 _UNCHANGED = "unchanged since its last run"
+
+def unchanged(row: InputRow, entry: FoundInput, job_range: tuple[str, str] | None) -> bool:
+    """Whether ``entry``'s file is as the last run of its input ``row`` found it, and that
+    run ran ``job_range`` (first and last job; None: any)."""
+    return (row.size, row.mtime_ns) == (entry.size, entry.mtime_ns) and (
+        job_range is None or (row.start_job, row.stop_job) == job_range
+    )
+
+
+def rejected_unchanged(
+    row: InputRow, entry: FoundInput, job_range: tuple[str, str] | None, max_line_bytes: int | None
+) -> bool:
+    """Whether the input ``row`` failed on its own content (binary, not UTF-8, a line too
+    long) in a run of ``job_range`` and would again: its file unchanged, and its limit no
+    larger than ``max_line_bytes`` (``still_rejected``)."""
+    return (
+        row.status == FAILED
+        and still_rejected(row.outcome, max_line_bytes)
+        and unchanged(row, entry, job_range)
+    )
+
 
 #: An input this run holds.
 Claimed = ClaimedRow
@@ -217,22 +238,11 @@ class Ledger:
                         who = owner.describe() if owner is not None else "another command"
                         result.held.append(Held(entry.path, who, until))
                         continue
-                    if (
-                        not force
-                        and (
-                            row.status == DONE
-                            or (
-                                row.status == FAILED
-                                and still_rejected(row.outcome, self.max_line_bytes)
-                            )
-                        )
-                        and row.size == entry.size
-                        and row.mtime_ns == entry.mtime_ns
-                        and row.start_job == start_job
-                        and row.stop_job == stop_job
+                    job_range = (start_job, stop_job)
+                    if not force and (
+                        (row.status == DONE and unchanged(row, entry, job_range))
+                        or rejected_unchanged(row, entry, job_range, self.max_line_bytes)
                     ):
-                        # A failed one: its own content failed it (binary, not UTF-8, a
-                        # line too long), and would again.
                         why = _UNCHANGED if row.status == DONE else rejected_reason(row.outcome)
                         result.skipped.append((entry.path, why))
                         continue

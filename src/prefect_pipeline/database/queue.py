@@ -12,11 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefect_pipeline.clock import SYSTEM_CLOCK, Clock, iso
-from prefect_pipeline.database.ledger import FoundInput, dead_owners, take_over_dead_owners
-from prefect_pipeline.database.models import DONE, FAILED, PENDING, PROCESSING
+from prefect_pipeline.database.ledger import (
+    FoundInput,
+    dead_owners,
+    rejected_unchanged,
+    take_over_dead_owners,
+)
+from prefect_pipeline.database.models import DONE, PENDING, PROCESSING
 from prefect_pipeline.database.owners import this_process
-from prefect_pipeline.database.statuses import still_rejected
-from prefect_pipeline.database.store import Store
+from prefect_pipeline.database.store import InputRow, Store
 
 
 @dataclass
@@ -59,12 +63,8 @@ def enqueue(
     or if it was only too large for a ``max_line_bytes`` smaller than this one
     (``still_rejected``), as ``run-parallel`` registers them."""
 
-    def rejected_again(row: Any) -> bool:
-        return (
-            not force
-            and still_rejected(row.outcome, max_line_bytes)
-            and (job_range is None or (row.start_job, row.stop_job) == job_range)
-        )
+    def rejected_again(row: InputRow, entry: FoundInput) -> bool:
+        return not force and rejected_unchanged(row, entry, job_range, max_line_bytes)
 
     result = EnqueueResult()
     seen: set[str] = set()
@@ -86,7 +86,7 @@ def _enqueue_chunk(
     result: EnqueueResult,
     seen: set[str],
     clock: Clock,
-    rejected_again: Callable[[Any], bool],
+    rejected_again: Callable[[InputRow, FoundInput], bool],
 ) -> None:
     now = iso(clock.now())
     with store.transaction():
@@ -111,11 +111,7 @@ def _enqueue_chunk(
                 ):
                     result.already += 1
                     continue
-                if (
-                    row.status == FAILED
-                    and (row.size, row.mtime_ns) == (entry.size, entry.mtime_ns)
-                    and rejected_again(row)
-                ):
+                if rejected_again(row, entry):
                     result.rejected.append((entry.path, row.outcome or ""))
                     continue
             store.queue(

@@ -92,6 +92,12 @@ class JobA(BaseJob):
             output_path = self.default_output_path(path)
         return path, output_path
 
+    @property
+    def _whole_up_to(self) -> int:
+        """The size up to which a file is read whole, above which it is streamed: a file
+        no larger than the line limit cannot hold a line above it."""
+        return min(self.config.stream_threshold, self.config.max_line_bytes)
+
     def check_content(self, validated: tuple[Path, Path]) -> None:
         # `pipeline run-all photo.jpg`: one line in a fraction of a second, not a Prefect
         # server's start-up and a Failed flow run to say the same.
@@ -100,7 +106,7 @@ class JobA(BaseJob):
             data = handle.read(CHECK_BYTES + 1)
         # Judged whole only where the job reads it whole (``single_job``): a file it streams
         # may fail on a line too long before an invalid byte further on.
-        if len(data) <= min(CHECK_BYTES, self.config.stream_threshold, self.config.max_line_bytes):
+        if len(data) <= min(CHECK_BYTES, self._whole_up_to):
             decode_text(path, data)
             return
         nul = data.find(b"\x00")
@@ -122,8 +128,7 @@ class JobA(BaseJob):
             # the next run compares, so it is never taken for this one.
             version = os.fstat(handle.fileno())
             source_path = self._real_path(path, version)
-            # A file no larger than the line limit cannot hold a line above it.
-            whole = min(self.config.stream_threshold, self.config.max_line_bytes)
+            whole = self._whole_up_to
             # read(n) allocates n bytes before it reads: ask for the size, not the threshold.
             data = handle.read(version.st_size + 1) if version.st_size <= whole else b""
             if version.st_size <= whole and len(data) <= version.st_size:

@@ -103,14 +103,24 @@ def _stop_signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+# Dask's own logging settings give "tornado.application" a level of its own.
+_TEARDOWN_LOGGERS = ("distributed", "tornado", "tornado.application")
+
+
+def silence_teardown() -> None:
+    """No more of Dask's and tornado's lines in this process, which is ending: a cluster
+    whose close a signal cut short reports the workers it was still starting as failed
+    starts."""
+    for name in _TEARDOWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
 @contextmanager
 def _quiet_teardown() -> Iterator[None]:
     """Dask's and tornado's error lines while the run's own cluster closes: its end is
     decided, and a worker killed as it started (``_kill_starting_workers``) makes its
     nanny report a failed start that says nothing to the user."""
-    # Dask's own logging settings give "tornado.application" a level of its own.
-    names = ("distributed", "tornado", "tornado.application")
-    loggers = [logging.getLogger(name) for name in names]
+    loggers = [logging.getLogger(name) for name in _TEARDOWN_LOGGERS]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL + 1)

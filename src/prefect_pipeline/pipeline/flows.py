@@ -261,7 +261,9 @@ def run_parallel(
         return Cancelled(message=f"cancelled after {summary.total} input(s)", data=summary)
     if summary.failed or summary.unreadable_paths:
         # The run did its job, but the Prefect UI should not show it green.
-        problems = [f"{summary.failed} of {summary.total} input(s) failed"] * bool(summary.failed)
+        problems = []
+        if summary.failed:
+            problems.append(f"{summary.failed} of {summary.total} input(s) failed")
         if summary.unreadable_paths:
             problems.append(f"{len(summary.unreadable_paths)} path(s) could not be read")
         return Failed(message="; ".join(problems), data=summary)

@@ -8,7 +8,6 @@ driver. How the parts fit, and why, is in the README's "How it works".
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -23,6 +22,7 @@ from prefect_pipeline.exceptions import DatabaseUnavailable, Interrupted, RunErr
 from prefect_pipeline.interrupts import caused_by_interrupt, received
 from prefect_pipeline.jobs.base import Kind
 from prefect_pipeline.logs import get_logger
+from prefect_pipeline.pipeline.cluster import silence_teardown
 from prefect_pipeline.pipeline.definition import PipelineDefinition, default_pipeline
 from prefect_pipeline.pipeline.discovery import Found, Ignored, given_files, iter_inputs
 from prefect_pipeline.pipeline.driver import Plan, read_summary
@@ -222,7 +222,7 @@ def _execute(plan: Plan, command: str, source: str, shown: dict[str, Any]) -> Ru
             # Ctrl-C or SIGTERM while the cluster and the server stopped, the run ended and
             # its summary shown: the result stands (the command exits with its code), and
             # what the teardown cut short says nothing more.
-            _silence_teardown()
+            silence_teardown()
             raise Interrupted(reported, "after its end") from None
         _give_back(plan)
         if not caused_by_interrupt(exc):
@@ -243,13 +243,6 @@ def _stopped(plan: Plan, summary: RunSummary, how: str) -> Interrupted:
     plan.progress.finish(summary)
     _reported(plan, summary)
     return Interrupted(summary, how)
-
-
-def _silence_teardown() -> None:
-    """No more of Dask's and tornado's lines in this process: a cluster whose close was cut
-    short reports the workers it was still starting as failed starts."""
-    for name in ("distributed", "tornado", "tornado.application"):
-        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 def _reported(plan: Plan, summary: RunSummary) -> RunSummary:

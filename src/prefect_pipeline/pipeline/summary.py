@@ -122,30 +122,19 @@ class RunSummary:
             again = "run the command again, or drain-db, to finish them"
             lines.append((f"{self.pending} input(s) left pending ({again})", "yellow"))
         lines.extend((line, "yellow") for line in self._held_lines())
-        for ignored in self.ignored_paths[:20]:
-            lines.append((f"ignored {ignored['path']}: {ignored['reason']}", "dim"))
-        if len(self.ignored_paths) > 20:
-            lines.append((f"... and {len(self.ignored_paths) - 20} more ignored path(s)", "dim"))
-        for unreadable in self.unreadable_paths[:20]:
-            lines.append((f"cannot read {unreadable['path']}: {unreadable['reason']}", "red"))
-        if len(self.unreadable_paths) > 20:
-            more = len(self.unreadable_paths) - 20
-            lines.append((f"... and {more} more path(s) that cannot be read", "red"))
         rejected = [s for s in self.skipped_inputs if s["reason"].startswith(REJECTED_BEFORE)]
-        for skipped in rejected[:20]:
-            lines.append((f"skipped {skipped['input']}: {skipped['reason']}", "yellow"))
-        if len(rejected) > 20:
-            lines.append((f"... and {len(rejected) - 20} more rejected before", "yellow"))
-        for failure in self.failures[:50]:
-            lines.append(
-                (
-                    f"FAILED {failure['input']} (job {failure['job']}): "
-                    f"{problem(failure['error'], failure['input'])}",
-                    "red",
-                )
-            )
-        if len(self.failures) > 50:
-            lines.append((f"... and {len(self.failures) - 50} more failure(s); see --json", "red"))
+        listed = (
+            (self.ignored_paths, 20, "ignored {path}: {reason}", "more ignored path(s)", "dim"),
+            (self.unreadable_paths, 20, "cannot read {path}: {reason}",
+             "more path(s) that cannot be read", "red"),
+            (rejected, 20, "skipped {input}: {reason}", "more rejected before", "yellow"),
+            ([{**f, "error": problem(f["error"], f["input"])} for f in self.failures], 50,
+             "FAILED {input} (job {job}): {error}", "more failure(s); see --json", "red"),
+        )  # fmt: skip
+        for entries, shown, line, more, style in listed:
+            lines.extend((line.format(**entry), style) for entry in entries[:shown])
+            if len(entries) > shown:
+                lines.append((f"... and {len(entries) - shown} {more}", style))
         return lines
 
     def _held_lines(self) -> list[str]:
