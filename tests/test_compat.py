@@ -208,3 +208,46 @@ def test_a_client_of_a_local_plain_http_api_loads_no_ca_bundle_and_any_other_sti
         built.clear()
         mine = kind("http://127.0.0.1:4200/api", httpx_settings={"verify": own})
         assert mine._client._transport._pool._ssl_context is own
+
+
+def test_a_flow_runs_heartbeat_beats_and_its_thread_is_gone_when_the_run_returns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``prompt_heartbeat_stop`` (installed by the flows module): a flow run still sends
+    its heartbeat, and the thread sending it has ended by the time the run returns (it
+    waits on the stop event, where Prefect's slept in one-second steps)."""
+    import threading
+
+    import prefect.flow_engine as flow_engine
+    from prefect import flow
+    from prefect.context import FlowRunContext
+
+    import prefect_pipeline.pipeline.flows  # noqa: F401 - installs it, as in every command
+
+    assert flow_engine._send_heartbeats is compat._send_heartbeats
+    beats: list[str] = []
+    monkeypatch.setattr(
+        flow_engine.FlowRunEngine,
+        "_emit_flow_run_heartbeat",
+        lambda self, resource, related: beats.append(resource["prefect.resource.id"]),
+    )
+    before = set(threading.enumerate())
+
+    @flow(persist_result=False)
+    def body() -> tuple[str, list[threading.Thread]]:
+        context = FlowRunContext.get()
+        assert context is not None and context.flow_run is not None
+        # Thread(target=context.run, args=(beat,)): its function is its first argument
+        # (a thread forgets its arguments when it ends, so they are read here).
+        beating = [
+            thread
+            for thread in threading.enumerate()
+            if thread not in before
+            and getattr(next(iter(getattr(thread, "_args", ())), None), "__name__", "") == "beat"
+        ]
+        return str(context.flow_run.id), beating
+
+    run_id, beating = body()
+
+    assert beats == [f"prefect.flow-run.{run_id}"]
+    assert len(beating) == 1 and not beating[0].is_alive()

@@ -17,7 +17,7 @@ from typing import Any
 from prefect import flow
 from prefect.states import Cancelled, Failed
 
-from prefect_pipeline.compat import plain_http_clients
+from prefect_pipeline.compat import plain_http_clients, prompt_heartbeat_stop
 from prefect_pipeline.config import PipelineConfig
 from prefect_pipeline.logs import get_logger
 from prefect_pipeline.pipeline.definition import JobSpec, PipelineDefinition, default_pipeline
@@ -32,6 +32,8 @@ logger = get_logger("flows")
 # Before this process makes its first Prefect client (its flow runs' own, their log and
 # event workers'): see ``plain_http_clients``.
 plain_http_clients()
+# Every flow run of this module ends when its work does, not up to 1 s later.
+prompt_heartbeat_stop()
 
 __all__ = [
     "PipelineDefinition",
