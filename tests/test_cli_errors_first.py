@@ -69,6 +69,8 @@ class Watched:
     started: list[str]
     #: Every process that wrote to the log: the command's own, and any Python child.
     pids: set[int]
+    #: The command's own events in order: ("import", module) and ("start", event).
+    events: list[tuple[str, str]]
 
     def heavy_imports(self) -> list[str]:
         return sorted(name for name in self.imported if name.partition(".")[0] in HEAVY)
@@ -85,11 +87,14 @@ def watched(tmp_path: Path) -> WatchedRun:
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     runs = iter(range(1000))
 
-    def run(*args: str | os.PathLike[str], cwd: Path = tmp_path) -> Watched:
+    def run(
+        *args: str | os.PathLike[str], cwd: Path = tmp_path, env: dict[str, str] | None = None
+    ) -> Watched:
         log = tmp_path / f"audit-{next(runs)}.log"
-        path = [str(site), *filter(None, [os.environ.get("PYTHONPATH")])]
+        base = os.environ if env is None else env
+        path = [str(site), *filter(None, [base.get("PYTHONPATH")])]
         env = {
-            **os.environ,
+            **base,
             "PYTHONPATH": os.pathsep.join(path),
             "PIPELINE_TEST_AUDIT_LOG": str(log),
         }
@@ -111,6 +116,7 @@ def watched(tmp_path: Path) -> WatchedRun:
             imported={name for pid, kind, name in lines if int(pid) == own and kind == "import"},
             started=[name for pid, kind, name in lines if int(pid) == own and kind == "start"],
             pids=pids,
+            events=[(kind, name) for pid, kind, name in lines if int(pid) == own],
         )
 
     return run
@@ -417,6 +423,27 @@ def test_run_parallel_with_every_input_unchanged_starts_nothing(
     assert (summary["total"], summary["skipped"], summary["succeeded"]) == (2, 2, 0)
     assert summary["flow_run_id"] is None
     assert_started_nothing(result)
+
+
+def test_a_run_with_work_starts_the_temporary_server_before_it_imports_prefect(
+    watched: WatchedRun, tmp_path: Path, sample_file: Path
+) -> None:
+    """The temporary server's start-up is the longest of a run's: its process starts first,
+    and this process imports Prefect (a second of CPU) while it starts, not before."""
+    from tests.conftest import seeded_prefect_home
+    from tests.test_prefect_server import clean_environment
+
+    env = clean_environment(seeded_prefect_home(tmp_path / "home"))
+    result = watched(
+        "--log-level", "OFF", "--db-path", tmp_path / "p.db", "--output-dir", tmp_path / "o",
+        "run-parallel", sample_file.parent, "--workers", "0", "--json", env=env,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["succeeded"] == 1
+    spawned = result.events.index(("start", "subprocess.Popen"))
+    assert ("import", "prefect") in result.events[spawned:]
+    assert ("import", "prefect") not in result.events[:spawned]
 
 
 def test_an_input_its_content_failed_is_not_run_again_until_it_changes(

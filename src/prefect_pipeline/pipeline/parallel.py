@@ -175,12 +175,14 @@ def _execute(plan: Plan, command: str, source: str, shown: dict[str, Any]) -> Ru
         if not plan.primed and plan.source.next_due() is None:
             return _reported(plan, read_summary(plan))
         _check_api(plan)
-        from prefect_pipeline.pipeline.flows import end_interrupted, start_parallel
-
         # The display first: the processes started below inherit its capture of stderr.
         with plan.progress:
             plan.progress.starting(describe_environment(plan.options))
+            # Prefect is imported in there, once the temporary server's process has
+            # started (its start-up is the longest): not before, with the flows module.
             with run_environment(plan.options) as environment:
+                from prefect_pipeline.pipeline.flows import end_interrupted, start_parallel
+
                 plan.progress.ready()
                 plan.environment = environment
                 try:
