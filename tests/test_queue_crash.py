@@ -31,7 +31,14 @@ from prefect_pipeline.config import PipelineConfig
 from prefect_pipeline.database import close_all
 from prefect_pipeline.database.queue import enqueue as enqueue_inputs
 from prefect_pipeline.pipeline.discovery import iter_inputs
-from tests.conftest import api_env, db_counts, query, seeded_prefect_home, sqlite_store
+from tests.conftest import (
+    api_env,
+    db_counts,
+    files_under,
+    query,
+    seeded_prefect_home,
+    sqlite_store,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -491,7 +498,12 @@ def test_a_signal_to_the_group_gives_claimed_inputs_back(
             ended = db.execute(
                 "SELECT state_type FROM flow_run WHERE id = ?", (summary["flow_run_id"],)
             ).fetchall()
+            errors = db.execute(
+                "SELECT message FROM log WHERE flow_run_id = ? AND level >= 40",
+                (summary["flow_run_id"],),
+            ).fetchall()
         assert ended == [("CANCELLED",)]
+        assert errors == []  # Prefect's "Crash detected!" is a warning that it was interrupted
     # Given back without counting the attempt.
     assert (
         scalar(
@@ -540,6 +552,46 @@ def test_a_signal_stops_a_large_file_on_the_local_lane_between_its_chunks(
     assert not (config.output_dir / "large_processed.json").exists()  # not finished first
     assert temporary_files(config.output_dir) == []
     assert statuses(config) == {"pending": 1}
+
+
+def test_a_signal_stops_a_single_input_run_and_its_flow_run_ends_cancelled(
+    config: PipelineConfig, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    """``run-all`` on one large file, stopped by a supervisor's SIGTERM in job A: the
+    command exits 130 and leaves no JSON; in Prefect the flow run ends Cancelled, as a run
+    over many inputs does, and its log has Prefect's crash report of the signal as a
+    warning that says it was interrupted, not as an error that says it crashed."""
+    large = tmp_path / "large.txt"
+    line = "a line of a large file, streamed in chunks\n"
+    large.write_text(line * (96 * 1024 * 1024 // len(line)))
+    env = own_server_env(tmp_path)
+    runner = start(processes, command(config, "run-all", large), env, new_group=True)
+    deadline = time.monotonic() + TIMEOUT
+    while not temporary_files(config.output_dir):  # job A has begun writing the file
+        assert runner.poll() is None and time.monotonic() < deadline, runner.poll()
+        time.sleep(0.02)
+
+    os.killpg(runner.pid, signal.SIGTERM)
+    _, stderr = runner.communicate(timeout=TIMEOUT)
+
+    assert runner.returncode == 130, stderr
+    assert files_under(config.output_dir) == []
+    home = Path(env["PREFECT_HOME"])
+    with closing(sqlite3.connect(f"file:{home / 'prefect.db'}?mode=ro", uri=True)) as db:
+        [(run_id, state, message)] = db.execute(
+            "SELECT flow_run.id, state_type, flow_run_state.message FROM flow_run"
+            " JOIN flow_run_state ON flow_run_state.id = flow_run.state_id"
+        ).fetchall()
+        logged = db.execute(
+            "SELECT level, message FROM log WHERE flow_run_id = ? AND level >= 30"
+            " AND message LIKE '%signal%' ORDER BY timestamp",
+            (run_id,),
+        ).fetchall()
+    assert (state, message) == ("CANCELLED", "interrupted (Ctrl-C or SIGTERM)")
+    # The flow run's and its task run's (job A's) reports.
+    interrupted = (30, "Interrupted: execution was aborted by a termination signal.")
+    assert logged.count(interrupted) == 2, logged
+    assert {level for level, _ in logged} == {30}, logged
 
 
 #: A library a Dask worker maps at a stage of its start: numpy while distributed is being

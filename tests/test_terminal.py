@@ -392,6 +392,57 @@ def test_prefects_crash_report_of_an_interrupt_stays_off_the_terminal() -> None:
     assert shown_on_terminal(other, "INFO")
 
 
+@pytest.mark.parametrize(
+    ("logger", "message", "level", "logged"),
+    [
+        ("prefect.flow_runs", "Crash detected! Execution was aborted by an interrupt signal.",
+         logging.WARNING, "Interrupted: execution was aborted by an interrupt signal."),
+        ("prefect.task_runs", "Crash detected! Execution was aborted by a termination signal.",
+         logging.WARNING, "Interrupted: execution was aborted by a termination signal."),
+        ("prefect.task_runs",
+         "Finished in state Crashed('Execution was aborted by an interrupt signal.')",
+         logging.WARNING, None),
+        # A crash of another cause is one.
+        ("prefect.flow_runs",
+         "Crash detected! Execution was interrupted by an unexpected exception: OSError",
+         logging.ERROR, None),
+        ("prefect.flow_runs", "Finished in state Failed('1 of 2 input(s) failed')",
+         logging.ERROR, None),
+    ],
+)  # fmt: skip
+def test_prefects_report_of_a_run_a_signal_stopped_is_a_warning_that_says_interrupted(
+    logger: str, message: str, level: int, logged: str | None
+) -> None:
+    """In every process that runs a job (``wrappers.py`` installs the filter), on the
+    logger, before any handler: the Prefect API's log of the run and the terminal get the
+    same record."""
+    import prefect_pipeline.pipeline.wrappers  # noqa: F401 - installs it
+
+    record = logging.LogRecord(logger, logging.ERROR, __file__, 1, message, None, None)
+    assert logging.getLogger(logger).filter(record)  # the logger's filters, as it logs
+
+    assert (record.levelno, record.getMessage()) == (level, logged or message)
+
+
+def test_a_dask_workers_warning_about_its_own_close_is_dropped() -> None:
+    """``quiet_worker_close`` (every local worker's preload calls it)."""
+    from prefect_pipeline.logs import quiet_worker_close
+
+    quiet_worker_close()
+    target = logging.getLogger("distributed.worker.state_machine")
+
+    def kept(message: str) -> bool:
+        return target.filter(
+            logging.LogRecord(target.name, logging.WARNING, __file__, 1, message, None, None)
+        )
+
+    assert not kept(
+        "Async instruction for <Task cancelled name=\"execute('job-A: a.txt-9e1')\" "
+        "coro=<Worker.execute() done>> ended with CancelledError"
+    )
+    assert kept("Compute Failed")
+
+
 def test_lines_sent_to_prefect_only_stay_off_the_terminal() -> None:
     record = _record("prefect.flow_runs", logging.ERROR, pipeline_terminal=False)
 

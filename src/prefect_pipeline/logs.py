@@ -47,7 +47,8 @@ _TASK_RUNNER_LOGGER = "prefect.task_runner"
 # existed: "Crash detected! Execution was aborted by an interrupt signal." at ERROR, and the
 # Crashed state it ends in.
 _ENGINE_LOGGER = "prefect.engine"
-_INTERRUPTED = "aborted by an interrupt signal"
+# Its messages for a KeyboardInterrupt (SIGINT) and a TerminationSignal (SIGTERM).
+_INTERRUPTED = ("aborted by an interrupt signal", "aborted by a termination signal")
 
 # Prefect logs the end of a task run in any state but Completed at ERROR ("Finished in
 # state ..."). A job's task run ends Cancelled when its run stopped with the group on a
@@ -55,6 +56,11 @@ _INTERRUPTED = "aborted by an interrupt signal"
 # deadlock (the writer then writes the group again): neither is an error.
 _UNDONE_ENDINGS = ("Finished in state Cancelled(", "Finished in state RolledBack(")
 _TASK_RUNS_LOGGER = "prefect.task_runs"
+_FLOW_RUNS_LOGGER = "prefect.flow_runs"
+# Nor is a run a Ctrl-C or SIGTERM stopped ("Crash detected! Execution was aborted by an
+# interrupt signal.", then "Finished in state Crashed(...)"): the user stopped it, and the
+# pipeline marks its flow run Cancelled (``flows.end_interrupted``).
+_CRASH_DETECTED = "Crash detected! "
 
 #: ``extra`` for a record sent to Prefect's API only: the terminal already shows the
 #: project's own line for the same event (see ``log_to_flow_run``).
@@ -88,6 +94,10 @@ def terminal_level() -> str:
     return _terminal_level
 
 
+def _interrupted(message: str) -> bool:
+    return any(words in message for words in _INTERRUPTED)
+
+
 def shown_on_terminal(record: logging.LogRecord, level: str | None = None) -> bool:
     """Whether ``record`` belongs on the terminal at ``level`` (default: this process's)."""
     level = (level or _terminal_level).upper()
@@ -97,33 +107,58 @@ def shown_on_terminal(record: logging.LogRecord, level: str | None = None) -> bo
         return False
     if record.levelno < logging.WARNING and record.name.startswith(_TASK_RUNNER_LOGGER):
         return level == "DEBUG"
-    if record.name == _ENGINE_LOGGER and _INTERRUPTED in record.getMessage():
+    if record.name == _ENGINE_LOGGER and _interrupted(record.getMessage()):
         return level == "DEBUG"  # the command says "Interrupted." itself, with its summary
     # One flow run's or task run's lines: run states, in Prefect's UI (see the docstring).
     return level == "DEBUG" or not record.name.startswith(_RUN_LOGGERS)
 
 
-class _UndoneTaskRunsAsWarnings(logging.Filter):
-    """The end of a job's task run that was undone, not failed, as a warning."""
+class _UndoneRunsAsWarnings(logging.Filter):
+    """Prefect's ERROR line for a job's task run that was undone, not failed, and for a
+    run an interrupt stopped, as a warning."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if (
-            record.levelno == logging.ERROR
-            and str(getattr(record, "task_name", "")).startswith("job-")
-            and record.getMessage().startswith(_UNDONE_ENDINGS)
-        ):
+        if record.levelno != logging.ERROR:
+            return True
+        message = record.getMessage()
+        if _interrupted(message):
+            if message.startswith(_CRASH_DETECTED):
+                # "Crash detected!" says the run broke; the user stopped it.
+                cause = message[len(_CRASH_DETECTED) :]
+                record.msg, record.args = f"Interrupted: {cause[:1].lower()}{cause[1:]}", ()
+            undone = True
+        else:
+            undone = str(getattr(record, "task_name", "")).startswith(
+                "job-"
+            ) and message.startswith(_UNDONE_ENDINGS)
+        if undone:
             # On the logger, before any handler: the API's and the terminal's alike.
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
 
-_UNDONE_AS_WARNINGS = _UndoneTaskRunsAsWarnings()
+_UNDONE_AS_WARNINGS = _UndoneRunsAsWarnings()
 
 
-def undone_task_runs_as_warnings() -> None:
-    """Log the end of a job's task run that was cancelled or rolled back as a warning, not
-    as Prefect's error, in this process (idempotent: the filter is one object)."""
-    logging.getLogger(_TASK_RUNS_LOGGER).addFilter(_UNDONE_AS_WARNINGS)
+def undone_runs_as_warnings() -> None:
+    """Log the end of a job's task run that was cancelled or rolled back, and the crash
+    Prefect reports for a run an interrupt stopped, as warnings, not as Prefect's errors,
+    in this process (idempotent: the filter is one object)."""
+    for name in (_TASK_RUNS_LOGGER, _FLOW_RUNS_LOGGER):
+        logging.getLogger(name).addFilter(_UNDONE_AS_WARNINGS)
+
+
+def _not_a_cancelled_instruction(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (message.startswith("Async instruction for ") and "CancelledError" in message)
+
+
+def quiet_worker_close() -> None:
+    """Drop, in a Dask worker's process, distributed's warning "Async instruction for
+    <Task ...> ended with CancelledError": a task's execution cut short as its worker
+    closes, which happens only when the command stops its cluster in the middle of a run
+    (an interrupt, a Cancel, an error the command reports itself). Idempotent."""
+    logging.getLogger("distributed.worker.state_machine").addFilter(_not_a_cancelled_instruction)
 
 
 class TerminalFilter(logging.Filter):

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow
+from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Failed
 
 from prefect_pipeline.compat import plain_http_clients, prompt_heartbeat_stop
 from prefect_pipeline.config import PipelineConfig
+from prefect_pipeline.interrupts import caused_by_interrupt
 from prefect_pipeline.logs import get_logger
 from prefect_pipeline.pipeline.definition import JobSpec, PipelineDefinition, default_pipeline
 from prefect_pipeline.pipeline.driver import Plan, drive
@@ -70,6 +72,9 @@ class _SingleRun:
 #: password, an input may be a whole document, and job classes are no JSON. So the flow's
 #: parameters only name them (``single_run_parameters``), and the flow finds them here.
 _SINGLE_RUNS: dict[str, _SingleRun] = {}
+#: The flow run of each single-input run whose flow has started, by run key: an interrupt
+#: ends it Cancelled (``end_interrupted``).
+_SINGLE_FLOW_RUNS: dict[str, Any] = {}
 
 
 def single_run_parameters(
@@ -121,6 +126,9 @@ def run_pipeline_flow(
         raise RuntimeError(
             f"run-pipeline: no run {run_key!r} in this process (start it with run_pipeline())"
         )
+    context = FlowRunContext.get()
+    if context is not None and context.flow_run is not None:
+        _SINGLE_FLOW_RUNS[run_key] = context.flow_run.id
     started = time.perf_counter()
     outcome = PipelineResult()
     data = run.input_data
@@ -166,8 +174,13 @@ def run_pipeline(
     )
     try:
         state = run_pipeline_flow(**parameters, return_state=True)
+    except BaseException as exc:
+        if caused_by_interrupt(exc):
+            end_interrupted(_SINGLE_FLOW_RUNS.get(run_key))
+        raise
     finally:
         _SINGLE_RUNS.pop(run_key, None)
+        _SINGLE_FLOW_RUNS.pop(run_key, None)
     return state if return_state else state.result()  # type: ignore[union-attr, attr-defined]
 
 
@@ -307,15 +320,16 @@ def _end_cancelled(state: Any, summary: RunSummary) -> Any:
     return Cancelled(message=message, data=summary)
 
 
-def end_interrupted(flow_run_id: str | None, summary: RunSummary) -> None:
+def end_interrupted(flow_run_id: Any, inputs: int | None = None) -> None:
     """End the flow run of a run that a Ctrl-C or SIGTERM stopped (its claims given back)
     Cancelled, as a Cancel in Prefect ends it: Prefect's engine marks it Crashed, its state
     for an interrupt, which says the run broke and sets off whatever watches for crashes.
-    Only a Crashed flow run changes: an interrupt that came after it ended leaves it be."""
+    Only a Crashed flow run changes: an interrupt that came after it ended leaves it be.
+    ``inputs``: how many inputs the run had found, for a run over many."""
     if flow_run_id is None:  # the flow run had not started
         return
-    message = f"interrupted (Ctrl-C or SIGTERM) after {summary.total} input(s)"
-    _set_cancelled(flow_run_id, message, only_if_crashed=True)
+    after = f" after {inputs} input(s)" if inputs is not None else ""
+    _set_cancelled(flow_run_id, f"interrupted (Ctrl-C or SIGTERM){after}", only_if_crashed=True)
 
 
 def _set_cancelled(flow_run_id: Any, message: str, *, only_if_crashed: bool = False) -> None:

@@ -199,7 +199,7 @@ def _execute(plan: Plan, command: str, source: str, shown: dict[str, Any]) -> Ru
                     # before the cluster and the server stop (seconds a supervisor may not
                     # wait: it sends SIGKILL 10-30 s after its SIGTERM).
                     stopped = _stopped(plan, read_summary(plan), "interrupted")
-                    end_interrupted(stopped.summary.flow_run_id, stopped.summary)
+                    end_interrupted(stopped.summary.flow_run_id, stopped.summary.total)
                     raise stopped from None
                 if summary.stopped:  # cancelled in Prefect
                     raise _stopped(plan, summary, summary.stopped)

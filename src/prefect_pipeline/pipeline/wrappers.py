@@ -17,16 +17,16 @@ from prefect_pipeline.config import PipelineConfig
 from prefect_pipeline.exceptions import DatabaseConflict
 from prefect_pipeline.interrupts import Abandoned
 from prefect_pipeline.jobs.base import NO_FACTS, Facts, JobResult, Outcome
-from prefect_pipeline.logs import undone_task_runs_as_warnings
+from prefect_pipeline.logs import undone_runs_as_warnings
 from prefect_pipeline.pipeline.definition import JobSpec
 
 if TYPE_CHECKING:
     from prefect import Task
 
 # Every process that runs a job's task run imports this module first (a Dask worker, an
-# existing cluster's too, when it unpickles the task): its Cancelled and RolledBack ends are
-# warnings there, where Prefect logs them.
-undone_task_runs_as_warnings()
+# existing cluster's too, when it unpickles the task): its Cancelled and RolledBack ends, and
+# the crash Prefect reports for an interrupt, are warnings there, where Prefect logs them.
+undone_runs_as_warnings()
 
 
 @dataclass(frozen=True, slots=True)
