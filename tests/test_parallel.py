@@ -201,6 +201,12 @@ def test_run_parallel_tree(cli_runner, config, tmp_path, dask_address):  # type:
         ).stdout
     )
     assert (third["succeeded"], third["skipped"], third["records"]) == (0, 3, 0)
+    # Each skipped input is listed, the touched one with the batch that holds its content.
+    reasons = {s["input"]: s["reason"] for s in third["skipped_inputs"]}
+    [batch] = query(config.db_path, "SELECT id FROM processing_batches WHERE source_path = ?",
+                    (str(tree["good"][0]),))  # fmt: skip
+    assert len(reasons) == 3
+    assert reasons[str(tree["good"][0])] == f"content already stored (batch {batch['id']})"
 
     # --force reprocesses and replaces: same counts, new batch ids.
     forced = json.loads(

@@ -374,6 +374,10 @@ class Ledger:
         """This run's inputs by status, records written, and unchanged inputs."""
         return self.store.run_counts(self.run_id)
 
+    def run_unchanged(self) -> list[dict[str, str]]:
+        """This run's inputs whose content was stored already, with the batch, by path."""
+        return self.store.run_unchanged(self.run_id)
+
     def run_failures(self) -> list[dict[str, str]]:
         """This run's failed inputs with their job and error, by path."""
         return self.store.run_failures(self.run_id)

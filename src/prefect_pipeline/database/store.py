@@ -308,6 +308,10 @@ _RUN_COUNTS = (
     " coalesce(sum(CASE WHEN status = 'done' AND outcome = 'unchanged' THEN 1 ELSE 0 END), 0)"
     " FROM pipeline_inputs WHERE run_id = ? GROUP BY status"
 )
+_RUN_UNCHANGED = (
+    "SELECT path, batch_id FROM pipeline_inputs"
+    " WHERE run_id = ? AND status = 'done' AND outcome = 'unchanged' ORDER BY path"
+)
 _RUN_FAILURES = (
     "SELECT path, last_job, last_error FROM pipeline_inputs"
     " WHERE run_id = ? AND status = 'failed' ORDER BY path"
@@ -740,6 +744,15 @@ class Store(ABC):
             counts["records"] += records
             counts["unchanged"] += unchanged
         return counts
+
+    def run_unchanged(self, run_id: str) -> list[dict[str, str]]:
+        """One run's inputs whose content was stored already (by another path, or by their
+        own before they changed and changed back), as skipped inputs: by path, the reason
+        naming the batch."""
+        return [
+            {"input": path, "reason": f"content already stored (batch {batch_id})"}
+            for path, batch_id in self.execute(_RUN_UNCHANGED, (run_id,))
+        ]
 
     def run_failures(self, run_id: str) -> list[dict[str, str]]:
         """One run's failed inputs with their job and error, by path."""

@@ -335,10 +335,11 @@ def read_summary(plan: Plan) -> RunSummary:
     summary.succeeded = counts["done"] - counts["unchanged"]
     summary.failed = counts["failed"]
     summary.pending = counts["pending"] + counts["processing"]
-    summary.skipped_inputs = list(plan.source.skipped_inputs)
+    # Those registration skipped, and those that ran and found their content stored.
+    summary.skipped_inputs = [*plan.source.skipped_inputs, *ledger.run_unchanged()]
     summary.ignored_paths = list(plan.source.ignored_paths)
     summary.unreadable_paths = list(plan.source.unreadable_paths)
-    summary.skipped = len(summary.skipped_inputs) + counts["unchanged"]
+    summary.skipped = len(summary.skipped_inputs)
     summary.held_inputs = list(plan.source.held_inputs)
     summary.held = len(summary.held_inputs)
     summary.total = summary.succeeded + summary.failed + summary.skipped + summary.held
