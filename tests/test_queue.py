@@ -218,12 +218,15 @@ def test_enqueue_single_files_and_a_pattern(
 def test_enqueue_counts_a_file_found_twice_once(
     pipeline: Invoke, config: PipelineConfig, tree: Path
 ) -> None:
-    """notes/ is inside the tree: its two inputs are found twice. The second time they are
-    already pending, as they would be in a second command (or in another chunk)."""
-    result = pipeline("enqueue", tree, tree / "notes")
+    """notes/ is inside the tree: its two inputs are found twice, and a file named twice is
+    one input: each is queued, and counted, once."""
+    result = pipeline("enqueue", tree, tree / "notes", tree / "notes" / "a.txt")
     assert result.exit_code == 0, result.output
-    assert result.stdout == "7 input(s) queued, 2 already there\n"
+    assert result.stdout == "7 input(s) queued, 0 already there\n"
     assert len(rows(config)) == 7
+    # In a second command they are there already, each once.
+    again = pipeline("enqueue", tree / "notes" / "a.txt", tree / "notes" / "a.txt")
+    assert again.stdout == "0 input(s) queued, 1 already there\n"
 
 
 @pytest.mark.parametrize("how", ["files-in-one-command", "patterns-in-two-commands"])

@@ -92,8 +92,9 @@ def _enqueue_chunk(
     with store.transaction():
         rows = store.inputs_by_path([e.path for e in entries])
         for entry in entries:
-            if entry.path in seen:  # found twice in one command (a folder and its sub-folder)
-                result.already += 1
+            if entry.path in seen:
+                # Named twice in one command (a file twice, a folder and its sub-folder):
+                # one input, counted once, in whichever chunk it came first.
                 continue
             seen.add(entry.path)
             row = rows.get(entry.path)
