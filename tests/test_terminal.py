@@ -184,6 +184,9 @@ def test_a_run_at_a_terminal_shows_one_bar_below_the_log_lines(tmp_path: Path, t
         for line in above
     ), terminal.text
     assert any(re.search(r"INFO    ready after [\d.]+ s$", line) for line in above)
+    # The display's first frame, after the log line, says what starts: no empty bar first.
+    first, second = [m.start() for m in re.finditer(rb"using the Prefect API", terminal.raw)][:2]
+    assert b"inputs" not in terminal.raw[first:second], terminal.raw[first:second]
     # Prefect's per-run INFO lines stay in Prefect.
     assert "Task run" not in terminal.text
     assert "Finished in state" not in terminal.text

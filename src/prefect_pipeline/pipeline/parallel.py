@@ -175,47 +175,45 @@ def _execute(plan: Plan, command: str, source: str, shown: dict[str, Any]) -> Ru
         if not plan.primed and plan.source.next_due() is None:
             return _reported(plan, read_summary(plan))
         _check_api(plan)
-        # The display first: the processes started below inherit its capture of stderr.
-        with plan.progress:
-            plan.progress.starting(describe_environment(plan.options))
-            # Prefect is imported in there, once the temporary server's process has
-            # started (its start-up is the longest): not before, with the flows module.
-            with run_environment(plan.options) as environment:
-                from prefect_pipeline.pipeline.flows import end_interrupted, start_parallel
+        # What starts, said before the display's first frame (which then shows it), and
+        # the display before anything starts: processes inherit its capture of stderr.
+        plan.progress.starting(describe_environment(plan.options))
+        # Prefect is imported in run_environment, once the temporary server's process has
+        # started (its start-up is the longest): not before, with the flows module.
+        with plan.progress, run_environment(plan.options) as environment:
+            from prefect_pipeline.pipeline.flows import end_interrupted, start_parallel
 
-                plan.progress.ready()
-                plan.environment = environment
-                try:
-                    state = start_parallel(plan, command, source, shown)
-                    summary = state.result(raise_on_failure=False)
-                    if not isinstance(summary, RunSummary):  # the flow itself crashed
-                        raise summary if isinstance(summary, BaseException) else RuntimeError(
-                            summary
-                        )
-                except BaseException as exc:
-                    if not caused_by_interrupt(exc):
-                        raise
-                    # Ctrl-C or SIGTERM: the claims go back and the summary is printed
-                    # before the cluster and the server stop (seconds a supervisor may not
-                    # wait: it sends SIGKILL 10-30 s after its SIGTERM).
-                    stopped = _stopped(plan, read_summary(plan), "interrupted")
-                    end_interrupted(stopped.summary.flow_run_id, stopped.summary.total)
-                    raise stopped from None
-                if summary.stopped:  # cancelled in Prefect
-                    raise _stopped(plan, summary, summary.stopped)
-                if received():  # its KeyboardInterrupt was lost in a finalizer
-                    raise _stopped(plan, summary, "interrupted")
-                if summary.pending:
-                    # Claims the run ended with (a group its job dropped, not failed):
-                    # pending again now, not when their lease runs out.
-                    _give_back(plan)
-                # The last frame shows the summary's figures, and the display ends before
-                # the summary is printed (while the cluster and the server stop).
-                plan.progress.finish(summary)
-                # Before it is printed: a signal that lands as the line goes out (a
-                # reader that stops the command once it has the summary) finds it ended.
-                reported = summary
-                _reported(plan, summary)
+            plan.progress.ready()
+            plan.environment = environment
+            try:
+                state = start_parallel(plan, command, source, shown)
+                summary = state.result(raise_on_failure=False)
+                if not isinstance(summary, RunSummary):  # the flow itself crashed
+                    raise summary if isinstance(summary, BaseException) else RuntimeError(summary)
+            except BaseException as exc:
+                if not caused_by_interrupt(exc):
+                    raise
+                # Ctrl-C or SIGTERM: the claims go back and the summary is printed
+                # before the cluster and the server stop (seconds a supervisor may not
+                # wait: it sends SIGKILL 10-30 s after its SIGTERM).
+                stopped = _stopped(plan, read_summary(plan), "interrupted")
+                end_interrupted(stopped.summary.flow_run_id, stopped.summary.total)
+                raise stopped from None
+            if summary.stopped:  # cancelled in Prefect
+                raise _stopped(plan, summary, summary.stopped)
+            if received():  # its KeyboardInterrupt was lost in a finalizer
+                raise _stopped(plan, summary, "interrupted")
+            if summary.pending:
+                # Claims the run ended with (a group its job dropped, not failed):
+                # pending again now, not when their lease runs out.
+                _give_back(plan)
+            # The last frame shows the summary's figures, and the display ends before
+            # the summary is printed (while the cluster and the server stop).
+            plan.progress.finish(summary)
+            # Before it is printed: a signal that lands as the line goes out (a
+            # reader that stops the command once it has the summary) finds it ended.
+            reported = summary
+            _reported(plan, summary)
         return summary
     except Interrupted:
         raise
