@@ -524,6 +524,8 @@ def test_drain_with_a_limit_then_status_then_the_rest(
         f"oldest pending: #4 {order[3]} (queued {fourth['created_at']})\n"
         f"last run: {last_run['flow_run_url']} ({last_run['at']})\n"
     )
+    # When the run settled its last input.
+    assert last_run["at"] == max(r["finished_at"] for r in rows(config, "status = 'done'"))
 
     rest = pipeline("drain-db", "--workers", "0", "--json")
     assert rest.exit_code == 0, rest.output
@@ -565,7 +567,14 @@ def test_drain_with_a_limit_then_status_then_the_rest(
         ][0]
         == 0
     )
-    assert json.loads(pipeline("status", "--json").stdout)["oldest_pending"] is None
+    finished = json.loads(pipeline("status", "--json").stdout)
+    assert finished["oldest_pending"] is None
+    # The last run is now the second drain; a requeue of one of its inputs later does not
+    # move its time (when it settled its last input), as if it had run then.
+    assert finished["last_run"]["run_id"] == rest_summary["run_id"]
+    assert pipeline("requeue", "7", "--force").exit_code == 0
+    assert json.loads(pipeline("status", "--json").stdout)["last_run"] == finished["last_run"]
+    assert pipeline("drain-db", "--workers", "0").exit_code == 0  # done again, as before
 
     # Nothing left: a drain that finds an empty queue succeeds with nothing to do.
     empty = pipeline("drain-db", "--workers", "0", "--json")

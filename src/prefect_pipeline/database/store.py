@@ -806,10 +806,14 @@ class Store(ABC):
             "SELECT id, path, created_at FROM pipeline_inputs WHERE status = 'pending'"
             " ORDER BY created_at, id LIMIT 1"
         ).fetchone()
+        # A run's time: when it last settled an input (a later requeue of some of them
+        # changes their rows, not when the run ran); when it settled none (interrupted,
+        # its claims given back), when it last changed one.
         last_run = self.execute(
-            "SELECT run_id, flow_run_id, flow_run_url, max(updated_at) FROM pipeline_inputs"
+            "SELECT run_id, flow_run_id, flow_run_url,"
+            " coalesce(max(finished_at), max(updated_at)) AS at FROM pipeline_inputs"
             " WHERE run_id IS NOT NULL GROUP BY run_id, flow_run_id, flow_run_url"
-            " ORDER BY max(updated_at) DESC LIMIT 1"
+            " ORDER BY at DESC LIMIT 1"
         ).fetchone()
         last_errors = self.execute(
             "SELECT id, path, status, last_job, last_error, updated_at FROM pipeline_inputs"
