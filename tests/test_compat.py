@@ -251,3 +251,22 @@ def test_a_flow_runs_heartbeat_beats_and_its_thread_is_gone_when_the_run_returns
 
     assert beats == [f"prefect.flow-run.{run_id}"]
     assert len(beating) == 1 and not beating[0].is_alive()
+
+
+def test_prefects_warning_about_a_drain_with_items_left_is_dropped() -> None:
+    """``quiet_drain_progress`` (the flows module and every local worker install it): the
+    drain at a command's end sends what a run queued last, and says nothing about it."""
+    import logging
+
+    compat.quiet_drain_progress()
+    compat.quiet_drain_progress()  # idempotent
+    for name in ("EventsWorker", "APILogWorker"):
+        target = logging.getLogger(name)
+        assert target.filters.count(compat._not_drain_progress) == 1
+
+        def kept(message: str, target: logging.Logger = target) -> bool:
+            record = logging.LogRecord(target.name, logging.WARNING, __file__, 1, message, (), None)
+            return target.filter(record)
+
+        assert not kept("Still processing items: 4 items remaining...")
+        assert kept("Service 'EventsWorker' failed with 3 pending items.")

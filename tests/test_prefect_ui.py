@@ -183,6 +183,8 @@ def test_run_all_on_a_binary_file_fails_in_prefect_with_the_one_line_error(
 
     error = f"job A: {binary}: binary file (NUL byte at offset 70000)"
     assert (done.returncode, done.stdout, done.stderr) == (1, "", f"Error: {error}\n")
+    # Nothing left behind: no JSON, and no empty database (job B would have made it).
+    assert not config.output_dir.exists() and not config.db_path.parent.exists()
     [flow_run] = flow_runs_named(f"pipeline A-B-C: {binary}")
     assert flow_run.state_type == StateType.FAILED
     assert flow_run.state.message == error

@@ -216,6 +216,18 @@ def _open_database(config: PipelineConfig) -> Any:
     return _sqlite_store(config, path)
 
 
+def _check_database_for_a_run(config: PipelineConfig) -> None:
+    """``_open_database`` for a run over one input, but a SQLite file that does not exist
+    yet is only checked where it would be made: the run's first job that writes creates
+    it, and a run that fails before (job A on a file whose problem lies past what was
+    checked) leaves no empty database behind."""
+    path = config.database.path
+    if path is not None and not path.exists():
+        _check_database_location(config)
+    else:
+        _open_database(config)
+
+
 def _sqlite_store(
     config: PipelineConfig, path: Path, *, create: bool = True, read_only: bool = False
 ) -> Any:
@@ -450,7 +462,7 @@ def _run_single(
     if outcome is None:
         _check_output_dir(config, jobs)
         if any(spec.uses_database for spec in jobs):
-            _open_database(config)
+            _check_database_for_a_run(config)
         from prefect_pipeline.pipeline.server import prefect_api
 
         # The API first: a configured one that does not answer is one line before the

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,31 @@ def seed_prefect_database(source: Path, target: Path) -> None:
                 db.execute(f'INSERT INTO main."{table}" SELECT * FROM source."{table}"')
 
 
+#: Prefect's services that hold what a process sends its API (their loggers are named
+#: after the class), and the warning each logs when it is drained with items left.
+_DRAINED_SERVICES = ("EventsWorker", "APILogWorker")
+_DRAIN_PROGRESS = "Still processing items"
+
+
+def _not_drain_progress(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(_DRAIN_PROGRESS)
+
+
+def quiet_drain_progress() -> None:
+    """Drop Prefect's "Still processing items: N items remaining..." warning. Idempotent.
+
+    Internal: ``prefect._internal.concurrency.services.QueueService._main_loop`` logs it, on
+    the logger named after the service's class, whenever a service is drained (at the
+    end of a command, or of the process) with items still queued: the last task-run events
+    and log lines of a run that ended a moment before, which the drain then sends. It says
+    nothing wrong, and it printed a WARNING line after the run's result.
+    """
+    for name in _DRAINED_SERVICES:
+        logger = logging.getLogger(name)
+        if _not_drain_progress not in logger.filters:
+            logger.addFilter(_not_drain_progress)
+
+
 def flush_prefect(timeout: float = 5.0) -> None:
     """Send the events and log records a process still holds to Prefect's API, if the
     process loaded Prefect at all (a command that exits without Python's usual shutdown
@@ -136,6 +162,7 @@ def flush_prefect(timeout: float = 5.0) -> None:
     """
     import sys
 
+    quiet_drain_progress()
     if "prefect.events.worker" in sys.modules:
         from prefect.events.worker import EventsWorker
 
@@ -477,6 +504,20 @@ def _check_heartbeats() -> None:
         raise CompatError("prefect.flow_engine.MINIMUM_HEARTBEAT_INTERVAL is gone")
 
 
+def _check_drain_progress() -> None:
+    import inspect
+
+    from prefect._internal.concurrency import services
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    source = inspect.getsource(services)
+    if _DRAIN_PROGRESS not in source or 'getLogger(f"{type(self).__name__}")' not in source:
+        raise CompatError("prefect's QueueService no longer logs its drain as it did")
+    if (EventsWorker.__name__, APILogWorker.__name__) != _DRAINED_SERVICES:
+        raise CompatError("prefect's events and log workers were renamed")
+
+
 #: Internal -> its check.
 CHECKS: dict[str, Callable[[], None]] = {
     "prefect FlowRunContext.run_results": _check_run_results,
@@ -491,6 +532,7 @@ CHECKS: dict[str, Callable[[], None]] = {
     "prefect API clients take a TLS context given": _check_client_tls,
     "distributed SpecCluster._created and Nanny.pid": _check_spec_cluster_created,
     "prefect flow run heartbeats": _check_heartbeats,
+    "prefect QueueService drain warning": _check_drain_progress,
 }
 
 

@@ -18,7 +18,11 @@ from prefect import flow
 from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Failed
 
-from prefect_pipeline.compat import plain_http_clients, prompt_heartbeat_stop
+from prefect_pipeline.compat import (
+    plain_http_clients,
+    prompt_heartbeat_stop,
+    quiet_drain_progress,
+)
 from prefect_pipeline.config import PipelineConfig
 from prefect_pipeline.interrupts import caused_by_interrupt
 from prefect_pipeline.logs import get_logger
@@ -34,8 +38,10 @@ logger = get_logger("flows")
 # Before this process makes its first Prefect client (its flow runs' own, their log and
 # event workers'): see ``plain_http_clients``.
 plain_http_clients()
-# Every flow run of this module ends when its work does, not up to 1 s later.
+# Every flow run of this module ends when its work does, not up to 1 s later; what it
+# sent last is still queued then, and its drain at exit is no warning.
 prompt_heartbeat_stop()
+quiet_drain_progress()
 
 __all__ = [
     "PipelineDefinition",
