@@ -636,6 +636,27 @@ def _harness(results: Path, *args: str, env: dict[str, str] | None = None, timeo
     )  # fmt: skip
 
 
+def test_the_shared_server_is_paused_while_the_temporary_column_is_measured(
+    tmp_path: Path,
+) -> None:
+    """``paused_server``: the process group of the server the harness started is stopped
+    (no CPU) for the block, and runs again after; one it was given is left alone."""
+    server = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        ctx = run.Context(scratch=tmp_path, timeout_s=10, api_url="http://x/api",
+                          api_pid=server.pid)  # fmt: skip
+        process = psutil.Process(server.pid)
+        with run.paused_server(ctx):
+            assert process.status() == psutil.STATUS_STOPPED
+        assert process.status() != psutil.STATUS_STOPPED
+        given = run.Context(scratch=tmp_path, timeout_s=10, api_url="http://x/api")
+        with run.paused_server(given):
+            assert process.status() != psutil.STATUS_STOPPED
+    finally:
+        server.kill()
+        server.wait()
+
+
 def test_fixed_costs_suite(tmp_path: Path) -> None:
     """The suite's plumbing, with the stub CLI and a fake running server's address."""
     log = tmp_path / "stub.log"
