@@ -60,7 +60,7 @@ def run_environment(options: ParallelOptions) -> Iterator[Environment]:
     ``options.workers == 0`` runs the jobs in a thread of this process, without Dask.
     Everything started is stopped on exit, on error and on Ctrl-C.
     """
-    with PrefectApi() as api:
+    with PrefectApi(announced=True) as api:  # by the run's start-up line
         if options.workers == 0:
             from prefect.task_runners import ThreadPoolTaskRunner
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import socket
@@ -170,7 +171,10 @@ class PrefectApi:
     and that one is used.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, announced: bool = False) -> None:
+        #: The caller has said already that a temporary server starts (a run's start-up
+        #: line): its address, dead once the command ends, is then logged at DEBUG only.
+        self.announced = announced
         self.url: str | None = None
         self.temporary = False
         self._stack = ExitStack()
@@ -203,7 +207,7 @@ class PrefectApi:
         # Dask worker processes inherit the environment (the task context carries it too).
         self._export("PREFECT_API_URL", self.url)
         self._server = _TemporaryServer(port)
-        self._server.spawn()
+        self._server.spawn(announce=not self.announced)
         self._thread = threading.Thread(target=self._wait_healthy, daemon=True)
         self._thread.start()
         return self
@@ -343,14 +347,15 @@ class _TemporaryServer:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
-    def spawn(self) -> None:
-        """Start the server's process (returns at once)."""
+    def spawn(self, *, announce: bool = True) -> None:
+        """Start the server's process (returns at once); ``announce``: say so at INFO."""
         import importlib.util
 
         spec = importlib.util.find_spec("prefect")
         assert spec is not None and spec.submodule_search_locations
         app_dir = Path(next(iter(spec.submodule_search_locations))).parent
-        logger.info("starting a temporary Prefect server on %s", self.api_url)
+        level = logging.INFO if announce else logging.DEBUG
+        logger.log(level, "starting a temporary Prefect server on %s", self.api_url)
         env = {
             **os.environ,
             **TEMPORARY_SERVER_ENV,
