@@ -151,6 +151,12 @@ def _not_a_database(tmp_path: Path) -> tuple[Path, str]:
     return db, f"{db}: cannot be used: file is not a database"
 
 
+def _a_link_to_nowhere(tmp_path: Path) -> tuple[Path, str]:
+    db = tmp_path / "link.db"
+    db.symlink_to(tmp_path / "no-such-folder" / "pipeline.db")  # SQLite makes no folder
+    return db, f"{db}: cannot be used: unable to open database file"
+
+
 @pytest.mark.parametrize(
     ("command", "location"),
     [
@@ -158,6 +164,7 @@ def _not_a_database(tmp_path: Path) -> tuple[Path, str]:
         ("run", _a_directory),
         ("run", _not_a_database),
         ("run-all", _under_a_file),
+        ("run-all", _a_link_to_nowhere),
     ],
 )
 def test_an_unusable_database_is_one_line_before_prefect(

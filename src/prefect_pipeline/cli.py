@@ -222,9 +222,9 @@ def _check_database_for_a_run(config: PipelineConfig) -> None:
     it, and a run that fails before (job A on a file whose problem lies past what was
     checked) leaves no empty database behind."""
     path = config.database.path
-    if path is not None and not path.exists():
+    if path is not None and not path.exists() and not path.is_symlink():
         _check_database_location(config)
-    else:
+    else:  # a symlink that leads nowhere is opened too: its target may not be creatable
         _open_database(config)
 
 
