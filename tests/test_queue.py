@@ -1092,3 +1092,25 @@ def test_an_expired_lease_on_the_last_attempt_fails_the_input(
     assert row["last_error"] == (
         "lease expired on its last attempt (the command running it stopped or died)"
     )
+
+
+def test_requeued_inputs_leave_their_run_and_status_shows_the_last_run_with_outcomes(
+    pipeline: Invoke, config: PipelineConfig, tmp_path: Path
+) -> None:
+    """A run whose every input failed, then a later one that succeeded: requeueing the
+    failed ones makes them pending and takes them out of their run, so the last run
+    ``status`` shows stays the later one, dated when it settled its inputs."""
+    bad = write_files(tmp_path / "bad", {"b.bin": "\x00"})["b.bin"]
+    good = tmp_path / "good"
+    write_files(good, {"g.txt": "fine\n"})
+    failed = json.loads(pipeline("run-parallel", bad.parent, "--workers", "0", "--json").stdout)
+    done = json.loads(pipeline("run-parallel", good, "--workers", "0", "--json").stdout)
+    assert (failed["failed"], done["succeeded"]) == (1, 1)
+    last = json.loads(pipeline("status", "--json").stdout)["last_run"]
+    assert last["run_id"] == done["run_id"]
+
+    assert pipeline("requeue", "--failed").stdout == "1 input(s) requeued\n"
+
+    assert json.loads(pipeline("status", "--json").stdout)["last_run"] == last
+    [row] = rows(config, "path = ?", (str(bad),))
+    assert (row["status"], row["run_id"]) == ("pending", None)

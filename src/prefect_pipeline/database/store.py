@@ -325,9 +325,12 @@ _QUEUE = (
     " claim_token = NULL, lease_expires_at = NULL, finished_at = NULL,"
     " updated_at = excluded.updated_at"
 )
+# A requeued input is no longer its last run's outcome: it leaves that run (``run_id``), so
+# that ``status`` does not date the run by the requeue, nor count it as the last run.
 _REQUEUE = (
     "UPDATE pipeline_inputs SET status = 'pending', attempts = 0, not_before = NULL,"
-    " claim_token = NULL, lease_expires_at = NULL, finished_at = NULL, updated_at = ?"
+    " claim_token = NULL, lease_expires_at = NULL, finished_at = NULL, run_id = NULL,"
+    " updated_at = ?"
 )
 
 # Jobs B and C run these on a whole group of inputs (``group_job``), a few statements per
@@ -746,9 +749,9 @@ class Store(ABC):
         return counts
 
     def run_unchanged(self, run_id: str) -> list[dict[str, str]]:
-        """One run's inputs whose content was stored already (by another path, or by their
-        own before they changed and changed back), as skipped inputs: by path, the reason
-        naming the batch."""
+        """One run's inputs that ran and found their content stored already (a touched
+        file, its content the same), as skipped inputs: by path, the reason naming the
+        batch."""
         return [
             {"input": path, "reason": f"content already stored (batch {batch_id})"}
             for path, batch_id in self.execute(_RUN_UNCHANGED, (run_id,))
@@ -806,9 +809,9 @@ class Store(ABC):
             "SELECT id, path, created_at FROM pipeline_inputs WHERE status = 'pending'"
             " ORDER BY created_at, id LIMIT 1"
         ).fetchone()
-        # A run's time: when it last settled an input (a later requeue of some of them
-        # changes their rows, not when the run ran); when it settled none (interrupted,
-        # its claims given back), when it last changed one.
+        # A run's time: when it last settled an input; when it settled none (interrupted,
+        # its claims given back), when it last changed one. (A requeued input has left
+        # its run.)
         last_run = self.execute(
             "SELECT run_id, flow_run_id, flow_run_url,"
             " coalesce(max(finished_at), max(updated_at)) AS at FROM pipeline_inputs"

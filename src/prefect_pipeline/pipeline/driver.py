@@ -332,11 +332,13 @@ def read_summary(plan: Plan) -> RunSummary:
     ledger = plan.ledger
     counts = ledger.run_counts()
     summary.run_id = ledger.run_id
-    summary.succeeded = counts["done"] - counts["unchanged"]
     summary.failed = counts["failed"]
     summary.pending = counts["pending"] + counts["processing"]
     # Those registration skipped, and those that ran and found their content stored.
-    summary.skipped_inputs = [*plan.source.skipped_inputs, *ledger.run_unchanged()]
+    unchanged = ledger.run_unchanged()
+    # (Read after the counts: an input settled in between is in neither total twice.)
+    summary.succeeded = counts["done"] - len(unchanged)
+    summary.skipped_inputs = [*plan.source.skipped_inputs, *unchanged]
     summary.ignored_paths = list(plan.source.ignored_paths)
     summary.unreadable_paths = list(plan.source.unreadable_paths)
     summary.skipped = len(summary.skipped_inputs)

@@ -28,7 +28,8 @@ class RunSummary:
     total: int = 0
     succeeded: int = 0
     failed: int = 0
-    #: Inputs that needed nothing (unchanged since their last run).
+    #: Inputs that needed nothing: unchanged since their last run, their content stored
+    #: already, or rejected before (``skipped_inputs`` lists each with its reason).
     skipped: int = 0
     #: Inputs not run because another live command holds them (their outcome is that
     #: command's; a rerun after it ends, or after the lease, takes what it left).
