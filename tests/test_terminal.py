@@ -411,6 +411,13 @@ def test_prefects_crash_report_of_an_interrupt_stays_off_the_terminal() -> None:
          logging.ERROR, None),
         ("prefect.flow_runs", "Finished in state Failed('1 of 2 input(s) failed')",
          logging.ERROR, None),
+        # Nor is an error that only mentions a signal.
+        ("prefect.flow_runs", "Crash detected! Execution was interrupted by an unexpected "
+         "exception: RuntimeError('ffmpeg aborted by a termination signal')",
+         logging.ERROR, None),
+        ("prefect.task_runs",
+         "Finished in state Failed('job A: a.txt: converter aborted by an interrupt signal')",
+         logging.ERROR, None),
     ],
 )  # fmt: skip
 def test_prefects_report_of_a_run_a_signal_stopped_is_a_warning_that_says_interrupted(

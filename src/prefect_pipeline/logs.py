@@ -47,8 +47,11 @@ _TASK_RUNNER_LOGGER = "prefect.task_runner"
 # existed: "Crash detected! Execution was aborted by an interrupt signal." at ERROR, and the
 # Crashed state it ends in.
 _ENGINE_LOGGER = "prefect.engine"
-# Its messages for a KeyboardInterrupt (SIGINT) and a TerminationSignal (SIGTERM).
-_INTERRUPTED = ("aborted by an interrupt signal", "aborted by a termination signal")
+# Its state messages for a KeyboardInterrupt (SIGINT) and a TerminationSignal (SIGTERM).
+_INTERRUPTED = (
+    "Execution was aborted by an interrupt signal.",
+    "Execution was aborted by a termination signal.",
+)
 
 # Prefect logs the end of a task run in any state but Completed at ERROR ("Finished in
 # state ..."). A job's task run ends Cancelled when its run stopped with the group on a
@@ -94,8 +97,17 @@ def terminal_level() -> str:
     return _terminal_level
 
 
+# Prefect's lines about a run an interrupt stopped, exactly (a real error that merely
+# mentions a signal stays one): its crash report, and a task run's end.
+_INTERRUPT_LINES = frozenset(
+    line
+    for state in _INTERRUPTED
+    for line in (f"Crash detected! {state}", f"Finished in state Crashed({state!r})")
+)
+
+
 def _interrupted(message: str) -> bool:
-    return any(words in message for words in _INTERRUPTED)
+    return message in _INTERRUPT_LINES
 
 
 def shown_on_terminal(record: logging.LogRecord, level: str | None = None) -> bool:
