@@ -94,6 +94,12 @@ TEMPORARY_SERVER_ENV = {
     "PREFECT_UI_ENABLED": "0",
     "PREFECT__SERVER_EPHEMERAL": "1",
     "PREFECT__SERVER_FINAL": "1",
+    # Nor does it register the block types of every installed collection at its start:
+    # loading them imported prefect-dask, Dask and numpy into it (30 MB of its 225 MB).
+    # The runs use no block; a server that keeps the database (pipeline server start,
+    # prefect server start) registers them.
+    "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+    "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
 }
 #: The application factory uvicorn runs for that server.
 SERVER_APP_FACTORY = "prefect.server.api.server:create_app"
@@ -302,6 +308,22 @@ def plain_http_clients() -> None:
 
 
 _PROMPT_HEARTBEATS_INSTALLED = False
+#: The source of the Prefect function ``_send_heartbeats`` replaces (prefect 3.8.8), by its
+#: SHA-256: a release that changes it keeps its own (``prompt_heartbeat_stop``).
+_HEARTBEATS_SOURCE_SHA256 = "83e152cb73a04e977ca181188e99b3d583c894892b5456043b2eb51e45dbe996"
+#: Prefect's own function, once replaced.
+_prefect_send_heartbeats: Any = None
+
+
+def _heartbeats_source_matches(function: Any) -> bool:
+    import hashlib
+    import inspect
+
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        return False
+    return hashlib.sha256(source.encode()).hexdigest() == _HEARTBEATS_SOURCE_SHA256
 
 
 def prompt_heartbeat_stop() -> None:
@@ -314,14 +336,20 @@ def prompt_heartbeat_stop() -> None:
     the thread, so every flow run ended up to 1 s later than its work (0.9 s measured on a
     3-line ``run-all``, a fifth of it). This is the same context manager with the sleep
     made a wait on the stop event: heartbeats are sent as often, and the end is at once.
+    Only in place of the function it copies (the source's digest): a release that changed
+    it keeps its own, and ``_check_heartbeats`` fails until this copy is brought up to it.
     """
-    global _PROMPT_HEARTBEATS_INSTALLED
+    global _PROMPT_HEARTBEATS_INSTALLED, _prefect_send_heartbeats
     if _PROMPT_HEARTBEATS_INSTALLED:
         return
     import prefect.flow_engine as flow_engine
 
-    flow_engine._send_heartbeats = _send_heartbeats  # type: ignore[assignment]
     _PROMPT_HEARTBEATS_INSTALLED = True
+    original = flow_engine._send_heartbeats
+    if not _heartbeats_source_matches(original):
+        return
+    _prefect_send_heartbeats = original
+    flow_engine._send_heartbeats = _send_heartbeats  # type: ignore[assignment]
 
 
 @contextlib.contextmanager
@@ -495,6 +523,12 @@ def _check_heartbeats() -> None:
     original = inspect.getsource(flow_engine)
     if "with _send_heartbeats(self" not in original:
         raise CompatError("prefect.flow_engine no longer sends heartbeats via _send_heartbeats")
+    prefects = _prefect_send_heartbeats or flow_engine._send_heartbeats
+    if not _heartbeats_source_matches(prefects):
+        raise CompatError(
+            "prefect.flow_engine._send_heartbeats changed: compat._send_heartbeats, a copy "
+            "of it, is not used until it is brought up to it (and its digest updated)"
+        )
     engine = flow_engine.FlowRunEngine
     needed = ("heartbeat_seconds", "_build_heartbeat_event_template", "_emit_flow_run_heartbeat")
     for name in needed:
