@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow
 from prefect.context import FlowRunContext
@@ -27,11 +27,15 @@ from prefect_pipeline.config import PipelineConfig
 from prefect_pipeline.interrupts import caused_by_interrupt
 from prefect_pipeline.logs import get_logger
 from prefect_pipeline.pipeline.definition import JobSpec, PipelineDefinition, default_pipeline
-from prefect_pipeline.pipeline.driver import Plan, drive
 from prefect_pipeline.pipeline.observe import PrefectObserver
 from prefect_pipeline.pipeline.single import PipelineResult, precheck
 from prefect_pipeline.pipeline.summary import RunSummary
 from prefect_pipeline.pipeline.wrappers import Group, WorkItem, make_job_task, run_task
+
+if TYPE_CHECKING:
+    # The driver (the ledger, Peewee and its PostgreSQL driver: 12-15 MB) runs in the
+    # command only; a Dask worker imports this module to unpickle its flow, not to drive.
+    from prefect_pipeline.pipeline.driver import Plan
 
 logger = get_logger("flows")
 
@@ -267,6 +271,8 @@ def run_parallel(
     plan.observer = observer
     plan.ledger.stamp_flow_run(observer.flow_run_id, observer.url)
     try:
+        from prefect_pipeline.pipeline.driver import drive
+
         summary = drive(plan)
     finally:
         observer.close()
