@@ -20,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import sysconfig
+import time
 import tracemalloc
 from pathlib import Path
 from types import ModuleType
@@ -646,12 +647,21 @@ def test_the_shared_server_is_paused_while_the_temporary_column_is_measured(
         ctx = run.Context(scratch=tmp_path, timeout_s=10, api_url="http://x/api",
                           api_pid=server.pid)  # fmt: skip
         process = psutil.Process(server.pid)
+
+        def stopped(wanted: bool, within: float = 10) -> bool:  # signals take a moment
+            deadline = time.monotonic() + within
+            while (process.status() == psutil.STATUS_STOPPED) != wanted:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.01)
+            return True
+
         with run.paused_server(ctx):
-            assert process.status() == psutil.STATUS_STOPPED
-        assert process.status() != psutil.STATUS_STOPPED
+            assert stopped(True)
+        assert stopped(False)
         given = run.Context(scratch=tmp_path, timeout_s=10, api_url="http://x/api")
         with run.paused_server(given):
-            assert process.status() != psutil.STATUS_STOPPED
+            assert not stopped(True, within=0.5)
     finally:
         server.kill()
         server.wait()
