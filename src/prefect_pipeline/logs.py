@@ -47,8 +47,8 @@ _TASK_RUNNER_LOGGER = "prefect.task_runner"
 # existed: "Crash detected! Execution was aborted by an interrupt signal." at ERROR, and the
 # Crashed state it ends in.
 _ENGINE_LOGGER = "prefect.engine"
-# Its state messages for a KeyboardInterrupt (SIGINT) and a TerminationSignal (SIGTERM).
-_INTERRUPTED = (
+#: Its state messages for a KeyboardInterrupt (SIGINT) and a TerminationSignal (SIGTERM).
+INTERRUPTED_STATES = (
     "Execution was aborted by an interrupt signal.",
     "Execution was aborted by a termination signal.",
 )
@@ -101,7 +101,7 @@ def terminal_level() -> str:
 # mentions a signal stays one): its crash report, and a task run's end.
 _INTERRUPT_LINES = frozenset(
     line
-    for state in _INTERRUPTED
+    for state in INTERRUPTED_STATES
     for line in (f"Crash detected! {state}", f"Finished in state Crashed({state!r})")
 )
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prefect import flow
-from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Failed
 
 from prefect_pipeline.compat import (
@@ -24,8 +23,7 @@ from prefect_pipeline.compat import (
     quiet_drain_progress,
 )
 from prefect_pipeline.config import PipelineConfig
-from prefect_pipeline.interrupts import caused_by_interrupt
-from prefect_pipeline.logs import get_logger
+from prefect_pipeline.logs import INTERRUPTED_STATES, get_logger
 from prefect_pipeline.pipeline.definition import JobSpec, PipelineDefinition, default_pipeline
 from prefect_pipeline.pipeline.observe import PrefectObserver
 from prefect_pipeline.pipeline.single import PipelineResult, precheck
@@ -82,9 +80,12 @@ class _SingleRun:
 #: password, an input may be a whole document, and job classes are no JSON. So the flow's
 #: parameters only name them (``single_run_parameters``), and the flow finds them here.
 _SINGLE_RUNS: dict[str, _SingleRun] = {}
-#: The flow run of each single-input run whose flow has started, by run key: an interrupt
-#: ends it Cancelled (``end_interrupted``).
-_SINGLE_FLOW_RUNS: dict[str, Any] = {}
+def cancel_if_interrupted(flow: Any, flow_run: Any, state: Any) -> None:
+    """``on_crashed`` of ``run-pipeline``: Prefect calls it as it marks the flow run Crashed
+    (wherever the interrupt landed, before the flow's body too); a crash that a Ctrl-C or
+    SIGTERM caused ends Cancelled instead (``end_interrupted``)."""
+    if getattr(state, "message", None) in INTERRUPTED_STATES:
+        end_interrupted(flow_run.id)
 
 
 def single_run_parameters(
@@ -119,6 +120,7 @@ def single_run_parameters(
     validate_parameters=False,
     persist_result=False,
     log_prints=False,
+    on_crashed=[cancel_if_interrupted],
 )
 def run_pipeline_flow(
     jobs: list[str], input: str, database: str, options: dict[str, Any], run_key: str
@@ -136,9 +138,6 @@ def run_pipeline_flow(
         raise RuntimeError(
             f"run-pipeline: no run {run_key!r} in this process (start it with run_pipeline())"
         )
-    context = FlowRunContext.get()
-    if context is not None and context.flow_run is not None:
-        _SINGLE_FLOW_RUNS[run_key] = context.flow_run.id
     started = time.perf_counter()
     outcome = PipelineResult()
     data = run.input_data
@@ -184,13 +183,8 @@ def run_pipeline(
     )
     try:
         state = run_pipeline_flow(**parameters, return_state=True)
-    except BaseException as exc:
-        if caused_by_interrupt(exc):
-            end_interrupted(_SINGLE_FLOW_RUNS.get(run_key))
-        raise
     finally:
         _SINGLE_RUNS.pop(run_key, None)
-        _SINGLE_FLOW_RUNS.pop(run_key, None)
     return state if return_state else state.result()  # type: ignore[union-attr, attr-defined]
 
 
