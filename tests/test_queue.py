@@ -681,7 +681,8 @@ def test_bad_inputs_fail_at_once_without_stopping_the_drain(
         assert row["claim_token"] is None
         assert row["lease_expires_at"] is None
         assert row["not_before"] is None
-        assert row["finished_at"] is None
+        # When its last run settled it, kept: ``status`` dates that run by it.
+        assert row["finished_at"] is not None
     assert pipeline("requeue", "--failed").stdout == "0 input(s) requeued\n"
 
     paths["latin1.txt"].write_text("ok\ncafé\n", encoding="utf-8")
@@ -968,7 +969,7 @@ def test_requeue_stale_and_by_id(pipeline: Invoke, config: PipelineConfig, tmp_p
     assert mixed.stdout == "1 input(s) requeued\n"
     assert mixed.stderr == "not requeued: #2: already pending\nnot requeued: #99: no such input\n"
     row1 = rows(config, "id = 1")[0]
-    assert (row1["status"], row1["attempts"], row1["finished_at"]) == ("pending", 0, None)
+    assert (row1["status"], row1["attempts"]) == ("pending", 0)
 
     nothing = pipeline("requeue")
     assert nothing.exit_code == 2
@@ -1094,23 +1095,28 @@ def test_an_expired_lease_on_the_last_attempt_fails_the_input(
     )
 
 
-def test_requeued_inputs_leave_their_run_and_status_shows_the_last_run_with_outcomes(
+def test_a_requeue_moves_neither_the_last_run_nor_its_time(
     pipeline: Invoke, config: PipelineConfig, tmp_path: Path
 ) -> None:
     """A run whose every input failed, then a later one that succeeded: requeueing the
-    failed ones makes them pending and takes them out of their run, so the last run
-    ``status`` shows stays the later one, dated when it settled its inputs."""
+    failed ones (or the later run's one) makes them pending, and ``status`` still shows the
+    later run, dated when it settled its input; a claim clears what the requeue kept."""
     bad = write_files(tmp_path / "bad", {"b.bin": "\x00"})["b.bin"]
-    good = tmp_path / "good"
-    write_files(good, {"g.txt": "fine\n"})
+    good = write_files(tmp_path / "good", {"g.txt": "fine\n"})["g.txt"]
     failed = json.loads(pipeline("run-parallel", bad.parent, "--workers", "0", "--json").stdout)
-    done = json.loads(pipeline("run-parallel", good, "--workers", "0", "--json").stdout)
+    done = json.loads(pipeline("run-parallel", good.parent, "--workers", "0", "--json").stdout)
     assert (failed["failed"], done["succeeded"]) == (1, 1)
     last = json.loads(pipeline("status", "--json").stdout)["last_run"]
     assert last["run_id"] == done["run_id"]
 
     assert pipeline("requeue", "--failed").stdout == "1 input(s) requeued\n"
-
     assert json.loads(pipeline("status", "--json").stdout)["last_run"] == last
-    [row] = rows(config, "path = ?", (str(bad),))
-    assert (row["status"], row["run_id"]) == ("pending", None)
+    [good_row] = rows(config, "path = ?", (str(good),))
+    assert pipeline("requeue", str(good_row["id"]), "--force").exit_code == 0
+    assert json.loads(pipeline("status", "--json").stdout)["last_run"] == last
+
+    drained = json.loads(pipeline("drain-db", "--workers", "0", "--json").stdout)
+    assert drained["total"] == 2
+    assert json.loads(pipeline("status", "--json").stdout)["last_run"]["run_id"] == (
+        drained["run_id"]
+    )

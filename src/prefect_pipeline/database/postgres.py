@@ -125,7 +125,8 @@ _CLAIM_DUE = (
     "   WHERE upto - size < %s"  # those that start below the byte cap
     ")"
     " UPDATE pipeline_inputs p SET status = 'processing', claim_token = %s, run_id = %s,"
-    " lease_expires_at = %s, attempts = p.attempts + 1, updated_at = %s,"
+    " lease_expires_at = %s, attempts = p.attempts + 1, finished_at = NULL,"
+    " updated_at = %s,"
     " start_job = coalesce(%s, p.start_job), stop_job = coalesce(%s, p.stop_job),"
     f" ({OWNER_COLUMNS}) = (%s, %s, %s, %s, %s, %s)"
     " FROM capped WHERE p.id = capped.id"

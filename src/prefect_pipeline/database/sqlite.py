@@ -95,7 +95,7 @@ _REGISTER_ALL = (
 
 _CLAIM_DUE = (
     "UPDATE pipeline_inputs SET status = 'processing', claim_token = ?, run_id = ?,"
-    " lease_expires_at = ?, attempts = attempts + 1, updated_at = ?,"
+    " lease_expires_at = ?, attempts = attempts + 1, finished_at = NULL, updated_at = ?,"
     " start_job = coalesce(?, start_job), stop_job = coalesce(?, stop_job),"
     f" ({OWNER_COLUMNS}) = (?, ?, ?, ?, ?, ?)"
     " WHERE id IN (SELECT id FROM ("

@@ -322,15 +322,13 @@ _QUEUE = (
     " ON CONFLICT (path) DO UPDATE SET status = 'pending',"
     " output_path = excluded.output_path, size = excluded.size,"
     " mtime_ns = excluded.mtime_ns, attempts = 0, not_before = NULL,"
-    " claim_token = NULL, lease_expires_at = NULL, finished_at = NULL,"
-    " updated_at = excluded.updated_at"
+    " claim_token = NULL, lease_expires_at = NULL, updated_at = excluded.updated_at"
 )
-# A requeued input is no longer its last run's outcome: it leaves that run (``run_id``), so
-# that ``status`` does not date the run by the requeue, nor count it as the last run.
+# Queued or requeued, an input keeps its last run (``run_id``) and when that run settled it
+# (``finished_at``), which ``status`` dates the run by: a claim clears them.
 _REQUEUE = (
     "UPDATE pipeline_inputs SET status = 'pending', attempts = 0, not_before = NULL,"
-    " claim_token = NULL, lease_expires_at = NULL, finished_at = NULL, run_id = NULL,"
-    " updated_at = ?"
+    " claim_token = NULL, lease_expires_at = NULL, updated_at = ?"
 )
 
 # Jobs B and C run these on a whole group of inputs (``group_job``), a few statements per
@@ -809,9 +807,8 @@ class Store(ABC):
             "SELECT id, path, created_at FROM pipeline_inputs WHERE status = 'pending'"
             " ORDER BY created_at, id LIMIT 1"
         ).fetchone()
-        # A run's time: when it last settled an input; when it settled none (interrupted,
-        # its claims given back), when it last changed one. (A requeued input has left
-        # its run.)
+        # A run's time: when it last settled an input (a requeue keeps that); when it
+        # settled none (interrupted, its claims given back), when it last changed one.
         last_run = self.execute(
             "SELECT run_id, flow_run_id, flow_run_url,"
             " coalesce(max(finished_at), max(updated_at)) AS at FROM pipeline_inputs"
