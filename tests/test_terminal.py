@@ -41,7 +41,8 @@ COUNTS = re.compile(
     r"\(of (?P<total>\d+) input\(s\)\); \d+ record\(s\) written"
 )
 TIMES = re.compile(
-    r"(?P<elapsed>[\d.]+) s elapsed \([\d.]+ s start-up\); (?P<rate>[\d.]+) files/s, "
+    r"(?P<elapsed>[\d.]+) s elapsed \(first input stored after [\d.]+ s\); "
+    r"(?P<rate>[\d.]+) files/s, "
     r"\d+ records/s"
 )
 #: SGR sequences that set a colour (30-37, 38;..., 90-97, and their backgrounds).
