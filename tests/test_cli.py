@@ -516,3 +516,23 @@ def test_a_reader_that_closed_the_pipe_gets_no_traceback(
     finally:
         os.close(write_end)
     assert (result.returncode, result.stderr) == (141, "")
+
+
+def test_an_interrupted_single_run_says_how_to_go_on_from_the_job_it_stopped_in(
+    config: PipelineConfig, sample_file: Path
+) -> None:
+    """Job A ended (its JSON written), the run stopped in job B: the command to go on runs B
+    on that JSON; a run stopped in job C after B's batch, C on the batch."""
+    from prefect_pipeline.cli import _how_to_go_on
+    from prefect_pipeline.jobs import JobA
+    from prefect_pipeline.pipeline.definition import default_pipeline
+    from prefect_pipeline.pipeline.single import PipelineResult
+
+    job_a = JobA(config).execute(sample_file)
+    assert job_a.success, job_a.error
+    output = config.output_dir / "sample_processed.json"
+
+    assert _how_to_go_on(PipelineResult([job_a]), default_pipeline()) == (
+        f"to go on from there: pipeline run {output} --start-from B"
+    )
+    assert _how_to_go_on(PipelineResult([]), default_pipeline()) is None

@@ -565,16 +565,19 @@ def test_a_signal_stops_a_single_input_run_and_its_flow_run_ends_cancelled(
     line = "a line of a large file, streamed in chunks\n"
     large.write_text(line * (96 * 1024 * 1024 // len(line)))
     env = own_server_env(tmp_path)
-    runner = start(processes, command(config, "run-all", large), env, new_group=True)
+    runner = start(processes, command(config, "run-all", large, "--json"), env, new_group=True)
     deadline = time.monotonic() + TIMEOUT
     while not temporary_files(config.output_dir):  # job A has begun writing the file
         assert runner.poll() is None and time.monotonic() < deadline, runner.poll()
         time.sleep(0.02)
 
     os.killpg(runner.pid, signal.SIGTERM)
-    _, stderr = runner.communicate(timeout=TIMEOUT)
+    stdout, stderr = runner.communicate(timeout=TIMEOUT)
 
     assert runner.returncode == 130, stderr
+    # What it did: no job ended.
+    result = json.loads(stdout)
+    assert (result["success"], result["stopped"], result["jobs"]) == (False, "interrupted", [])
     assert files_under(config.output_dir) == []
     home = Path(env["PREFECT_HOME"])
     with closing(sqlite3.connect(f"file:{home / 'prefect.db'}?mode=ro", uri=True)) as db:

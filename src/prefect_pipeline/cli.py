@@ -72,10 +72,10 @@ class RunBroken(click.ClickException):
     exit_code = EXIT_BROKEN
 
 
-def _say_interrupted() -> None:
+def _say_interrupted(then: str | None = None) -> None:
     # With --log-level OFF the command prints only its result: nothing, when there is none.
     if click.get_current_context().find_root().params.get("log_level", "INFO").upper() != "OFF":
-        click.echo("Interrupted.", err=True)
+        click.echo("Interrupted." + (f" ({then})" if then else ""), err=True)
 
 
 class NoSuchDatabase(click.ClickException):
@@ -463,30 +463,68 @@ def _run_single(
         _check_output_dir(config, jobs)
         if any(spec.uses_database for spec in jobs):
             _check_database_for_a_run(config)
+        from prefect_pipeline.exceptions import Interrupted
         from prefect_pipeline.pipeline.server import prefect_api
 
-        # The API first: a configured one that does not answer is one line before the
-        # seconds of importing Prefect (and a temporary server starts meanwhile).
-        with prefect_api():
-            from prefect_pipeline.pipeline.flows import run_jobs
+        try:
+            # The API first: a configured one that does not answer is one line before the
+            # seconds of importing Prefect (and a temporary server starts meanwhile).
+            with prefect_api():
+                from prefect_pipeline.pipeline.flows import run_jobs
 
-            outcome = run_jobs(
-                input_data,
-                definition,
-                config,
-                start_from=start_from,
-                stop_after=stop_after,
-                force=force,
-            )
+                outcome = run_jobs(
+                    input_data,
+                    definition,
+                    config,
+                    start_from=start_from,
+                    stop_after=stop_after,
+                    force=force,
+                )
+        except Interrupted as stopped:
+            # What the jobs that ended did, then how to go on from there.
+            _report_single(stopped.summary, input_data, as_json, stopped=stopped.how)
+            _say_interrupted(_how_to_go_on(stopped.summary, definition))
+            sys.exit(EXIT_INTERRUPTED)
+    _report_single(outcome, input_data, as_json)
+    if not outcome.success:
+        failed = outcome.failed
+        assert failed is not None
+        if as_json:
+            sys.exit(EXIT_FAILED)
+        raise click.ClickException(f"job {failed.job_name}: {failed.error}")
+
+
+def _how_to_go_on(done: Any, definition: Any) -> str | None:
+    """After an interrupt: the command that takes the run on from the job it stopped in,
+    when the jobs before it ended well (job B's batch is stored, not finalized: job C)."""
+    if not done.results or not done.success:
+        return None
+    names = [spec.name for spec in definition]
+    last = done.results[-1]
+    following = names.index(last.job_name) + 1
+    # What the next job takes: a batch id, or the file a job wrote (job A's JSON).
+    given = last.output if isinstance(last.output, str | int) else None
+    given = given or (last.details or {}).get("output_path")
+    if following < len(names) and given is not None:
+        return f"to go on from there: pipeline run {given} --start-from {names[following]}"
+    return None
+
+
+def _report_single(
+    outcome: Any, input_data: str, as_json: bool, stopped: str | None = None
+) -> None:
+    """A single-input run's result: a line per job that ended well, or one JSON object
+    (``stopped``: how a run that did not reach its end stopped)."""
     if as_json:
         click.echo(
             json.dumps(
                 {
-                    "success": outcome.success,
+                    "success": outcome.success and stopped is None,
                     "input": input_data,
                     "output": outcome.output if not isinstance(outcome.output, Mapping) else None,
                     "error": outcome.error,
                     "duration_s": round(outcome.duration, 4),
+                    "stopped": stopped,
                     "jobs": [
                         {
                             "job": r.job_name,
@@ -505,12 +543,6 @@ def _run_single(
         for result in outcome.results:
             if result.success:
                 click.echo(f"{result.job_name}: {_describe(result)}")
-    if not outcome.success:
-        failed = outcome.failed
-        assert failed is not None
-        if as_json:
-            sys.exit(EXIT_FAILED)
-        raise click.ClickException(f"job {failed.job_name}: {failed.error}")
 
 
 @cli.command(short_help="Run a range of jobs on one input.")

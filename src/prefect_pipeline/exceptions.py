@@ -68,9 +68,10 @@ class ClaimLostError(PipelineError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """A run over many inputs stopped before its end: Ctrl-C or SIGTERM (``how ==
-    "interrupted"``), or a Cancel in Prefect (``how == "cancelled"``). Its claims were given
-    back; ``summary`` holds what it did. A ``KeyboardInterrupt``, so that code that stops
+    """A run stopped before its end: Ctrl-C or SIGTERM (``how == "interrupted"``), or a
+    Cancel in Prefect (``how == "cancelled"``). ``summary`` holds what it did: a run over
+    many inputs' ``RunSummary`` (its claims were given back), a single-input run's
+    ``PipelineResult`` of the jobs that ended. A ``KeyboardInterrupt``, so that code that stops
     on Ctrl-C still does. ``how == "after its end"``: the run had ended (``summary`` is its
     result, ``summary.stopped`` None), the signal came while its cluster and server
     stopped."""

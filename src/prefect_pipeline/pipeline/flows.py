@@ -23,6 +23,8 @@ from prefect_pipeline.compat import (
     quiet_drain_progress,
 )
 from prefect_pipeline.config import PipelineConfig
+from prefect_pipeline.exceptions import Interrupted
+from prefect_pipeline.interrupts import caused_by_interrupt
 from prefect_pipeline.logs import INTERRUPTED_STATES, get_logger
 from prefect_pipeline.pipeline.definition import JobSpec, PipelineDefinition, default_pipeline
 from prefect_pipeline.pipeline.observe import PrefectObserver
@@ -80,6 +82,9 @@ class _SingleRun:
 #: password, an input may be a whole document, and job classes are no JSON. So the flow's
 #: parameters only name them (``single_run_parameters``), and the flow finds them here.
 _SINGLE_RUNS: dict[str, _SingleRun] = {}
+#: What each of them has done so far (the jobs that ended), by run key: an interrupted
+#: run's ``Interrupted`` carries it.
+_SINGLE_OUTCOMES: dict[str, PipelineResult] = {}
 def cancel_if_interrupted(flow: Any, flow_run: Any, state: Any) -> None:
     """``on_crashed`` of ``run-pipeline``: Prefect calls it as it marks the flow run Crashed
     (wherever the interrupt landed, before the flow's body too); a crash that a Ctrl-C or
@@ -139,7 +144,7 @@ def run_pipeline_flow(
             f"run-pipeline: no run {run_key!r} in this process (start it with run_pipeline())"
         )
     started = time.perf_counter()
-    outcome = PipelineResult()
+    outcome = _SINGLE_OUTCOMES[run_key] = PipelineResult()
     data = run.input_data
     for spec in run.jobs:
         [result] = run_task(make_job_task(spec), Group([WorkItem(data)]), run.config, run.force)
@@ -183,8 +188,16 @@ def run_pipeline(
     )
     try:
         state = run_pipeline_flow(**parameters, return_state=True)
+    except BaseException as exc:
+        done = _SINGLE_OUTCOMES.get(run_key)
+        if done is not None and caused_by_interrupt(exc):
+            # What the jobs that ended did (a batch stored, not yet finalized...), for the
+            # caller to say: the interrupt's own traceback says nothing more.
+            raise Interrupted(done) from None
+        raise
     finally:
         _SINGLE_RUNS.pop(run_key, None)
+        _SINGLE_OUTCOMES.pop(run_key, None)
     return state if return_state else state.result()  # type: ignore[union-attr, attr-defined]
 
 
