@@ -500,3 +500,26 @@ def test_a_closed_stderr_costs_the_log_lines_not_the_run(tmp_path: Path, tree: P
     assert result.returncode == 1  # zbad.txt fails; every other input is done
     summary = json.loads(result.stdout)
     assert (summary["succeeded"], summary["failed"]) == (20, 1)
+
+
+def test_the_bar_stays_one_line_on_a_narrow_terminal() -> None:
+    """At 80 columns the figures that do not fit are cut (…), not wrapped onto a second
+    line that each refresh would leave behind."""
+    import io
+
+    from rich.console import Console
+
+    from prefect_pipeline.pipeline.progress import Progress
+
+    progress = Progress(False, started_at=time.time() - 7.3)
+    progress.set_total(100)
+    progress.found(100)
+    progress.advance(24)
+    def shown(width: int) -> list[str]:
+        console = Console(width=width, file=io.StringIO(), color_system=None)
+        console.print(progress._render())
+        return console.file.getvalue().splitlines()  # type: ignore[attr-defined, no-any-return]
+
+    [narrow], [wide] = shown(80), shown(240)
+    assert narrow.startswith("inputs ") and "24/100 24%" in narrow and narrow.endswith("…")
+    assert " · ETA " in wide  # all of it, where it fits

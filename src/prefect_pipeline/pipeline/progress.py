@@ -228,7 +228,8 @@ class Progress:
         else:
             bar = ProgressBar(total=None, width=30)
             count = f"{figures.done} done, {figures.total} found so far"
-        text = Text(count, style="bold")
+        # One line whatever the terminal's width: what does not fit is cut, not wrapped.
+        text = Text(count, style="bold", no_wrap=True, overflow="ellipsis")
         text.append(f" · {figures.files_per_s:.1f} files/s")
         text.append(" · ")
         text.append(f"{figures.failed} failed", style="bold red" if figures.failed else "")
