@@ -1120,3 +1120,33 @@ def test_a_requeue_moves_neither_the_last_run_nor_its_time(
     assert json.loads(pipeline("status", "--json").stdout)["last_run"]["run_id"] == (
         drained["run_id"]
     )
+
+
+def test_a_done_input_whose_batch_a_single_run_replaced_runs_again_and_is_finalized(
+    pipeline: Invoke, config: PipelineConfig, tmp_path: Path
+) -> None:
+    """``run-parallel`` stored and finalized a file's batch; ``run FILE --stop-after B
+    --force`` (or a run-all interrupted in job C) replaced it with a batch not finalized.
+    The file is unchanged, but its recorded batch is gone: the next run-parallel runs it
+    again, finds its content stored, and finalizes that batch, instead of skipping it."""
+    path = write_files(tmp_path / "in", {"a.txt": "one\ntwo\n"})["a.txt"]
+    first = json.loads(pipeline("run-parallel", path.parent, "--workers", "0", "--json").stdout)
+    assert first["succeeded"] == 1
+    replaced = pipeline("run", path, "--stop-after", "B", "--force")
+    assert replaced.exit_code == 0, replaced.output
+    [(batch, status)] = query(config.db_path, "SELECT id, status FROM processing_batches")
+    assert status == "pending" and rows(config)[0]["batch_id"] != batch
+
+    again = json.loads(pipeline("run-parallel", path.parent, "--workers", "0", "--json").stdout)
+
+    assert again["skipped_inputs"] == [
+        {"input": str(path), "reason": f"content already stored (batch {batch})"}
+    ]
+    [(kept, now)] = query(config.db_path, "SELECT id, status FROM processing_batches")
+    assert (kept, now) == (batch, "finalized")
+    assert rows(config)[0]["batch_id"] == batch
+    # And then it is unchanged since its last run, its batch there: skipped as such.
+    third = json.loads(pipeline("run-parallel", path.parent, "--workers", "0", "--json").stdout)
+    assert third["skipped_inputs"] == [
+        {"input": str(path), "reason": "unchanged since its last run"}
+    ]

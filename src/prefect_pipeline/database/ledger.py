@@ -228,6 +228,12 @@ class Ledger:
         with self.store.transaction():
             take_over_dead_owners(self.store, self.owner, claim.now)
             existing = self.store.inputs_by_path([f.path for f in found])
+            # A done input whose batch is gone runs again, changed or not: a run over that
+            # path alone replaced the batch since, and may have stopped before finalizing
+            # its own (job B then finds that content stored, and job C finalizes it).
+            stored = self.store.batches(
+                [r.batch_id for r in existing.values() if r.status == DONE and r.batch_id]
+            )
             wanted: dict[str, FoundInput] = {}
             for entry in found:
                 row = existing.get(entry.path)
@@ -239,8 +245,9 @@ class Ledger:
                         result.held.append(Held(entry.path, who, until))
                         continue
                     job_range = (start_job, stop_job)
+                    batch_kept = row.batch_id is None or row.batch_id in stored
                     if not force and (
-                        (row.status == DONE and unchanged(row, entry, job_range))
+                        (row.status == DONE and unchanged(row, entry, job_range) and batch_kept)
                         or rejected_unchanged(row, entry, job_range, self.max_line_bytes)
                     ):
                         why = _UNCHANGED if row.status == DONE else rejected_reason(row.outcome)
