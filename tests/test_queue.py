@@ -1150,3 +1150,31 @@ def test_a_done_input_whose_batch_a_single_run_replaced_runs_again_and_is_finali
     assert third["skipped_inputs"] == [
         {"input": str(path), "reason": "unchanged since its last run"}
     ]
+
+
+def test_a_done_input_whose_batch_other_content_replaced_is_still_skipped(
+    pipeline: Invoke, config: PipelineConfig, tmp_path: Path
+) -> None:
+    """Its batch is gone, but because a run stored other content for the path on purpose
+    (finalized): the unchanged input is skipped, not run again to write its old content
+    back (two JSON files of one source, run from B, swapped the stored content forever)."""
+    path = write_files(tmp_path / "in", {"a.txt": "one\ntwo\n"})["a.txt"]
+    stat = path.stat()
+    assert json.loads(
+        pipeline("run-parallel", path.parent, "--workers", "0", "--json").stdout
+    )["succeeded"] == 1
+    path.write_text("uno\ndos\n")  # the same size
+    assert pipeline("run-all", path).exit_code == 0
+    path.write_text("one\ntwo\n")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as the ledger recorded it
+    [(other, status)] = query(config.db_path, "SELECT id, status FROM processing_batches")
+    assert status == "finalized"
+
+    again = json.loads(pipeline("run-parallel", path.parent, "--workers", "0", "--json").stdout)
+
+    assert again["skipped_inputs"] == [
+        {"input": str(path), "reason": "unchanged since its last run"}
+    ]
+    assert [tuple(r) for r in query(config.db_path, "SELECT id FROM processing_batches")] == [
+        (other,)
+    ]

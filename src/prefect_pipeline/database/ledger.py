@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
@@ -228,12 +228,7 @@ class Ledger:
         with self.store.transaction():
             take_over_dead_owners(self.store, self.owner, claim.now)
             existing = self.store.inputs_by_path([f.path for f in found])
-            # A done input whose batch is gone runs again, changed or not: a run over that
-            # path alone replaced the batch since, and may have stopped before finalizing
-            # its own (job B then finds that content stored, and job C finalizes it).
-            stored = self.store.batches(
-                [r.batch_id for r in existing.values() if r.status == DONE and r.batch_id]
-            )
+            unfinished = self._unfinished(existing.values())
             wanted: dict[str, FoundInput] = {}
             for entry in found:
                 row = existing.get(entry.path)
@@ -245,9 +240,12 @@ class Ledger:
                         result.held.append(Held(entry.path, who, until))
                         continue
                     job_range = (start_job, stop_job)
-                    batch_kept = row.batch_id is None or row.batch_id in stored
                     if not force and (
-                        (row.status == DONE and unchanged(row, entry, job_range) and batch_kept)
+                        (
+                            row.status == DONE
+                            and unchanged(row, entry, job_range)
+                            and row.path not in unfinished
+                        )
                         or rejected_unchanged(row, entry, job_range, self.max_line_bytes)
                     ):
                         why = _UNCHANGED if row.status == DONE else rejected_reason(row.outcome)
@@ -273,6 +271,22 @@ class Ledger:
                     )
                 )
         return result
+
+    def _unfinished(self, rows: Iterable[InputRow]) -> set[str]:
+        """The paths of done inputs that run again, changed or not: their batch is gone and
+        their content waits in a batch not finalized. A run of that path alone (``run``,
+        ``run-all``) replaced the batch, then stopped before job C; run again, job B finds
+        that content stored and job C finalizes it. (A batch gone because other content
+        replaced it on purpose is left so: the input is skipped as before.)"""
+        done = [r for r in rows if r.status == DONE and r.batch_id and r.sha256]
+        if not done:
+            return set()
+        stored = self.store.batches([r.batch_id for r in done if r.batch_id])
+        gone = [r for r in done if r.batch_id not in stored]
+        if not gone:
+            return set()
+        waiting = self.store.pending_contents([r.sha256 for r in gone if r.sha256])
+        return {r.path for r in gone if r.sha256 in waiting}
 
     def claim_pending(
         self,

@@ -342,6 +342,10 @@ _BATCHES_OF = (
     " WHERE source_path IN ({marks})"
 )
 _GET_BATCHES = "SELECT id, status, record_count FROM processing_batches WHERE id IN ({marks})"
+_PENDING_CONTENTS = (
+    "SELECT DISTINCT sha256 FROM processing_batches WHERE status = 'pending'"
+    " AND sha256 IN ({marks})"
+)
 _DELETE_BATCHES = "DELETE FROM processing_batches WHERE id IN ({marks})"
 _INSERT_BATCHES = (
     "INSERT INTO processing_batches (source_path, sha256, record_count, status, created_at,"
@@ -613,6 +617,14 @@ class Store(ABC):
         for chunk in _chunks(batch_ids):
             sql = _GET_BATCHES.format(marks=_marks(chunk))
             found.update((row[0], (row[1], row[2])) for row in self.execute(sql, chunk))
+        return found
+
+    def pending_contents(self, sha256s: Sequence[str]) -> set[str]:
+        """Which of these contents (SHA-256) a batch not yet finalized holds."""
+        found: set[str] = set()
+        for chunk in _chunks(sha256s):
+            sql = _PENDING_CONTENTS.format(marks=_marks(chunk))
+            found.update(row[0] for row in self.execute(sql, chunk))
         return found
 
     def finalize_batches(self, batch_ids: Sequence[int], at: str) -> None:
