@@ -519,20 +519,30 @@ def test_a_reader_that_closed_the_pipe_gets_no_traceback(
 
 
 def test_an_interrupted_single_run_says_how_to_go_on_from_the_job_it_stopped_in(
-    config: PipelineConfig, sample_file: Path
+    config: PipelineConfig, tmp_path: Path
 ) -> None:
     """Job A ended (its JSON written), the run stopped in job B: the command to go on runs B
-    on that JSON; a run stopped in job C after B's batch, C on the batch."""
+    on that JSON, within the run's range, forced if the run was, its path quoted."""
     from prefect_pipeline.cli import _how_to_go_on
     from prefect_pipeline.jobs import JobA
     from prefect_pipeline.pipeline.definition import default_pipeline
     from prefect_pipeline.pipeline.single import PipelineResult
 
-    job_a = JobA(config).execute(sample_file)
+    source = tmp_path / "my data" / "sample.txt"
+    source.parent.mkdir()
+    source.write_text("one\ntwo\n")
+    config = config.model_copy(update={"output_dir": tmp_path / "my out"})
+    job_a = JobA(config).execute(source)
     assert job_a.success, job_a.error
-    output = config.output_dir / "sample_processed.json"
+    output = f"'{config.output_dir / 'sample_processed.json'}'"  # quoted: a space in it
+    every = default_pipeline().job_range()
 
-    assert _how_to_go_on(PipelineResult([job_a]), default_pipeline()) == (
+    assert _how_to_go_on(PipelineResult([job_a]), every) == (
         f"to go on from there: pipeline run {output} --start-from B"
     )
-    assert _how_to_go_on(PipelineResult([]), default_pipeline()) is None
+    assert _how_to_go_on(PipelineResult([job_a]), every[:2], "B", force=True) == (
+        f"to go on from there: pipeline run {output} --start-from B --stop-after B --force"
+    )
+    # Nothing to go on with: the range ended with A, or no job ended.
+    assert _how_to_go_on(PipelineResult([job_a]), every[:1], "A") is None
+    assert _how_to_go_on(PipelineResult([]), every) is None

@@ -558,7 +558,8 @@ def test_a_signal_stops_a_single_input_run_and_its_flow_run_ends_cancelled(
     config: PipelineConfig, tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
     """``run-all`` on one large file, stopped by a supervisor's SIGTERM in job A: the
-    command exits 130 and leaves no JSON; in Prefect the flow run ends Cancelled, as a run
+    command exits 130, says no job ended (its --json result) and leaves no output file
+    (job A's JSON, half written, is removed); in Prefect the flow run ends Cancelled, as a run
     over many inputs does, and its log has Prefect's crash report of the signal as a
     warning that says it was interrupted, not as an error that says it crashed."""
     large = tmp_path / "large.txt"

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -480,10 +481,14 @@ def _run_single(
                     stop_after=stop_after,
                     force=force,
                 )
-        except Interrupted as stopped:
-            # What the jobs that ended did, then how to go on from there.
-            _report_single(stopped.summary, input_data, as_json, stopped=stopped.how)
-            _say_interrupted(_how_to_go_on(stopped.summary, definition))
+        except KeyboardInterrupt as stopped:
+            # What the jobs that ended did (none, if it stopped while Prefect started), then
+            # how to go on from there.
+            from prefect_pipeline.pipeline.single import PipelineResult
+
+            done = stopped.summary if isinstance(stopped, Interrupted) else PipelineResult()
+            _report_single(done, input_data, as_json, stopped="interrupted")
+            _say_interrupted(_how_to_go_on(done, jobs, stop_after, force))
             sys.exit(EXIT_INTERRUPTED)
     _report_single(outcome, input_data, as_json)
     if not outcome.success:
@@ -494,20 +499,52 @@ def _run_single(
         raise click.ClickException(f"job {failed.job_name}: {failed.error}")
 
 
-def _how_to_go_on(done: Any, definition: Any) -> str | None:
-    """After an interrupt: the command that takes the run on from the job it stopped in,
-    when the jobs before it ended well (job B's batch is stored, not finalized: job C)."""
+def _how_to_go_on(
+    done: Any, jobs: list[Any], stop_after: str | None = None, force: bool = False
+) -> str | None:
+    """After an interrupt: the command that takes the run (``jobs``, the range it ran) on
+    from the job it stopped in, when the jobs before it ended well and the next one takes
+    what the last one made: a batch id (job B's batch, stored, not finalized: job C), or a
+    file it wrote (job A's JSON: job B). Global options given on the command line are
+    repeated, a database URL (it may hold a password) only named."""
     if not done.results or not done.success:
         return None
-    names = [spec.name for spec in definition]
+    names = [spec.name for spec in jobs]
     last = done.results[-1]
-    following = names.index(last.job_name) + 1
-    # What the next job takes: a batch id, or the file a job wrote (job A's JSON).
-    given = last.output if isinstance(last.output, str | int) else None
-    given = given or (last.details or {}).get("output_path")
-    if following < len(names) and given is not None:
-        return f"to go on from there: pipeline run {given} --start-from {names[following]}"
-    return None
+    if last.job_name not in names or names.index(last.job_name) + 1 >= len(names):
+        return None  # the range's last job ended
+    following = names[names.index(last.job_name) + 1]
+    made = last.output
+    if isinstance(made, bool) or not isinstance(made, int):
+        made = (last.details or {}).get("output_path")
+        if not isinstance(made, str) or not os.path.isfile(made):
+            return None
+    words = ["pipeline", *_given_root_options(), "run", str(made), "--start-from", following]
+    if stop_after:
+        words += ["--stop-after", stop_after]
+    if force:
+        words.append("--force")
+    return "to go on from there: " + " ".join(shlex.quote(word) for word in words)
+
+
+def _given_root_options() -> list[str]:
+    """``pipeline``'s own options as the command line gave them (not from the environment:
+    a command run from the same shell gets those again), for a command to suggest."""
+    from click.core import ParameterSource
+
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return []
+    root = context.find_root()
+    given: list[str] = []
+    for param in root.command.params:
+        if not isinstance(param, click.Option) or param.is_flag or param.name not in root.params:
+            continue
+        if root.get_parameter_source(param.name) is not ParameterSource.COMMANDLINE:
+            continue
+        value = "URL" if param.name == "db_url" else root.params[param.name]  # no password
+        given += [param.opts[0], str(value)]
+    return given
 
 
 def _report_single(

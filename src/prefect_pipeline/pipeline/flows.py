@@ -149,6 +149,7 @@ def run_pipeline_flow(
     for spec in run.jobs:
         [result] = run_task(make_job_task(spec), Group([WorkItem(data)]), run.config, run.force)
         outcome.results.append(result)
+        outcome.duration = time.perf_counter() - started  # so far, if the run stops here
         if not result.success:
             break
         data = result.output
@@ -189,11 +190,11 @@ def run_pipeline(
     try:
         state = run_pipeline_flow(**parameters, return_state=True)
     except BaseException as exc:
-        done = _SINGLE_OUTCOMES.get(run_key)
-        if done is not None and caused_by_interrupt(exc):
-            # What the jobs that ended did (a batch stored, not yet finalized...), for the
-            # caller to say: the interrupt's own traceback says nothing more.
-            raise Interrupted(done) from None
+        if caused_by_interrupt(exc):
+            # What the jobs that ended did (a batch stored, not yet finalized...; none, if
+            # the flow had not begun), for the caller to say: the interrupt's own
+            # traceback says nothing more.
+            raise Interrupted(_SINGLE_OUTCOMES.get(run_key) or PipelineResult()) from None
         raise
     finally:
         _SINGLE_RUNS.pop(run_key, None)
