@@ -1178,3 +1178,21 @@ def test_a_done_input_whose_batch_other_content_replaced_is_still_skipped(
     assert [tuple(r) for r in query(config.db_path, "SELECT id FROM processing_batches")] == [
         (other,)
     ]
+
+
+def test_enqueue_queues_a_done_input_whose_batch_a_single_run_replaced_and_drain_finalizes_it(
+    pipeline: Invoke, config: PipelineConfig, tmp_path: Path
+) -> None:
+    """The queue's side of the same case: ``enqueue`` does not count it "already there",
+    and ``drain-db`` finalizes the batch that waits."""
+    path = write_files(tmp_path / "in", {"a.txt": "one\ntwo\n"})["a.txt"]
+    assert pipeline("enqueue", path).stdout == "1 input(s) queued, 0 already there\n"
+    assert pipeline("drain-db", "--workers", "0").exit_code == 0
+    assert pipeline("run", path, "--stop-after", "B", "--force").exit_code == 0
+
+    assert pipeline("enqueue", path).stdout == "1 input(s) queued, 0 already there\n"
+    assert pipeline("drain-db", "--workers", "0").exit_code == 0
+
+    [(batch, status)] = query(config.db_path, "SELECT id, status FROM processing_batches")
+    assert (status, rows(config)[0]["batch_id"]) == ("finalized", batch)
+    assert pipeline("enqueue", path).stdout == "0 input(s) queued, 1 already there\n"

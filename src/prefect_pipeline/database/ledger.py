@@ -45,6 +45,23 @@ def unchanged(row: InputRow, entry: FoundInput, job_range: tuple[str, str] | Non
     )
 
 
+def unfinished_paths(store: Store, rows: Iterable[InputRow]) -> set[str]:
+    """The paths of done inputs (``rows``) that run again, changed or not: their batch is
+    gone and their content waits in a batch not finalized. A run of that path alone
+    (``run``, ``run-all``) replaced the batch, then stopped before job C; run again, job B
+    finds that content stored and job C finalizes it. (A batch gone because other content
+    replaced it on purpose is left so: the input is skipped as before.)"""
+    done = [r for r in rows if r.status == DONE and r.batch_id and r.sha256]
+    if not done:
+        return set()
+    stored = store.batches([r.batch_id for r in done if r.batch_id])
+    gone = [r for r in done if r.batch_id not in stored]
+    if not gone:
+        return set()
+    waiting = store.pending_contents([r.sha256 for r in gone if r.sha256])
+    return {r.path for r in gone if r.sha256 in waiting}
+
+
 def rejected_unchanged(
     row: InputRow, entry: FoundInput, job_range: tuple[str, str] | None, max_line_bytes: int | None
 ) -> bool:
@@ -228,7 +245,7 @@ class Ledger:
         with self.store.transaction():
             take_over_dead_owners(self.store, self.owner, claim.now)
             existing = self.store.inputs_by_path([f.path for f in found])
-            unfinished = self._unfinished(existing.values())
+            unfinished = unfinished_paths(self.store, existing.values())
             wanted: dict[str, FoundInput] = {}
             for entry in found:
                 row = existing.get(entry.path)
@@ -271,22 +288,6 @@ class Ledger:
                     )
                 )
         return result
-
-    def _unfinished(self, rows: Iterable[InputRow]) -> set[str]:
-        """The paths of done inputs that run again, changed or not: their batch is gone and
-        their content waits in a batch not finalized. A run of that path alone (``run``,
-        ``run-all``) replaced the batch, then stopped before job C; run again, job B finds
-        that content stored and job C finalizes it. (A batch gone because other content
-        replaced it on purpose is left so: the input is skipped as before.)"""
-        done = [r for r in rows if r.status == DONE and r.batch_id and r.sha256]
-        if not done:
-            return set()
-        stored = self.store.batches([r.batch_id for r in done if r.batch_id])
-        gone = [r for r in done if r.batch_id not in stored]
-        if not gone:
-            return set()
-        waiting = self.store.pending_contents([r.sha256 for r in gone if r.sha256])
-        return {r.path for r in gone if r.sha256 in waiting}
 
     def claim_pending(
         self,

@@ -17,6 +17,7 @@ from prefect_pipeline.database.ledger import (
     dead_owners,
     rejected_unchanged,
     take_over_dead_owners,
+    unfinished_paths,
 )
 from prefect_pipeline.database.models import DONE, PENDING, PROCESSING
 from prefect_pipeline.database.owners import this_process
@@ -91,6 +92,7 @@ def _enqueue_chunk(
     now = iso(clock.now())
     with store.transaction():
         rows = store.inputs_by_path([e.path for e in entries])
+        unfinished = unfinished_paths(store, rows.values())  # as registration decides
         for entry in entries:
             if entry.path in seen:
                 # Named twice in one command (a file twice, a folder and its sub-folder):
@@ -105,6 +107,7 @@ def _enqueue_chunk(
                 if (
                     row.status == DONE
                     and not force
+                    and row.path not in unfinished
                     and (
                         (row.size == entry.size and row.mtime_ns == entry.mtime_ns)
                         or (row.sha256 is not None and _sha256(entry.path) == row.sha256)
