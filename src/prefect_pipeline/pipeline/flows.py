@@ -85,6 +85,8 @@ _SINGLE_RUNS: dict[str, _SingleRun] = {}
 #: What each of them has done so far (the jobs that ended), by run key: an interrupted
 #: run's ``Interrupted`` carries it.
 _SINGLE_OUTCOMES: dict[str, PipelineResult] = {}
+
+
 def cancel_if_interrupted(flow: Any, flow_run: Any, state: Any) -> None:
     """``on_crashed`` of ``run-pipeline``: Prefect calls it as it marks the flow run Crashed
     (wherever the interrupt landed, before the flow's body too); a crash that a Ctrl-C or
