@@ -515,6 +515,7 @@ def test_the_bar_stays_one_line_on_a_narrow_terminal() -> None:
     progress.set_total(100)
     progress.found(100)
     progress.advance(24)
+
     def shown(width: int) -> list[str]:
         console = Console(width=width, file=io.StringIO(), color_system=None)
         console.print(progress._render())

@@ -507,13 +507,14 @@ def _how_to_go_on(
     what the last one made: a batch id (job B's batch, stored, not finalized: job C), or a
     file it wrote (job A's JSON: job B). Global options given on the command line are
     repeated, a database URL (it may hold a password) only named."""
-    if not done.results or not done.success:
+    if not done.success:  # no job ended, or the last one failed
         return None
     names = [spec.name for spec in jobs]
     last = done.results[-1]
-    if last.job_name not in names or names.index(last.job_name) + 1 >= len(names):
+    at = names.index(last.job_name) + 1 if last.job_name in names else len(names)
+    if at >= len(names):
         return None  # the range's last job ended
-    following = names[names.index(last.job_name) + 1]
+    following = names[at]
     made = last.output
     if isinstance(made, bool) or not isinstance(made, int):
         made = (last.details or {}).get("output_path")

@@ -154,9 +154,7 @@ def quiet_drain_progress() -> None:
     nothing wrong, and it printed a WARNING line after the run's result.
     """
     for name in _DRAINED_SERVICES:
-        logger = logging.getLogger(name)
-        if _not_drain_progress not in logger.filters:
-            logger.addFilter(_not_drain_progress)
+        logging.getLogger(name).addFilter(_not_drain_progress)  # added once, however asked
 
 
 def flush_prefect(timeout: float = 5.0) -> None:

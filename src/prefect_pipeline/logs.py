@@ -102,7 +102,7 @@ def terminal_level() -> str:
 _INTERRUPT_LINES = frozenset(
     line
     for state in INTERRUPTED_STATES
-    for line in (f"Crash detected! {state}", f"Finished in state Crashed({state!r})")
+    for line in (f"{_CRASH_DETECTED}{state}", f"Finished in state Crashed({state!r})")
 )
 
 

@@ -51,15 +51,15 @@ def unfinished_paths(store: Store, rows: Iterable[InputRow]) -> set[str]:
     (``run``, ``run-all``) replaced the batch, then stopped before job C; run again, job B
     finds that content stored and job C finalizes it. (A batch gone because other content
     replaced it on purpose is left so: the input is skipped as before.)"""
-    done = [r for r in rows if r.status == DONE and r.batch_id and r.sha256]
-    if not done:
-        return set()
-    stored = store.batches([r.batch_id for r in done if r.batch_id])
-    gone = [r for r in done if r.batch_id not in stored]
+    gone = {
+        r.path: r.sha256
+        for r in rows
+        if r.status == DONE and r.batch_id and not r.batch_stored and r.sha256
+    }
     if not gone:
         return set()
-    waiting = store.pending_contents([r.sha256 for r in gone if r.sha256])
-    return {r.path for r in gone if r.sha256 in waiting}
+    waiting = store.pending_contents(list(gone.values()))
+    return {path for path, sha256 in gone.items() if sha256 in waiting}
 
 
 def rejected_unchanged(

@@ -163,8 +163,10 @@ class InputRow:
     owner_namespace: str | None = None
     owner_pid: int | None = None
     owner_started_at: float | None = None
-    #: The batch its last run stored (None: none, or a range without job B).
+    #: The batch its last run stored (None: none, or a range without job B), and whether
+    #: that batch is still there (read with the row: a later run may have replaced it).
     batch_id: int | None = None
+    batch_stored: bool = False
 
     @property
     def owner(self) -> Owner | None:
@@ -238,7 +240,8 @@ def documents_array(documents: Sequence[tuple[int, str]]) -> str:
 
 _SELECT_INPUTS = (
     "SELECT id, path, status, size, mtime_ns, sha256, start_job, stop_job, lease_expires_at,"
-    " outcome, owner_host, owner_namespace, owner_pid, owner_started_at, batch_id"
+    " outcome, owner_host, owner_namespace, owner_pid, owner_started_at, batch_id,"
+    " EXISTS (SELECT 1 FROM processing_batches b WHERE b.id = pipeline_inputs.batch_id)"
     " FROM pipeline_inputs WHERE path IN ({marks})"
 )
 #: The columns a claim stamps besides its token and lease (``Claim.owner_values``).
