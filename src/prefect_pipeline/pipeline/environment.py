@@ -10,7 +10,7 @@ for the jobs the workers would take (``Environment.start_workers``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -54,16 +54,22 @@ class Environment:
 
 
 @contextmanager
-def run_environment(options: ParallelOptions) -> Iterator[Environment]:
+def run_environment(
+    options: ParallelOptions, *, meanwhile: Callable[[], object] | None = None
+) -> Iterator[Environment]:
     """Start the Prefect API and the task runner, and yield what the flow runs on.
 
     ``options.workers == 0`` runs the jobs in a thread of this process, without Dask.
-    Everything started is stopped on exit, on error and on Ctrl-C.
+    ``meanwhile`` is called once Prefect is imported, while the server and the cluster
+    still start: the caller's own slow imports (its flows), which would otherwise come
+    after them. Everything started is stopped on exit, on error and on Ctrl-C.
     """
     with PrefectApi(announced=True) as api:  # by the run's start-up line
         if options.workers == 0:
             from prefect.task_runners import ThreadPoolTaskRunner
 
+            if meanwhile is not None:
+                meanwhile()
             api.wait()
             yield Environment(ThreadPoolTaskRunner(max_workers=1), 1, api.ui_url())
             return
@@ -76,6 +82,8 @@ def run_environment(options: ParallelOptions) -> Iterator[Environment]:
         ).start_in_background() as cluster:
             import prefect.flows  # noqa: F401 - the slow import, while the cluster starts
 
+            if meanwhile is not None:
+                meanwhile()
             api.wait()
             cluster.wait()
             slots = cluster.workers * cluster.threads_per_worker
