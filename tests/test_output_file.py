@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from prefect_pipeline.jobs.output_file import (
     forget_swept,
     is_temp_name,
     sweep,
+    write_atomically,
 )
 from tests.conftest import files_under
 
@@ -175,6 +176,46 @@ def test_a_failed_write_leaves_neither_file_nor_temporary_file(tmp_path: Path) -
 
     assert target.read_text() == "previous"
     assert os.listdir(tmp_path) == ["out.json"]
+
+
+def _write_with_atomic_output(target: Path, data: bytes) -> None:
+    with atomic_output(target) as handle:
+        handle.write(data)
+
+
+@pytest.mark.parametrize(
+    "write", [write_atomically, _write_with_atomic_output], ids=["bytes", "file-object"]
+)
+def test_both_writers_replace_the_target_whole_or_leave_it(
+    tmp_path: Path, write: Callable[[Path, bytes], None]
+) -> None:
+    """The one way both write: the target is replaced whole, and a rename that fails (here
+    onto a folder that is not empty) leaves the target as it was and no temporary file."""
+    target = tmp_path / "out.json"
+    target.write_text("previous")
+    write(target, b"new content")
+    assert target.read_bytes() == b"new content"
+    assert os.listdir(tmp_path) == ["out.json"]
+
+    taken = tmp_path / "taken.json"
+    (taken / "inside").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError):
+        write(taken, b"lost")
+    assert sorted(os.listdir(tmp_path)) == ["out.json", "taken.json"]
+    assert os.listdir(taken) == ["inside"]
+
+
+def test_a_file_in_the_making_is_locked_against_sweeps(tmp_path: Path) -> None:
+    """A sweep by another writer (here, one in this process after forgetting it swept)
+    leaves the temporary file of a writer still at work alone."""
+    with atomic_output(tmp_path / "out.json") as handle:
+        handle.write(b"data")
+        handle.flush()
+        assert len(temp_files(tmp_path)) == 1
+        forget_swept()
+        assert sweep(tmp_path) == []
+    assert os.listdir(tmp_path) == ["out.json"]
+    assert (tmp_path / "out.json").read_bytes() == b"data"
 
 
 def test_a_folder_removed_after_its_first_write_is_made_again(tmp_path: Path) -> None:

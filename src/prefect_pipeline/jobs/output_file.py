@@ -104,39 +104,57 @@ def _discard(fd: int, path: str) -> None:
         os.unlink(path)
 
 
+class _Replacement:
+    """``with _Replacement(target) as fd:`` a locked temporary file next to ``target``, open
+    for writing as the descriptor ``fd``, that becomes ``target`` when the block ends, or
+    is removed if it raises: the one way both writers below write. A class, not a
+    ``contextlib.contextmanager`` generator, which cost ``write_atomically`` about 1 µs of
+    CPU more per 500-byte file (11 µs in all, on tmpfs)."""
+
+    __slots__ = ("_fd", "_target", "_tmp")
+    _fd: int
+    _tmp: str
+
+    def __init__(self, target: Path | str) -> None:
+        self._target = os.fspath(target)
+
+    def __enter__(self) -> int:
+        self._fd, self._tmp = _open_locked(self._target, os.O_WRONLY)
+        return self._fd
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:
+            _discard(self._fd, self._tmp)
+            return
+        try:
+            # Renamed while still locked: a sweep never sees a complete, unlocked file
+            # under a temporary name.
+            os.replace(self._tmp, self._target)
+        except BaseException:
+            _discard(self._fd, self._tmp)
+            raise
+        os.close(self._fd)
+
+
 def write_atomically(target: Path | str, data: bytes) -> None:
     """``target`` holds ``data`` whole, or is left as it was: ``atomic_output`` for bytes
     already in memory, written through the descriptor (5-15 times less CPU per small file
     than a file object and paths; measured on 5,000 files of 500 bytes)."""
-    fd, tmp = _open_locked(os.fspath(target), os.O_WRONLY)
-    try:
+    with _Replacement(target) as fd:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        # Renamed while still locked: a sweep never sees a complete, unlocked file under a
-        # temporary name.
-        os.replace(tmp, target)
-    except BaseException:
-        _discard(fd, tmp)
-        raise
-    os.close(fd)
 
 
 @contextmanager
 def atomic_output(target: Path) -> Iterator[BinaryIO]:
     """``with atomic_output(path) as handle: handle.write(...)``: ``path`` appears whole
     when the block ends, or not at all (its temporary file is removed) if it raises."""
-    handle, tmp = create_locked(target)
-    try:
-        with handle:
-            yield handle
-            handle.flush()
-            # Renamed while still locked: a sweep never sees a complete, unlocked file
-            # under a temporary name.
-            os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # The file object leaves the descriptor (and its lock) to _Replacement, which closes it
+    # after the rename.
+    with _Replacement(target) as fd, os.fdopen(fd, "wb", closefd=False) as handle:
+        yield handle
+        handle.flush()
 
 
 @contextmanager
