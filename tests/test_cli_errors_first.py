@@ -224,6 +224,56 @@ def test_an_output_folder_job_a_cannot_write_in_is_one_line_before_prefect(
     assert afile.read_text() == "a regular file\n"
 
 
+_NO_FILE_THERE = "making a file there fails: no such file or directory"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no /proc (Linux only)")
+@pytest.mark.parametrize(
+    ("out", "problem"),
+    [
+        ("/proc/self", f"not writable ({_NO_FILE_THERE})"),
+        ("/proc/nonexistent-dir", f"cannot be created in /proc ({_NO_FILE_THERE})"),
+    ],
+)
+@pytest.mark.parametrize("command", ["run-all", "run-parallel"])
+def test_an_output_folder_that_takes_no_file_is_one_line_before_prefect(
+    watched: WatchedRun, tmp_path: Path, sample_file: Path, command: str, out: str, problem: str
+) -> None:
+    """Root is told it may write there (``os.access``), and no file can be made: the check
+    makes one, or every input would fail with it after the start-up."""
+    given = sample_file.parent if command == "run-parallel" else sample_file
+    db = tmp_path / "db" / "pipeline.db"
+
+    result = watched("--db-path", db, "--output-dir", out, command, given)
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"Error: {out}: {problem} (check --output-dir)\n"
+    assert result.stdout == ""
+    assert_started_nothing(result)
+    assert not db.exists()
+
+
+def test_the_output_folder_check_leaves_nothing_behind(
+    watched: WatchedRun, tmp_path: Path
+) -> None:
+    """A run with nothing to do makes no output folder, and leaves no trace of the file the
+    check made (in the nearest folder that exists) and removed."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    (parent / "kept.txt").write_text("kept\n")
+    out = parent / "new" / "out"
+
+    result = watched("--db-path", tmp_path / "p.db", "--output-dir", out, "run-parallel", empty,
+                     "--json")  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["total"] == 0
+    assert sorted(os.listdir(parent)) == ["kept.txt"]
+    assert_started_nothing(result)
+
+
 def test_an_output_folder_is_not_checked_by_a_run_that_writes_none(
     watched: WatchedRun, tmp_path: Path
 ) -> None:

@@ -22,6 +22,7 @@ from prefect_pipeline.jobs.output_file import (
     forget_swept,
     is_temp_name,
     sweep,
+    try_a_file_in,
     write_atomically,
 )
 from tests.conftest import files_under
@@ -216,6 +217,22 @@ def test_a_file_in_the_making_is_locked_against_sweeps(tmp_path: Path) -> None:
         assert sweep(tmp_path) == []
     assert os.listdir(tmp_path) == ["out.json"]
     assert (tmp_path / "out.json").read_bytes() == b"data"
+
+
+def test_trying_a_file_in_a_folder_leaves_nothing_there(tmp_path: Path) -> None:
+    (tmp_path / "kept.txt").write_text("kept\n")
+    try_a_file_in(tmp_path)
+    assert os.listdir(tmp_path) == ["kept.txt"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no /proc (Linux only)")
+@pytest.mark.parametrize("folder", ["/proc", "/proc/self"])
+def test_trying_a_file_in_a_folder_that_takes_none_raises_what_a_writer_meets(
+    folder: str,
+) -> None:
+    """Whatever ``os.access`` tells root of these (yes, of /proc), no file can be made."""
+    with pytest.raises(FileNotFoundError):
+        try_a_file_in(Path(folder))
 
 
 def test_a_folder_removed_after_its_first_write_is_made_again(tmp_path: Path) -> None:

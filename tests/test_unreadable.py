@@ -168,6 +168,51 @@ def test_an_output_folder_that_is_not_writable_is_one_line_before_anything_start
     assert files_under(out) == []
 
 
+def _in_a_read_only_mount(folder: Path, *args: str | os.PathLike[str]) -> list[str]:
+    """``pipeline ARGS`` in a mount namespace of its own where ``folder`` is an empty,
+    read-only file system (a tmpfs): the host's mounts are not touched."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("no unshare: cannot mount a read-only file system")
+    namespace = [unshare, "--mount"] if os.geteuid() == 0 else [
+        unshare, "--user", "--map-root-user", "--mount"]  # fmt: skip
+    mount = 'mount -t tmpfs -o ro pipeline-test "$0" && exec "$@"'
+    tried = subprocess.run([*namespace, "sh", "-c", mount, folder, "true"], capture_output=True)
+    if tried.returncode != 0:
+        pytest.skip(f"cannot mount a read-only file system here: {tried.stderr!r}")
+    pipeline = Path(sys.executable).parent / "pipeline"
+    return [*namespace, "sh", "-c", mount, str(folder), str(pipeline), *map(str, args)]
+
+
+@pytest.mark.parametrize(
+    ("under", "problem"),
+    [("", "not writable"), ("new", "cannot be created in {ro}")],
+    ids=["the-folder", "a-folder-to-make"],
+)
+@pytest.mark.parametrize("command", ["run-all", "run-parallel"])
+def test_an_output_folder_on_a_read_only_file_system_is_one_line_before_anything_starts(
+    tmp_path: Path, sample_file: Path, command: str, under: str, problem: str
+) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    out = ro / under if under else ro
+    given = sample_file.parent if command == "run-parallel" else sample_file
+    db = tmp_path / "p.db"
+    result = subprocess.run(
+        _in_a_read_only_mount(ro, "--db-path", db, "--output-dir", out, command, given),
+        env=api_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"Error: {out}: {problem.format(ro=ro)} (read-only file system) (check --output-dir)\n"
+    )
+    assert result.stdout == ""
+    assert not db.exists()
+
+
 def _one_finalized_batch(db: Path, tmp_path: Path) -> None:
     """What ``run-all`` of a 2-line file leaves in ``db``, made by the jobs in this process
     (no Prefect start-up), the database closed as a command leaves it."""

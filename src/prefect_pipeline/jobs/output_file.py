@@ -157,6 +157,25 @@ def atomic_output(target: Path) -> Iterator[BinaryIO]:
         handle.flush()
 
 
+def try_a_file_in(folder: Path) -> None:
+    """Create a file in ``folder`` and remove it at once: raises the ``OSError`` a writer
+    there would meet. Asking (``os.access``) is not enough: root is told yes for folders
+    that take no file (under ``/proc``, say). The file has a temporary file's name, so a
+    sweep removes it should this process die before it does."""
+    for _ in range(100):
+        path = os.path.join(folder, f".probe.pipeline-{_random.getrandbits(40):010x}.tmp")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+        try:
+            os.close(fd)
+        finally:
+            os.unlink(path)
+        return
+    raise FileExistsError(f"{folder}: no free temporary file name to try")
+
+
 @contextmanager
 def scratch_file(target: Path) -> Iterator[BinaryIO]:
     """A locked temporary file next to ``target`` for intermediate data, open for writing
