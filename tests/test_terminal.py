@@ -9,6 +9,7 @@ real Dask worker, ``--workers 0``, so each takes a few seconds.
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import logging
 import os
@@ -502,25 +503,53 @@ def test_a_closed_stderr_costs_the_log_lines_not_the_run(tmp_path: Path, tree: P
     assert (summary["succeeded"], summary["failed"]) == (20, 1)
 
 
-def test_the_bar_stays_one_line_on_a_narrow_terminal() -> None:
-    """At 80 columns the figures that do not fit are cut (…), not wrapped onto a second
-    line that each refresh would leave behind."""
-    import io
+#: The figures' part of the line: counts, rate, failures, elapsed time, ETA.
+_RATE, _TIMES = r" · \d+\.\d files/s", r" · 5\.\d s · ETA \d:\d\d"
 
+
+@pytest.mark.parametrize(
+    ("columns", "line"),
+    [
+        (240, rf"inputs ━{{6}} {{24}} 2400/12000 20%{_RATE} · 3 failed{_TIMES}"),
+        # The bar narrows first, then the description goes, then the rate.
+        (80, rf"inputs ━+ +2400/12000 20%{_RATE} · 3 failed{_TIMES}"),
+        (60, rf"━+[╸ ]+2400/12000 20% · 3 failed{_TIMES}"),
+        # Then the bar; only then is the line cut.
+        (44, rf"2400/12000 20% · 3 failed{_TIMES}"),
+        (30, r"2400/12000 20% · 3 failed · 5…"),
+    ],
+)
+def test_on_a_narrow_terminal_the_bar_gives_up_its_width_not_the_counts_and_times(
+    columns: int, line: str
+) -> None:
+    """The display's line drawn on a terminal (``pyte``) of ``columns``: one line that
+    fits, never wrapped (each refresh would leave a line behind)."""
     from rich.console import Console
 
-    from prefect_pipeline.pipeline.progress import Progress
+    progress = Progress(False, started_at=time.time() - 5.0)
+    progress.set_total(12000)
+    progress.advance(2400)
+    progress.failed(3)
+    console = Console(width=columns, file=io.StringIO(), force_terminal=True, color_system=None)
+    console.print(progress._render())
+    screen = pyte.Screen(columns, 3)
+    drawn = console.file.getvalue()  # type: ignore[attr-defined]
+    pyte.ByteStream(screen).feed(drawn.replace("\n", "\r\n").encode())
+
+    shown = [row.rstrip() for row in screen.display if row.strip()]
+    assert len(shown) == 1, shown
+    assert re.fullmatch(line, shown[0]), shown[0]
+
+
+def test_what_is_starting_is_cut_before_the_time_it_has_taken() -> None:
+    from rich.console import Console
 
     progress = Progress(False, started_at=time.time() - 7.3)
-    progress.set_total(100)
-    progress.found(100)
-    progress.advance(24)
+    progress.starting("starting a temporary Prefect server and a Dask cluster of 2 worker(s)")
+    console = Console(width=60, file=io.StringIO(), color_system=None)
+    console.print(progress._render())
 
-    def shown(width: int) -> list[str]:
-        console = Console(width=width, file=io.StringIO(), color_system=None)
-        console.print(progress._render())
-        return console.file.getvalue().splitlines()  # type: ignore[attr-defined, no-any-return]
-
-    [narrow], [wide] = shown(80), shown(240)
-    assert narrow.startswith("inputs ") and "24/100 24%" in narrow and narrow.endswith("…")
-    assert " · ETA " in wide  # all of it, where it fits
+    [line] = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert re.fullmatch(
+        r". starting a temporary Prefect server and a Dask cl… · 7\.\d s", line
+    ), line

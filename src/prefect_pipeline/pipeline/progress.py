@@ -4,13 +4,14 @@ Only when a person is watching: stderr is a terminal and the log level is not OF
 Otherwise nothing is drawn, and ``starting()`` / ``ready()`` are plain log lines.
 
 One line at the bottom: a spinner and what is being started, then the bar: done/total,
-rate, failures so far, elapsed time and ETA. Every log line is printed above it, never
-inside it. Log handlers keep the stream they saw when they were made (Prefect's console
-handler, Dask's), and the Dask workers and the temporary Prefect server are other
-processes that write to the terminal themselves; so while the display is on, file
-descriptor 2 itself is a pipe, and a thread prints each line that comes out of it above
-the display. The display is entered before any child process starts, so that they all
-inherit the pipe.
+rate, failures so far, elapsed time and ETA. On a narrow terminal the line gives up the
+bar's width, the description, the rate and the bar, in that order, before anything else:
+the counts and the times stay. Every log line is printed above it, never inside it. Log
+handlers keep the stream they saw when they were made (Prefect's console handler, Dask's),
+and the Dask workers and the temporary Prefect server are other processes that write to
+the terminal themselves; so while the display is on, file descriptor 2 itself is a pipe,
+and a thread prints each line that comes out of it above the display. The display is
+entered before any child process starts, so that they all inherit the pipe.
 
 The figures follow the summary's rules (``RunSummary``): elapsed time from the command's
 start, rate = inputs done / elapsed; ``finish(summary)`` shows the summary's own figures,
@@ -38,6 +39,8 @@ logger = get_logger("progress")
 
 #: Frames per second of the display.
 REFRESH_PER_SECOND = 4
+#: The bar's width when the terminal has room, and the narrowest it is drawn.
+BAR_WIDTH, MIN_BAR_WIDTH = 30, 10
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class Progress:
         self._first_done_at: float | None = None
         self._final: Figures | None = None
         self._display: _Display | None = None
+        self._spinner: Any = None
 
     @staticmethod
     def wanted(log_level: str) -> bool:
@@ -200,44 +204,124 @@ class Progress:
         )
 
     def _render(self) -> Any:
-        from rich.progress_bar import ProgressBar
+        """The display's renderable: its line is laid out for the width it is drawn at."""
+        return _Fitted(self._line)
+
+    def _line(self, console: Any, options: Any) -> Any:
+        """The one line, at most ``options.max_width`` cells. What does not fit is given up
+        least useful first: the bar's width (down to ``MIN_BAR_WIDTH``), the description,
+        the rate, the bar; the counts, failures, elapsed time and ETA stay. Only a terminal
+        too narrow for those is the line cut (…)."""
         from rich.spinner import Spinner
-        from rich.table import Table
         from rich.text import Text
 
+        width = options.max_width
         figures = self.figures()
-        line = Table.grid(padding=(0, 1))
-        busy = self._final is None and (self._what is not None or not figures.total_known)
-        if busy:
-            line.add_column(no_wrap=True)
-        line.add_column(no_wrap=True)
-        line.add_column(no_wrap=True, overflow="ellipsis")
-        cells: list[Any] = [Spinner("dots", style="cyan")] if busy else []
+        head = Text()
+        if self._final is None and (self._what is not None or not figures.total_known):
+            if self._spinner is None:  # one spinner, so that it turns from frame to frame
+                self._spinner = Spinner("dots", style="cyan")
+            head.append_text(self._spinner.render(console.get_time()))
+            head.append(" ")
         if self._what is not None:
-            text = Text(self._what, style="bold")
-            text.append(f" · {figures.elapsed_s:.1f} s", style="dim")
+            # What is being started may be cut; the time it has taken so far stays.
+            kept = Text(f" · {figures.elapsed_s:.1f} s", style="dim")
             if self.counted:
-                text.append(f" · {self.counted} input(s) found", style="dim")
-            line.add_row(*cells, text, Text(""))
-            return line
+                kept.append(f" · {self.counted} input(s) found", style="dim")
+            room = width - head.cell_len - kept.cell_len
+            what = Text(self._what, style="bold")
+            if room >= min(what.cell_len, 10):  # else too little of it would be left
+                what.truncate(room, overflow="ellipsis")
+            return _cut(Text.assemble(head, what, kept), width)
+        full, short = _figures_text(figures, rate=True), _figures_text(figures, rate=False)
+        # The bar is sized for the widest count the run will show and room for an ETA,
+        # not for this frame's: it does not shrink as the count gains digits.
+        extra = 0
         if figures.total_known:
-            bar = ProgressBar(total=figures.total or 1, completed=figures.done, width=30)
-            count = f"{figures.done}/{figures.total}"
-            if figures.total:
-                count += f" {100 * figures.done // figures.total}%"
-        else:
-            bar = ProgressBar(total=None, width=30)
-            count = f"{figures.done} done, {figures.total} found so far"
-        # One line whatever the terminal's width: what does not fit is cut, not wrapped.
-        text = Text(count, style="bold", no_wrap=True, overflow="ellipsis")
+            widest = len(_count(figures.total, figures.total))
+            extra = max(0, widest - len(_count(figures.done, figures.total)))
+            if figures.eta_s is None and self._final is None:
+                extra += len(" · ETA 0:00")
+        description = Text(f"{self.description} ")
+        for text, with_description, with_bar in (
+            (full, True, True),
+            (full, False, True),
+            (short, False, True),
+            (short, False, False),
+        ):
+            used = head.cell_len + text.cell_len + extra
+            if with_description:
+                used += description.cell_len
+            if not with_bar:
+                if used <= width:
+                    return Text.assemble(head, text)
+                continue
+            bar_width = min(BAR_WIDTH, width - used - 1)
+            if bar_width >= MIN_BAR_WIDTH:
+                bar = _bar(console, options, figures, bar_width)
+                shown = description if with_description else Text()
+                return Text.assemble(head, shown, bar, " ", text)
+        return _cut(Text.assemble(head, short), width)
+
+
+class _Fitted:
+    """A renderable whose one line is made for the width it is given (rich's Live redraws
+    it every frame, with the terminal's width of the moment)."""
+
+    def __init__(self, line: Callable[[Any, Any], Any]) -> None:
+        self._line = line
+
+    def __rich_console__(self, console: Any, options: Any) -> Iterable[Any]:
+        yield self._line(console, options)
+
+
+def _count(done: int, total: int) -> str:
+    return f"{done}/{total} {100 * done // total}%" if total else f"{done}/{total}"
+
+
+def _figures_text(figures: Figures, *, rate: bool) -> Any:
+    """Counts, rate (if ``rate``), failures, elapsed time and ETA."""
+    from rich.text import Text
+
+    if figures.total_known:
+        count = _count(figures.done, figures.total)
+    else:
+        count = f"{figures.done} done, {figures.total} found so far"
+    text = Text()
+    text.append(count, style="bold")  # the count only: a Text's own style is all of it
+    if rate:
         text.append(f" · {figures.files_per_s:.1f} files/s")
-        text.append(" · ")
-        text.append(f"{figures.failed} failed", style="bold red" if figures.failed else "")
-        text.append(f" · {figures.elapsed_s:.1f} s", style="dim")
-        if figures.eta_s is not None:
-            text.append(f" · ETA {_clock(figures.eta_s)}", style="dim")
-        line.add_row(*cells, Text(self.description), bar, text)
-        return line
+    text.append(" · ")
+    text.append(f"{figures.failed} failed", style="bold red" if figures.failed else "")
+    text.append(f" · {figures.elapsed_s:.1f} s", style="dim")
+    if figures.eta_s is not None:
+        text.append(f" · ETA {_clock(figures.eta_s)}", style="dim")
+    return text
+
+
+def _bar(console: Any, options: Any, figures: Figures, width: int) -> Any:
+    """The progress bar, ``width`` cells (an unknown total: a pulse)."""
+    from rich.progress_bar import ProgressBar
+    from rich.text import Text
+
+    if figures.total_known:
+        bar = ProgressBar(total=figures.total or 1, completed=figures.done, width=width)
+    else:
+        bar = ProgressBar(total=None, width=width)
+    text = Text()
+    for segment in console.render(bar, options.update(width=width)):
+        text.append(segment.text, segment.style)
+    # Without colour rich leaves the part still to do undrawn: blank, the line stays put.
+    text.pad_right(width - text.cell_len)
+    return text
+
+
+def _cut(text: Any, width: int) -> Any:
+    """One line, whatever the terminal's width: cut (…), never wrapped onto a second line
+    that each refresh would leave behind."""
+    text.no_wrap = True
+    text.truncate(width, overflow="ellipsis")
+    return text
 
 
 def _clock(seconds: float) -> str:
