@@ -820,3 +820,23 @@ print("two clusters")
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
     )
     assert (result.returncode, result.stdout) == (0, "two clusters\n"), result.stderr
+
+
+def test_an_interrupted_summary_says_how_many_inputs_it_did_not_reach() -> None:
+    """Not in its total (which counts what settled): a line of their own, and a key of
+    their own in --json."""
+    from prefect_pipeline.pipeline.summary import RunSummary
+
+    summary = RunSummary(
+        total=5, succeeded=5, pending=2, not_reached=113, records=10, stopped="interrupted"
+    )
+
+    lines = summary.to_text().splitlines()
+    assert lines[0] == "5 succeeded, 0 failed, 0 skipped (of 5 input(s)); 10 record(s) written"
+    assert lines[2:] == [
+        "interrupted: the run stopped before its end",
+        "2 input(s) left pending (run the command again, or drain-db, to finish them)",
+        "113 input(s) not reached (the next run of this command takes them)",
+    ]
+    assert (summary.to_dict()["total"], summary.to_dict()["not_reached"]) == (5, 113)
+    assert "not reached" not in RunSummary(total=5, succeeded=5).to_text()

@@ -481,6 +481,8 @@ def test_a_signal_to_the_group_gives_claimed_inputs_back(
     # drain's queue holds other pending inputs too.
     if subcommand == "run-parallel":
         assert summary["pending"] == left.get("pending", 0), (summary, left)
+        # The files it never looked at are not in the ledger; the summary counts them.
+        assert summary["not_reached"] == 120 - sum(left.values()), (summary, left)
         # In Prefect the flow run ends Cancelled, as a Cancel ends it, not Crashed (the
         # engine's state for an interrupt, which says the run broke).
         from prefect.client.orchestration import get_client
@@ -492,6 +494,8 @@ def test_a_signal_to_the_group_gives_claimed_inputs_back(
         )
     else:
         assert summary["pending"] <= left["pending"], (summary, left)
+        # The queued inputs it never claimed: all that is pending but its own.
+        assert summary["not_reached"] == left["pending"] - summary["pending"], (summary, left)
         # The temporary server kept the flow run in PREFECT_HOME's database: Cancelled too.
         home = Path(env["PREFECT_HOME"])
         with closing(sqlite3.connect(f"file:{home / 'prefect.db'}?mode=ro", uri=True)) as db:

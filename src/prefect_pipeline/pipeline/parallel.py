@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,31 +74,39 @@ def run_parallel_from_files(
         )
         source_name = os.path.abspath(paths)
     else:
+        paths = list(paths)  # walked again to count what an interrupted run did not reach
         found = given_files(paths, config.output_dir)
         source_name = "given files"
     found = _peek(found)  # a missing directory is a usage error before anything starts
     ledger = _ledger(config, options)
     progress = Progress(options.progress, started_at=started)
-    if isinstance(paths, str | os.PathLike):
-        # The same walk as discovery's, counted in a thread while the run starts: the
-        # display's total is then fixed instead of growing as groups are taken.
-        progress.count(
-            lambda: (
-                entry
-                for entry in iter_inputs(
-                    paths,
-                    config.output_dir,
-                    pattern=pattern,
-                    recursive=recursive,
-                    exclude=excluded,
-                )
-                if isinstance(entry, Found)
+
+    def inputs() -> Iterator[Found]:
+        """The same walk as discovery's, over the inputs only."""
+        if isinstance(paths, str | os.PathLike):
+            entries = iter_inputs(
+                paths, config.output_dir, pattern=pattern, recursive=recursive, exclude=excluded
             )
-        )
+        else:
+            entries = given_files(paths, config.output_dir)
+        return (entry for entry in entries if isinstance(entry, Found))
+
+    if isinstance(paths, str | os.PathLike):
+        # Counted in a thread while the run starts: the display's total is then fixed
+        # instead of growing as groups are taken.
+        progress.count(inputs)
+
+    def not_reached(summary: RunSummary) -> int:
+        # Every input found reached the ledger (run, skipped or held), or is pending again;
+        # the rest were never looked at. Counted again: the run's own walk may have been
+        # stopped inside, and then cannot go on.
+        counted = progress.total if progress.total_known else sum(1 for _ in inputs())
+        return max(0, counted - summary.total - summary.pending)
+
     source = FileSource(found, ledger, chain, options, progress)
     plan = Plan(chain, config, options, ledger, source, progress, started)
     shown = _shown_options(chain, options, pattern=pattern, recursive=recursive)
-    return _execute(plan, "run-parallel", source_name, shown)
+    return _execute(plan, "run-parallel", source_name, shown, not_reached)
 
 
 def run_parallel_from_database(
@@ -130,8 +138,18 @@ def run_parallel_from_database(
         progress.set_total(queued if limit is None else min(queued, limit))
     source = QueueSource(ledger, chain, options, limit, progress)
     plan = Plan(chain, config, options, ledger, source, progress, started)
+
+    def not_reached(summary: RunSummary) -> int:
+        # Still queued once the claims are back, but for this run's own (pending again, or
+        # waiting for a retry): in the summary already. Within what --limit left to take.
+        inputs = queue_status(ledger.store, clock=options.clock)["inputs"]
+        queued = max(0, inputs["pending"] + inputs["stale"] - summary.pending)
+        if limit is None:
+            return queued
+        return max(0, min(queued, limit - summary.total - summary.pending))
+
     shown = _shown_options(chain, options, limit=limit)
-    return _execute(plan, "drain-db", config.database.display, shown)
+    return _execute(plan, "drain-db", config.database.display, shown, not_reached)
 
 
 def _shown_options(chain: list[Any], options: ParallelOptions, **more: Any) -> dict[str, Any]:
@@ -160,10 +178,17 @@ def _ledger(config: PipelineConfig, options: ParallelOptions) -> Ledger:
     )
 
 
-def _execute(plan: Plan, command: str, source: str, shown: dict[str, Any]) -> RunSummary:
+def _execute(
+    plan: Plan,
+    command: str,
+    source: str,
+    shown: dict[str, Any],
+    not_reached: Callable[[RunSummary], int],
+) -> RunSummary:
     """Claim the first group; if there is work, check the Prefect API, start the run's
     environment and run the flow. Claimed inputs are given back if the run does not end
-    normally.
+    normally, and its summary then says how many inputs it did not reach (``not_reached``,
+    asked once the claims are back).
 
     Discovery and the ledger decide whether anything needs running before the Prefect API
     and the cluster start: a run with nothing to do (every input unchanged, an empty queue)
@@ -197,13 +222,13 @@ def _execute(plan: Plan, command: str, source: str, shown: dict[str, Any]) -> Ru
                 # Ctrl-C or SIGTERM: the claims go back and the summary is printed
                 # before the cluster and the server stop (seconds a supervisor may not
                 # wait: it sends SIGKILL 10-30 s after its SIGTERM).
-                stopped = _stopped(plan, read_summary(plan), "interrupted")
+                stopped = _stopped(plan, read_summary(plan), "interrupted", not_reached)
                 end_interrupted(stopped.summary.flow_run_id, stopped.summary.total)
                 raise stopped from None
             if summary.stopped:  # cancelled in Prefect
-                raise _stopped(plan, summary, summary.stopped)
+                raise _stopped(plan, summary, summary.stopped, not_reached)
             if received():  # its KeyboardInterrupt was lost in a finalizer
-                raise _stopped(plan, summary, "interrupted")
+                raise _stopped(plan, summary, "interrupted", not_reached)
             if summary.pending:
                 # Claims the run ended with (a group its job dropped, not failed):
                 # pending again now, not when their lease runs out.
@@ -230,6 +255,7 @@ def _execute(plan: Plan, command: str, source: str, shown: dict[str, Any]) -> Ru
             raise
         summary = read_summary(plan)
         summary.stopped = "interrupted"
+        summary.not_reached = _not_reached(not_reached, summary)
         raise Interrupted(summary) from None
 
 
@@ -240,17 +266,29 @@ def _import_flows() -> None:
     import prefect_pipeline.pipeline.flows  # noqa: F401
 
 
-def _stopped(plan: Plan, summary: RunSummary, how: str) -> Interrupted:
+def _stopped(
+    plan: Plan, summary: RunSummary, how: str, not_reached: Callable[[RunSummary], int]
+) -> Interrupted:
     """A run that stops before its end: its claims given back, its summary shown (the
     display's last frame, then the summary) - the ``Interrupted`` to raise."""
     _give_back(plan)
     summary.stopped = how
+    summary.not_reached = _not_reached(not_reached, summary)
     if summary.flow_run_id is None:  # the flow run's, if it started
         summary.flow_run_id = getattr(plan.observer, "flow_run_id", None)
         summary.flow_run_url = getattr(plan.observer, "url", None)
     plan.progress.finish(summary)
     _reported(plan, summary)
     return Interrupted(summary, how)
+
+
+def _not_reached(count: Callable[[RunSummary], int], summary: RunSummary) -> int:
+    try:
+        return count(summary)
+    except (DatabaseUnavailable, OSError) as exc:
+        # The summary of what was done matters more than this one figure.
+        logger.warning("could not count the inputs this run did not reach: %s", exc)
+        return 0
 
 
 def _reported(plan: Plan, summary: RunSummary) -> RunSummary:
