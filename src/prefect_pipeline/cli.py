@@ -8,7 +8,6 @@ server, Dask cluster, a bug); 130 interrupted (Ctrl-C or SIGTERM).
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import json
 import os
@@ -16,7 +15,7 @@ import shlex
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -180,8 +179,8 @@ def _check_database_location(config: PipelineConfig, *, writes: bool = True) -> 
 
 class UnusableOutput(click.ClickException):
     """Job A could not write its JSON files under --output-dir (a file, a path under a
-    file, a folder this process may not write in or that takes no file): exit 2, in one
-    line, before anything starts. Found later, every input would fail with it, one by one."""
+    file, a folder this process may not write in): exit 2, in one line, before anything
+    starts. Found later, every input would fail with it, one by one."""
 
     exit_code = EXIT_USAGE
 
@@ -200,25 +199,10 @@ def _check_output_dir(config: PipelineConfig, jobs: Iterable[Any]) -> None:
             else f"cannot be created: {folder} is not a directory"
         )
         raise UnusableOutput(f"{path}: {problem} (check --output-dir)")
-    why = _cannot_make_files_in(folder)
+    why = _not_writable(folder)
     if why is not None:
         problem = "not writable" if folder == path else f"cannot be created in {folder}"
         raise UnusableOutput(f"{path}: {problem} ({why}) (check --output-dir)")
-
-
-def _cannot_make_files_in(folder: Path) -> str | None:
-    """Why a file cannot be made in ``folder``, found by making one and removing it, or
-    None when it can. (The caller passes the nearest existing folder: the check makes no
-    folder, which a run with nothing to write would leave behind.)"""
-    from prefect_pipeline.jobs.output_file import try_a_file_in
-
-    try:
-        try_a_file_in(folder)
-    except OSError as exc:
-        known = {errno.EACCES: "permission denied", errno.EROFS: "read-only file system"}
-        reason = (exc.strerror or str(exc)).lower()
-        return known.get(exc.errno or 0, f"making a file there fails: {reason}")
-    return None
 
 
 def _open_database(config: PipelineConfig) -> Any:
@@ -483,29 +467,40 @@ def _run_single(
         from prefect_pipeline.exceptions import Interrupted
         from prefect_pipeline.pipeline.server import prefect_api
 
+        def say_stopped(done: Any) -> NoReturn:
+            # What the jobs that ended did (none, if it stopped while Prefect started), then
+            # how to go on from there.
+            _report_single(done, input_data, as_json, stopped="interrupted")
+            _say_interrupted(_how_to_go_on(done, jobs, stop_after, force))
+            sys.stdout.flush()
+            sys.exit(EXIT_INTERRUPTED)
+
         try:
             # The API first: a configured one that does not answer is one line before the
             # seconds of importing Prefect (and a temporary server starts meanwhile).
             with prefect_api():
                 from prefect_pipeline.pipeline.flows import run_jobs
 
-                outcome = run_jobs(
-                    input_data,
-                    definition,
-                    config,
-                    start_from=start_from,
-                    stop_after=stop_after,
-                    force=force,
-                )
+                try:
+                    outcome = run_jobs(
+                        input_data,
+                        definition,
+                        config,
+                        start_from=start_from,
+                        stop_after=stop_after,
+                        force=force,
+                    )
+                except Interrupted as stopped:
+                    # Said before a temporary server stops (its logs flushed, its process
+                    # ended: a supervisor's SIGKILL may come first), as a run over many
+                    # says its summary; the exit goes through that teardown. The flow run
+                    # is Cancelled already (its on_crashed hook ran before the flow's call
+                    # returned), and a second signal is ignored (``interrupts.install``).
+                    say_stopped(stopped.summary)
         except KeyboardInterrupt as stopped:
-            # What the jobs that ended did (none, if it stopped while Prefect started), then
-            # how to go on from there.
             from prefect_pipeline.pipeline.single import PipelineResult
 
-            done = stopped.summary if isinstance(stopped, Interrupted) else PipelineResult()
-            _report_single(done, input_data, as_json, stopped="interrupted")
-            _say_interrupted(_how_to_go_on(done, jobs, stop_after, force))
-            sys.exit(EXIT_INTERRUPTED)
+            say_stopped(stopped.summary if isinstance(stopped, Interrupted) else PipelineResult())
     _report_single(outcome, input_data, as_json)
     if not outcome.success:
         failed = outcome.failed
