@@ -8,6 +8,7 @@ server, Dask cluster, a bug); 130 interrupted (Ctrl-C or SIGTERM).
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -179,8 +180,8 @@ def _check_database_location(config: PipelineConfig, *, writes: bool = True) -> 
 
 class UnusableOutput(click.ClickException):
     """Job A could not write its JSON files under --output-dir (a file, a path under a
-    file, a folder this process may not write in): exit 2, in one line, before anything
-    starts. Found later, every input would fail with it, one by one."""
+    file, a folder this process may not write in or that takes no file): exit 2, in one
+    line, before anything starts. Found later, every input would fail with it, one by one."""
 
     exit_code = EXIT_USAGE
 
@@ -199,10 +200,25 @@ def _check_output_dir(config: PipelineConfig, jobs: Iterable[Any]) -> None:
             else f"cannot be created: {folder} is not a directory"
         )
         raise UnusableOutput(f"{path}: {problem} (check --output-dir)")
-    why = _not_writable(folder)
+    why = _cannot_make_files_in(folder)
     if why is not None:
         problem = "not writable" if folder == path else f"cannot be created in {folder}"
         raise UnusableOutput(f"{path}: {problem} ({why}) (check --output-dir)")
+
+
+def _cannot_make_files_in(folder: Path) -> str | None:
+    """Why a file cannot be made in ``folder``, found by making one and removing it, or
+    None when it can. (The caller passes the nearest existing folder: the check makes no
+    folder, which a run with nothing to write would leave behind.)"""
+    from prefect_pipeline.jobs.output_file import try_a_file_in
+
+    try:
+        try_a_file_in(folder)
+    except OSError as exc:
+        known = {errno.EACCES: "permission denied", errno.EROFS: "read-only file system"}
+        reason = (exc.strerror or str(exc)).lower()
+        return known.get(exc.errno or 0, f"making a file there fails: {reason}")
+    return None
 
 
 def _open_database(config: PipelineConfig) -> Any:
