@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from prefect_pipeline.database.sqlite import ReadOnlyOpening, unchanged_while
 from tests.conftest import api_env, db_counts, files_under
 
 pytestmark = pytest.mark.slow
@@ -263,14 +265,17 @@ os._exit(0)
 """
 
 
-@pytest.mark.parametrize("locked", ["file", "folder", "folder, -wal file left"])
+@pytest.mark.parametrize(
+    "locked", ["file", "file, -wal file left", "folder", "folder, -wal file left"]
+)
 def test_a_database_that_is_not_writable_is_one_line_before_anything_starts(
     tmp_path: Path, locked: str
 ) -> None:
     """Found by the first write, it would cost a Prefect server's start-up and end the run
-    (exit 3). A command that only reads it (status) still works, and changes nothing: in a
-    read-only folder, where SQLite cannot make the shared-memory file a WAL database is
-    read with, it reads the file alone."""
+    (exit 3). A command that only reads it (status) still works, and changes nothing: it
+    may not remove the -wal and -shm files SQLite would make for a read (a file it may not
+    write), or SQLite could not make them (a folder it may not write), so without a -wal
+    file it reads the database file alone."""
     folder = tmp_path / "db"
     folder.mkdir()
     db, out = folder / "p.db", tmp_path / "out"
@@ -284,15 +289,16 @@ def test_a_database_that_is_not_writable_is_one_line_before_anything_starts(
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["p.db"]  # as a command leaves it
     records = 2
-    if locked == "folder, -wal file left":
+    if locked.endswith("-wal file left"):
         subprocess.run([sys.executable, "-c", _DIE_WITH_TWO_RECORDS_IN_THE_WAL, db], check=True)
         records = 4
     left = sorted(p.name for p in folder.iterdir())
     before = db.read_bytes()
-    target = db if locked == "file" else folder
-    problem = "not writable" if locked == "file" else f"its folder {folder} is not writable"
+    on_file = locked.startswith("file")
+    target = db if on_file else folder
+    problem = "not writable" if on_file else f"its folder {folder} is not writable"
     written, read = _run_with_mode(
-        target, 0o444 if locked == "file" else 0o555,
+        target, 0o444 if on_file else 0o555,
         ["--db-path", db, "--output-dir", out, "run-all", sample],
         ["--db-path", db, "status", "--json"],
     )  # fmt: skip
@@ -303,8 +309,61 @@ def test_a_database_that_is_not_writable_is_one_line_before_anything_starts(
     report = json.loads(read.stdout)
     assert (report["batches"]["finalized"], report["records"]) == (1, records)
     assert db.read_bytes() == before
-    if locked != "file":
-        assert sorted(p.name for p in folder.iterdir()) == left
+    assert sorted(p.name for p in folder.iterdir()) == left
+
+
+def _commit_one_record_and_close(db: Path) -> None:
+    """Another command's writer (a process of its own: POSIX locks do not keep a process
+    from itself): opens ``db``, commits a record (to its -wal file) and closes, as the last
+    connection, which checkpoints and removes its -wal file if no other connection holds
+    the database."""
+    code = (
+        "import sqlite3, sys\n"
+        "connection = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "connection.execute('INSERT INTO processed_records (batch_id, record_index,"
+        " line_number, content, status) SELECT batch_id, 99, 99, \"late\", status"
+        " FROM processed_records LIMIT 1')\n"
+        "connection.close()\n"
+    )
+    subprocess.run([sys.executable, "-c", code, db], check=True, timeout=60)
+
+
+def _read_alone(db: Path) -> ReadOnlyOpening:
+    """How a process that may not write ``db`` opens it while it has no -wal file."""
+    return ReadOnlyOpening(db, f"file:{db}?mode=ro&immutable=1", alone=True, wal=None)
+
+
+def test_a_read_of_the_database_file_alone_is_vouched_for_only_if_no_writer_came(
+    tmp_path: Path,
+) -> None:
+    """Read alone (no -wal file, so no writer at work), the file is held under SQLite's
+    SHARED lock: a writer that comes and goes meanwhile cannot remove the -wal file it made,
+    which tells the read it may have missed a transaction (and it did)."""
+    folder = tmp_path / "db"
+    db = folder / "p.db"
+    _one_finalized_batch(db, tmp_path)
+    opening = _read_alone(db)
+    with unchanged_while(opening, timeout=5) as saw_it_as_it_is:
+        assert saw_it_as_it_is()
+        _commit_one_record_and_close(db)
+        assert (folder / "p.db-wal").exists()  # kept for the read's sake
+        assert not saw_it_as_it_is()
+    _commit_one_record_and_close(db)  # no reader now: the last close removes it
+    assert sorted(p.name for p in folder.iterdir()) == ["p.db"]
+    with unchanged_while(_read_alone(db), timeout=5) as saw_it_as_it_is:
+        assert saw_it_as_it_is()  # no writer came
+    # A writer that came between the choice and the read's start is seen too.
+    _commit_one_record_and_close(db)
+    late = _read_alone(db)
+    writer = sqlite3.connect(db)
+    try:
+        writer.execute("SELECT count(*) FROM processed_records").fetchone()  # makes its -wal
+        with unchanged_while(late, timeout=5) as saw_it_as_it_is:
+            assert not saw_it_as_it_is()
+    finally:
+        writer.close()
+    assert sorted(p.name for p in folder.iterdir()) == ["p.db"]
+    assert db_counts(db)["processed_records"] == 5
 
 
 @pytest.mark.parametrize("case", ["-wal file without -shm", "link into it", "link from it"])

@@ -134,11 +134,15 @@ def status(store: Store, *, errors: int = 5, clock: Clock = SYSTEM_CLOCK) -> dic
     ``inputs.stale`` counts the claims whose lease expired and the unexpired ones of a
     command of this host that is gone: both are what ``requeue --stale`` puts back. Nothing
     is written."""
-    now = iso(clock.now())
-    report = store.status(now, errors=errors)
-    gone = dead_owners(store, this_process(), now)
-    report["inputs"]["stale"] += sum(store.count_live_claims_of(owner, now) for owner in gone)
-    return report
+
+    def look() -> dict[str, Any]:
+        now = iso(clock.now())
+        report = store.status(now, errors=errors)
+        gone = dead_owners(store, this_process(), now)
+        report["inputs"]["stale"] += sum(store.count_live_claims_of(owner, now) for owner in gone)
+        return report
+
+    return store.read(look)
 
 
 @dataclass

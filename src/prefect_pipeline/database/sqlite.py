@@ -11,13 +11,17 @@ schema version lives in ``PRAGMA user_version``; and a claim is one ``UPDATE ...
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
-from contextlib import closing
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote
 
 import peewee
@@ -40,6 +44,8 @@ from prefect_pipeline.database.store import (
 )
 from prefect_pipeline.database.url import SQLITE
 from prefect_pipeline.exceptions import DatabaseMismatch
+
+T = TypeVar("T")
 
 PRAGMAS = {
     # Readers never block the writer; one writer at a time (all on one host).
@@ -151,38 +157,114 @@ _MIGRATIONS: dict[int, Callable[[SqliteDatabase], None]] = {
 }
 
 
-def read_only_uri(path: Path) -> str:
-    """A URI that opens the SQLite file at ``path`` (a symlink: where it leads) for reading
-    only.
+# SQLite's own locks on a database file (os_unix.c): a connection's SHARED lock is a read
+# lock on these bytes, held for as long as a WAL-mode connection is open; the EXCLUSIVE lock
+# a WAL connection needs to remove its -wal file when it closes is a write lock on them.
+_SHARED_FIRST = 0x40000000 + 2
+_SHARED_SIZE = 510
 
-    A read-only connection to a WAL database still needs its -shm file (the WAL's index),
-    and makes one if there is none. Where none can be made (a folder this process may not
-    write) and there is none, SQLite refuses ("attempt to write a readonly database"),
-    unless told the file is ``immutable``: then it reads the file alone. That is all there
-    is to read when there is no -wal file, or an empty one: no writer can be at work in a
-    folder where it could not make its -wal and -shm files. (One that starts between this
-    look and the read is not seen: a ``status`` is a moment's picture.) A -wal file that
-    holds transactions without its -shm file cannot be read there: refused in one line
+
+def _writable(real: Path) -> bool:
+    """Whether this process may write the database file ``real`` and make files beside it:
+    then SQLite removes the -wal and -shm files it makes when its last connection closes."""
+    return os.access(real, os.W_OK) and os.access(real.parent, os.W_OK | os.X_OK)
+
+
+def _wal_state(real: Path) -> tuple[int, int, int] | None:
+    """The -wal file of the database file ``real``: (inode, size, mtime), None when none."""
+    try:
+        found = os.stat(real.parent / f"{real.name}-wal")
+    except FileNotFoundError:
+        return None
+    return found.st_ino, found.st_size, found.st_mtime_ns
+
+
+@dataclass(frozen=True)
+class ReadOnlyOpening:
+    """How a database file is opened for reading only: the URI, and whether the file is
+    read alone (``immutable``: SQLite makes no -wal or -shm file and takes no lock), which
+    ``unchanged_while`` must then vouch for."""
+
+    #: The database file (where a symlink leads).
+    real: Path
+    uri: str
+    alone: bool
+    #: The -wal file as it was when the choice was made (``_wal_state``).
+    wal: tuple[int, int, int] | None
+
+
+def read_only_opening(path: Path) -> ReadOnlyOpening:
+    """How to open the SQLite file at ``path`` (a symlink: where it leads) for reading only.
+
+    A read-only connection to a WAL database reads through its -shm file (the WAL's index)
+    and -wal file, and makes them if they are missing; a connection that may not write the
+    database cannot remove them at its close as the last writer does, so they would stay
+    (made with the database file's mode: a later writer that may not open them for writing
+    fails). Where this process may write both the file and its folder, SQLite cleans up
+    after itself. Elsewhere, without a -wal file, the database file is all there is to
+    read: it is read alone, ``immutable``, which ``unchanged_while`` vouches for (a writer
+    that comes meanwhile makes a -wal file, which is then read through). A -wal file is read
+    through as SQLite does, with its -shm file; a -wal file that holds transactions without
+    its -shm file, in a folder where none can be made, cannot be read: refused in one line
     (``peewee.OperationalError``), rather than read without its last transactions."""
     real = path.resolve()
     uri = f"file:{quote(str(real))}?mode=ro"
+    wal = _wal_state(real)
+    if _writable(real):
+        return ReadOnlyOpening(real, uri, alone=False, wal=wal)
     folder = real.parent
-    if os.access(folder, os.W_OK | os.X_OK):
-        return uri
-    wal, shm = (folder / f"{real.name}{suffix}" for suffix in ("-wal", "-shm"))
-    if shm.exists():
-        return uri
-    try:
-        wal_bytes = wal.stat().st_size
-    except FileNotFoundError:
-        wal_bytes = 0
-    if wal_bytes == 0:
-        return f"{uri}&immutable=1"
+    if wal is None:
+        return ReadOnlyOpening(real, f"{uri}&immutable=1", alone=True, wal=None)
+    if (folder / f"{real.name}-shm").exists() or os.access(folder, os.W_OK | os.X_OK):
+        return ReadOnlyOpening(real, uri, alone=False, wal=wal)
+    if wal[1] == 0:  # an empty -wal file: nothing in it to miss
+        return ReadOnlyOpening(real, f"{uri}&immutable=1", alone=True, wal=wal)
     raise peewee.OperationalError(
         f"its -wal file holds transactions and its -shm file is missing, which a reader "
         f"cannot make in {folder} (not writable): copy both files, or read it where the "
         "folder is writable"
     )
+
+
+def _lock_shared(handle: BinaryIO, timeout: float) -> None:
+    """Take SQLite's SHARED lock on the open database file ``handle``, waiting up to
+    ``timeout`` seconds for a connection that holds it EXCLUSIVE (one removing its -wal
+    file) to let go."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_SH | fcntl.LOCK_NB, _SHARED_SIZE, _SHARED_FIRST)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN) or time.monotonic() > deadline:
+                raise peewee.OperationalError("database is locked") from exc
+            time.sleep(0.01)
+
+
+@contextmanager
+def unchanged_while(opening: ReadOnlyOpening, timeout: float) -> Iterator[Callable[[], bool]]:
+    """Around a read of the file ``opening`` names (its connection open for the whole
+    block): yields a function that says whether the read saw the database as it is, to be
+    called at the read's end, before its connection closes.
+
+    A read through the WAL is SQLite's to keep consistent: always True. A read of the file
+    alone is held under SHARED, as a WAL connection holds it: no connection can then take
+    the EXCLUSIVE lock that removing a -wal file needs, so a writer that came during the
+    read leaves its -wal file until the read is over. The -wal file as it was when the file
+    was chosen to be read alone (none), found again at the end, shows that no writer was
+    there, nor wrote the file (in WAL mode only a WAL connection's checkpoint does). The
+    lock is a POSIX one, which any close of the file in this process ends: the check must
+    come before the read's connection closes."""
+    if not opening.alone:
+        yield lambda: True
+        return
+    real = opening.real
+    with open(real, "rb") as handle:
+        _lock_shared(handle, timeout)
+        if _wal_state(real) != opening.wal:  # a writer came before the lock
+            yield lambda: False
+            return
+        yield lambda: _wal_state(real) == opening.wal
 
 
 def read_schema(path: Path, timeout: float) -> tuple[dict[str, set[str]], int]:
@@ -193,17 +275,24 @@ def read_schema(path: Path, timeout: float) -> tuple[dict[str, set[str]], int]:
     if not path.exists() or path.stat().st_size == 0:
         return {}, 0
     try:
-        uri = read_only_uri(path)
-        with closing(sqlite3.connect(uri, uri=True, timeout=timeout)) as connection:
-            version = int(connection.execute("PRAGMA user_version").fetchone()[0])
-            found = {}
-            for table in schema_columns():
-                columns = {row[1] for row in connection.execute(f'PRAGMA table_info("{table}")')}
-                if columns:
-                    found[table] = columns
+        while True:
+            opening = read_only_opening(path)
+            with (
+                unchanged_while(opening, timeout) as saw_it_as_it_is,
+                closing(sqlite3.connect(opening.uri, uri=True, timeout=timeout)) as connection,
+            ):
+                version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+                found = {}
+                for table in schema_columns():
+                    columns = {
+                        row[1] for row in connection.execute(f'PRAGMA table_info("{table}")')
+                    }
+                    if columns:
+                        found[table] = columns
+                if saw_it_as_it_is():
+                    return found, version
     except sqlite3.DatabaseError as exc:  # e.g. "file is not a database"
         raise peewee.DatabaseError(str(exc)) from exc
-    return found, version
 
 
 class SqliteStore(Store):
@@ -211,8 +300,9 @@ class SqliteStore(Store):
 
     backend = SQLITE
     unavailable_errors = (sqlite3.OperationalError, peewee.OperationalError)
-    #: Opened with ``read_only_uri``: nothing can be created or upgraded.
+    #: Opened with ``read_only_opening``: nothing can be created or upgraded.
     opened_read_only = False
+    _opening: ReadOnlyOpening | None = None
 
     def cannot_serve(self, exc: BaseException) -> bool:
         # SQLite reports a statement's own failure ("malformed JSON" in an input's records,
@@ -232,17 +322,33 @@ class SqliteStore(Store):
     def _open_database(self) -> SqliteDatabase:
         path = self.location.path
         assert path is not None
-        if self.read_only and not os.access(path.resolve().parent, os.W_OK | os.X_OK):
-            # ``status`` of a database in a folder it may not write (a copy kept read-only,
-            # another user's): opened as a writer, SQLite would need to make its -shm file.
+        if self.read_only and not _writable(path.resolve()):
+            # ``status`` of a database it may not write (a file kept read-only, another
+            # user's, in a folder it may not write): opened as a writer, SQLite would make
+            # -wal and -shm files that it could not remove, or need them where it cannot.
             self.opened_read_only = True
+            self._opening = read_only_opening(path)
             pragmas = {k: v for k, v in PRAGMAS.items() if k != "journal_mode"}
             return SqliteDatabase(
-                read_only_uri(path), uri=True, pragmas=pragmas, timeout=self.timeout,
+                self._opening.uri, uri=True, pragmas=pragmas, timeout=self.timeout,
                 autoconnect=True,
             )
         path.parent.mkdir(parents=True, exist_ok=True)
         return SqliteDatabase(str(path), pragmas=PRAGMAS, timeout=self.timeout, autoconnect=True)
+
+    def read(self, reader: Callable[[], T]) -> T:
+        while True:
+            opening = self._opening
+            if opening is None:
+                return reader()
+            with unchanged_while(opening, self.timeout) as saw_it_as_it_is:
+                if saw_it_as_it_is():
+                    result = reader()
+                    if saw_it_as_it_is():
+                        return result
+            # A writer came: open the database again, through the -wal file it made.
+            self.db.close()
+            self.db = self._open_database()
 
     def _begin(self) -> Any:
         return self.db.atomic("IMMEDIATE")
@@ -267,8 +373,8 @@ class SqliteStore(Store):
         if self.opened_read_only:
             raise DatabaseMismatch(
                 f"{self.location.display}: written by an older version of the pipeline "
-                f"(schema version {version}), and its folder is not writable, so it cannot "
-                "be upgraded; run a command that writes it where its folder is writable"
+                f"(schema version {version}), and not writable here, so it cannot be "
+                "upgraded; run a command that writes it where it and its folder are writable"
             )
         with db.bind_ctx(MODELS), db.atomic("IMMEDIATE"):
             # Read again under the write lock: another command may have just created them.

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 from peewee import Database
 
@@ -39,6 +39,8 @@ from prefect_pipeline.exceptions import (
     DatabaseUnavailable,
     MissingDatabase,
 )
+
+T = TypeVar("T")
 
 #: Bump when the schema changes, add what it adds to ``ADDED_COLUMNS`` and the step that
 #: upgrades the previous version to each backend's migrations.
@@ -454,6 +456,12 @@ class Store(ABC):
         (untouched) a database whose tables are not ours or are newer than this code. With
         ``create=False`` (a command that only reads), a database without the pipeline's
         tables is refused (``MissingDatabase``) instead of set up."""
+
+    def read(self, reader: Callable[[], T]) -> T:
+        """``reader()``, which only reads through this store, as one look at the database:
+        a backend that cannot otherwise vouch for what a read-only store saw runs it again
+        where it saw the database change meanwhile."""
+        return reader()
 
     def close(self) -> None:
         """Close this thread's connection."""
