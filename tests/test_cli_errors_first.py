@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -453,7 +454,56 @@ def test_drain_db_on_an_empty_queue_starts_nothing(watched: WatchedRun, tmp_path
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert (summary["total"], summary["flow_run_id"], summary["dashboard_url"]) == (0, None, None)
+    assert (summary["failed_waiting"], summary["held_by_others"]) == (0, 0)
     assert_started_nothing(result)
+
+
+def test_drain_db_with_nothing_to_run_says_what_waits_in_the_queue(
+    watched: WatchedRun, cli_runner: CliInvoke, tmp_path: Path
+) -> None:
+    """Failed inputs wait for a requeue and inputs another live command holds are left to
+    it: a drain that finds only those says so (a drain run from cron would otherwise say
+    all is well), with the command that requeues the failed ones, and starts nothing."""
+    db, folder = tmp_path / "queue.db", tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (folder / name).write_text(f"{name}\n")
+    base: list[str | Path] = ["--log-level", "OFF", "--db-path", db]
+    assert cli_runner(*base, "enqueue", folder).stdout == "3 input(s) queued, 0 already there\n"
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        connection.execute(
+            "UPDATE pipeline_inputs SET status = 'failed', last_job = 'A',"
+            " last_error = path || ': no such file' WHERE path != ?",
+            (str(folder / "c.txt"),),
+        )
+        connection.execute(  # claimed by a drainer on another machine, its lease running
+            "UPDATE pipeline_inputs SET status = 'processing', claim_token = 't',"
+            " lease_expires_at = '2999-01-01T00:00:00+00:00', owner_host = 'elsewhere',"
+            " owner_namespace = 'ns', owner_pid = 4242, owner_started_at = 1.0 WHERE path = ?",
+            (str(folder / "c.txt"),),
+        )
+
+    text = watched(*base, "drain-db")
+    as_json = watched(*base, "drain-db", "--json")
+
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0] == "0 succeeded, 0 failed, 0 skipped (of 0 input(s)); 0 record(s) written"
+    requeue = f"pipeline --log-level OFF --db-path {db} requeue --failed"
+    assert lines[2:] == [
+        f"2 failed input(s) wait in the queue, not run again until requeued: {requeue}",
+        "1 input(s) held by pid 4242 on elsewhere until 2999-01-01T00:00:00+00:00 (its lease,"
+        " renewed while it runs): left to it",
+    ]
+    assert_started_nothing(text)
+    assert as_json.returncode == 0, as_json.stderr
+    summary = json.loads(as_json.stdout)
+    assert (summary["total"], summary["held"], summary["failed"]) == (0, 0, 0)
+    assert (summary["failed_waiting"], summary["held_by_others"]) == (2, 1)
+    assert_started_nothing(as_json)
+    # The command it names is the one to run.
+    requeued = cli_runner(*requeue.split()[1:])
+    assert (requeued.exit_code, requeued.stdout) == (0, "2 input(s) requeued\n")
 
 
 def _a_second_run(

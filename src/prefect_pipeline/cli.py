@@ -670,11 +670,16 @@ def _process_start() -> float:
     return float(psutil.Process().create_time())
 
 
-def _report(run: Callable[..., Any], as_json: bool) -> None:
+def _report(
+    run: Callable[..., Any],
+    as_json: bool,
+    more: Callable[[Any], tuple[dict[str, Any], list[str]]] | None = None,
+) -> None:
     """Run, print the summary (also of a run stopped early), and exit with its code.
 
     The summary is printed as soon as the run knows it, while its cluster and Prefect
-    server stop: nothing in it waits for them.
+    server stop: nothing in it waits for them. ``more(summary)`` gives the command's own
+    keys for ``--json`` and lines after the summary's.
     """
     from prefect_pipeline.exceptions import Interrupted
 
@@ -682,15 +687,18 @@ def _report(run: Callable[..., Any], as_json: bool) -> None:
 
     def show(summary: Any) -> None:
         printed.append(summary)  # first: an interrupt while it prints must not print it twice
+        keys, lines = more(summary) if more is not None else ({}, [])
         if as_json:
-            click.echo(json.dumps(summary.to_dict()))
+            click.echo(json.dumps({**summary.to_dict(), **keys}))
         elif sys.stdout.isatty():
             from rich.console import Console
+            from rich.text import Text
 
             # Colour on a terminal only; rich honours NO_COLOR.
-            Console(file=sys.stdout, highlight=False, soft_wrap=True).print(summary.to_rich())
+            text = Text("\n").join([summary.to_rich(), *(Text(line, "yellow") for line in lines)])
+            Console(file=sys.stdout, highlight=False, soft_wrap=True).print(text)
         else:
-            click.echo(summary.to_text())
+            click.echo("\n".join([summary.to_text(), *lines]))
         sys.stdout.flush()
 
     try:
@@ -1085,7 +1093,33 @@ def drain_db(
         progress=Progress.wanted(config.log_level),
         started_at=_process_start(),
     )
-    _report(run, as_json)
+    _report(run, as_json, more=functools.partial(_left_in_queue, config))
+
+
+def _left_in_queue(config: PipelineConfig, summary: Any) -> tuple[dict[str, Any], list[str]]:
+    """What drain-db's summary adds: the failed inputs that wait in the queue (a drain
+    runs them again only once they are requeued) and the inputs live commands hold, in
+    ``--json`` always; said in lines when the run had nothing to do, which a drain run from
+    cron would otherwise report as all well."""
+    from prefect_pipeline.database.queue import left_in_queue
+
+    left = left_in_queue(_store(config))
+    data = {"failed_waiting": left.failed, "held_by_others": sum(n for _, n, _ in left.held)}
+    if summary.total or summary.pending or summary.stopped:
+        return data, []  # its own lines say what it did
+    lines = []
+    if left.failed:
+        words = ["pipeline", *_given_root_options(), "requeue", "--failed"]
+        lines.append(
+            f"{left.failed} failed input(s) wait in the queue, not run again until requeued: "
+            + " ".join(shlex.quote(word) for word in words)
+        )
+    lines.extend(
+        f"{count} input(s) held by {who} until {until} (its lease, renewed while it runs): "
+        "left to it"
+        for who, count, until in left.held
+    )
+    return data, lines
 
 
 @cli.command(short_help="Show the queue: inputs and batches by status, last errors.")

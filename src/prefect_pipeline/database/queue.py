@@ -145,6 +145,29 @@ def status(store: Store, *, errors: int = 5, clock: Clock = SYSTEM_CLOCK) -> dic
     return store.read(look)
 
 
+@dataclass(frozen=True)
+class Left:
+    """What the queue holds that a drain does not take: failed inputs (run again only once
+    requeued) and those live commands hold."""
+
+    failed: int
+    #: (who, how many, until when) for each command holding inputs under a live lease.
+    held: list[tuple[str, int, str]]
+
+
+def left_in_queue(store: Store, *, clock: Clock = SYSTEM_CLOCK) -> Left:
+    """``Left`` of the queue now: two statements on indexed columns, for a drain's summary.
+    A command of this host that is gone holds nothing (a drain takes its inputs over)."""
+    now = iso(clock.now())
+    gone = set(dead_owners(store, this_process(), now))
+    held = [
+        (owner.describe() if owner is not None else "another command", count, until)
+        for owner, count, until in store.live_holders(now)
+        if owner not in gone
+    ]
+    return Left(store.count_failed(), held)
+
+
 @dataclass
 class RequeueResult:
     requeued: int = 0

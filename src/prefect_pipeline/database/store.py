@@ -262,6 +262,12 @@ _OF_OWNER = (
 )
 _COUNT_OWNER = f"SELECT count(*) FROM pipeline_inputs WHERE lease_expires_at >= ? AND{_OF_OWNER}"
 _EXPIRE_OWNER = f"UPDATE pipeline_inputs SET lease_expires_at = ? WHERE{_OF_OWNER}"
+_LIVE_HOLDERS = (
+    "SELECT owner_host, owner_namespace, owner_pid, owner_started_at, count(*),"
+    " max(lease_expires_at) FROM pipeline_inputs"
+    " WHERE status = 'processing' AND lease_expires_at >= ?"
+    " GROUP BY owner_host, owner_namespace, owner_pid, owner_started_at ORDER BY min(id)"
+)
 #: What registering a found path does to the row it already has (a backend appends its
 #: ``register_guard``): shared by the backends' ``register_all_claimed`` statements.
 REGISTER_UPDATE = (
@@ -689,6 +695,21 @@ class Store(ABC):
         run out."""
         return [
             Owner(*row) for row in self.execute(_OWNERS, (now, host, namespace)).fetchall()
+        ]
+
+    def count_failed(self) -> int:
+        """How many inputs failed for good (run again only once requeued)."""
+        sql = "SELECT count(*) FROM pipeline_inputs WHERE status = 'failed'"
+        return int(self.execute(sql).fetchone()[0])
+
+    def live_holders(self, now: str) -> list[tuple[Owner | None, int, str]]:
+        """Each command holding inputs under a lease that has not run out at ``now``: its
+        owner (None for a claim that records none), how many inputs, and its last lease's
+        end, the first to claim first."""
+        rows = self.execute(_LIVE_HOLDERS, (now,)).fetchall()
+        return [
+            (Owner(host, namespace, pid, started) if host is not None else None, count, until)
+            for host, namespace, pid, started, count, until in rows
         ]
 
     def count_live_claims_of(self, owner: Owner, now: str) -> int:
