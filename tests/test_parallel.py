@@ -840,3 +840,22 @@ def test_an_interrupted_summary_says_how_many_inputs_it_did_not_reach() -> None:
     ]
     assert (summary.to_dict()["total"], summary.to_dict()["not_reached"]) == (5, 113)
     assert "not reached" not in RunSummary(total=5, succeeded=5).to_text()
+
+
+def test_a_folder_too_large_to_count_again_in_time_is_said_so_not_counted() -> None:
+    """An interrupted run walks its folder again to count what it did not reach, for at
+    most RECOUNT_SECONDS (the summary comes after it, and a supervisor's SIGKILL follows its
+    SIGTERM within seconds): past that, the summary says some may not have been reached,
+    and --json has null."""
+    from prefect_pipeline.pipeline.parallel import _count_within
+    from prefect_pipeline.pipeline.summary import RunSummary
+
+    assert _count_within(iter(range(5000)), seconds=60) == 5000
+    assert _count_within(iter(range(5000)), seconds=-1) is None  # past its deadline
+
+    summary = RunSummary(total=5, succeeded=5, not_reached=None, stopped="interrupted")
+    assert summary.to_text().splitlines()[3:] == [
+        "more input(s) may not have been reached, not counted "
+        "(the next run of this command takes them)"
+    ]
+    assert summary.to_dict()["not_reached"] is None

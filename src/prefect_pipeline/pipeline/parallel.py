@@ -96,11 +96,13 @@ def run_parallel_from_files(
         # instead of growing as groups are taken.
         progress.count(inputs)
 
-    def not_reached(summary: RunSummary) -> int:
+    def not_reached(summary: RunSummary) -> int | None:
         # Every input found reached the ledger (run, skipped or held), or is pending again;
         # the rest were never looked at. Counted again: the run's own walk may have been
         # stopped inside, and then cannot go on.
-        counted = progress.total if progress.total_known else sum(1 for _ in inputs())
+        counted = progress.total if progress.total_known else _count_within(inputs())
+        if counted is None:
+            return None
         return max(0, counted - summary.total - summary.pending)
 
     source = FileSource(found, ledger, chain, options, progress)
@@ -183,7 +185,7 @@ def _execute(
     command: str,
     source: str,
     shown: dict[str, Any],
-    not_reached: Callable[[RunSummary], int],
+    not_reached: Callable[[RunSummary], int | None],
 ) -> RunSummary:
     """Claim the first group; if there is work, check the Prefect API, start the run's
     environment and run the flow. Claimed inputs are given back if the run does not end
@@ -267,7 +269,7 @@ def _import_flows() -> None:
 
 
 def _stopped(
-    plan: Plan, summary: RunSummary, how: str, not_reached: Callable[[RunSummary], int]
+    plan: Plan, summary: RunSummary, how: str, not_reached: Callable[[RunSummary], int | None]
 ) -> Interrupted:
     """A run that stops before its end: its claims given back, its summary shown (the
     display's last frame, then the summary) - the ``Interrupted`` to raise."""
@@ -282,7 +284,24 @@ def _stopped(
     return Interrupted(summary, how)
 
 
-def _not_reached(count: Callable[[RunSummary], int], summary: RunSummary) -> int:
+#: How long an interrupted run may walk its folder again to count what it did not reach:
+#: a few hundred thousand files. A supervisor's SIGKILL follows its SIGTERM in 10-30 s,
+#: and the summary, then the cluster's and the server's stop, come after the count.
+RECOUNT_SECONDS = 1.0
+
+
+def _count_within(items: Iterator[object], seconds: float = RECOUNT_SECONDS) -> int | None:
+    """How many ``items`` there are, or None when counting them takes over ``seconds``."""
+    deadline = time.monotonic() + seconds
+    count = 0
+    for _ in items:
+        count += 1
+        if count % 1024 == 0 and time.monotonic() > deadline:
+            return None
+    return count
+
+
+def _not_reached(count: Callable[[RunSummary], int | None], summary: RunSummary) -> int | None:
     try:
         return count(summary)
     except (DatabaseUnavailable, OSError) as exc:

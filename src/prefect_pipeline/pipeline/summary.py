@@ -46,7 +46,8 @@ class RunSummary:
     pending: int = 0
     #: Inputs a run that stopped early never reached: found under its folder but never
     #: looked at, or still queued for a drain (within its --limit). Not in ``total``.
-    not_reached: int = 0
+    #: None: some may be, not counted (a folder too large to walk again in time).
+    not_reached: int | None = 0
     failures: list[dict[str, str]] = field(default_factory=list)
     skipped_inputs: list[dict[str, str]] = field(default_factory=list)
     #: input, owner ("pid 123 on host"), until (when its lease runs out unless renewed).
@@ -101,7 +102,7 @@ class RunSummary:
 
     def styled_lines(self) -> list[tuple[str, str]]:
         """The summary's lines, each with a rich style for terminals ("" for none)."""
-        unfinished = self.pending or self.held or self.not_reached
+        unfinished = self.pending or self.held or self.not_reached != 0
         broken = self.failed or self.unreadable_paths
         outcome = "bold red" if broken else "bold yellow" if unfinished else "bold green"
         held = f", {self.held} held by another command" if self.held else ""
@@ -131,9 +132,12 @@ class RunSummary:
         if self.pending:
             again = "run the command again, or drain-db, to finish them"
             lines.append((f"{self.pending} input(s) left pending ({again})", "yellow"))
+        again = "the next run of this command takes them"
         if self.not_reached:
-            again = "the next run of this command takes them"
             lines.append((f"{self.not_reached} input(s) not reached ({again})", "yellow"))
+        elif self.not_reached is None:
+            uncounted = "more input(s) may not have been reached, not counted"
+            lines.append((f"{uncounted} ({again})", "yellow"))
         lines.extend((line, "yellow") for line in self._held_lines())
         rejected = [s for s in self.skipped_inputs if s["reason"].startswith(REJECTED_BEFORE)]
         listed = (
