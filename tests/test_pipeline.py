@@ -190,6 +190,33 @@ def test_job_task_never_caches() -> None:
     assert job_task.persist_result is False
 
 
+def test_a_groups_results_are_one_value_to_prefects_result_tracking(
+    config: PipelineConfig, tmp_path: Path
+) -> None:
+    """Prefect links each element of a task's result to the task's state, for results a
+    later task is given; a group's results are one opaque value, not thousands of links."""
+    from prefect import flow
+    from prefect.context import FlowRunContext
+
+    from prefect_pipeline.pipeline.wrappers import Group, WorkItem, run_task
+
+    paths = []
+    for i in range(20):
+        path = tmp_path / f"in-{i}.txt"
+        path.write_text(f"line {i}\n")
+        paths.append(str(path))
+
+    @flow(persist_result=False)
+    def body() -> tuple[int, int]:
+        job_task = make_job_task(default_pipeline().get("A"))
+        results = run_task(job_task, Group([WorkItem(p) for p in paths]), config)
+        context = FlowRunContext.get()
+        assert context is not None
+        return sum(r.success for r in results), len(context.run_results)
+
+    assert body() == (20, 1)
+
+
 # The flow ------------------------------------------------------------------------------
 
 

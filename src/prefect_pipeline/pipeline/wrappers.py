@@ -8,7 +8,7 @@ keeps its own ``JobResult`` (and, in runs over many inputs, its own row in the l
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -102,12 +102,29 @@ def _name(item: WorkItem) -> str:
     return text.rsplit("/", 1)[-1][:60] or text[:60]
 
 
-class GroupResults(list[JobResult]):
-    """A group's results as a task state's data, shown short: Prefect prints a final state
-    whole (in logs and in its UI), and a list of thousands of results would fill pages."""
+class GroupResults:
+    """A group's results as a task state's data, opaque to Prefect, like ``Group``.
+
+    Prefect links each element of a task's result to the task's state (to track a value a
+    later task is given back to the task that made it): a walk of thousands of results per
+    task run, 7% of the CPU of a run of 20,000 small files. Nothing passes these results on.
+    Shown short: Prefect prints a final state whole (in logs and in its UI), and thousands
+    of results would fill pages.
+    """
+
+    __slots__ = ("results",)
+
+    def __init__(self, results: Sequence[JobResult]) -> None:
+        self.results = list(results)
+
+    def __iter__(self) -> Iterator[JobResult]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
 
     def __repr__(self) -> str:
-        return f"<{len(self)} job result(s)>"
+        return f"<{len(self.results)} job result(s)>"
 
 
 #: Called inside the job's transaction with the inputs it succeeded on (the writer marks
