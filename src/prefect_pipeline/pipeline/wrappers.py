@@ -107,7 +107,8 @@ class GroupResults:
 
     Prefect links each element of a task's result to the task's state (to track a value a
     later task is given back to the task that made it): a walk of thousands of results per
-    task run, 7% of the CPU of a run of 20,000 small files. Nothing passes these results on.
+    task run (2.7 ms for 1,200 results; 3-4% of the CPU of a run of 20,000 small files).
+    Nothing passes these results on.
     Shown short: Prefect prints a final state whole (in logs and in its UI), and thousands
     of results would fill pages.
     """
