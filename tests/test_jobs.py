@@ -960,3 +960,24 @@ def test_a_bug_in_a_job_is_an_unexpected_error_with_a_traceback(config: Pipeline
     assert result.traceback.rstrip().endswith("RuntimeError: boom on item-1")
     assert result.output is None
     assert result.duration >= 0
+
+
+def test_facts_merge_keeps_the_newer_value_of_each_fact() -> None:
+    """A later job's value wins; what it does not report is kept; merging nothing new
+    gives the same facts back (no copy: it runs for every input and job)."""
+    from prefect_pipeline.jobs import Facts
+    from prefect_pipeline.jobs.base import NO_FACTS
+
+    read = Facts(sha256="ab", size=3, mtime_ns=5)
+    stored = read.merge(Facts(batch_id=4, records_written=10, unchanged=False))
+
+    assert stored == Facts(
+        sha256="ab", size=3, mtime_ns=5, batch_id=4, records_written=10, unchanged=False
+    )
+    assert stored.merge(Facts(batch_id=5, unchanged=True)) == Facts(
+        sha256="ab", size=3, mtime_ns=5, batch_id=5, records_written=10, unchanged=True
+    )
+    assert stored.merge(Facts(batch_id=4)) is stored
+    assert stored.merge(None) is stored and stored.merge(NO_FACTS) is stored
+    assert NO_FACTS.merge(read) is read
+    assert read.merge(Facts(size=0)).size == 0  # a falsy value is a value

@@ -72,7 +72,20 @@ class Facts:
     mtime_ns: int | None = None
 
     def merge(self, newer: Facts | None) -> Facts:
-        if newer is None:
+        # Runs for every input and job, twice: a new Facts (a frozen dataclass's __init__,
+        # 1.2 us) only when the newer facts change something.
+        if newer is None or newer is self or newer is NO_FACTS:
+            return self
+        if self is NO_FACTS:
+            return newer
+        if (
+            (newer.sha256 is None or newer.sha256 == self.sha256)
+            and (newer.batch_id is None or newer.batch_id == self.batch_id)
+            and (newer.records_written is None or newer.records_written == self.records_written)
+            and (newer.unchanged is None or newer.unchanged == self.unchanged)
+            and (newer.size is None or newer.size == self.size)
+            and (newer.mtime_ns is None or newer.mtime_ns == self.mtime_ns)
+        ):
             return self
         return Facts(
             sha256=newer.sha256 if newer.sha256 is not None else self.sha256,
