@@ -640,3 +640,21 @@ def test_an_input_rejected_for_a_line_too_long_runs_again_in_a_run_with_a_larger
     larger = cli_runner("--max-line-bytes", "4K", *run)
     assert larger.exit_code == 0, larger.output
     assert (json.loads(larger.stdout)["succeeded"], json.loads(larger.stdout)["skipped"]) == (1, 1)
+
+
+def test_drain_db_keeps_its_summary_when_the_queue_cannot_be_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What waits in the queue is counted after the run, in the summary's own moment: a
+    database that cannot serve then gives unknown counts and a warning, not a lost summary."""
+    from prefect_pipeline.cli import _left_in_queue
+    from prefect_pipeline.config import PipelineConfig
+    from prefect_pipeline.pipeline.summary import RunSummary
+
+    config = PipelineConfig(db_url="postgresql://nobody:secret@127.0.0.1:1/none", db_timeout=1)
+
+    with caplog.at_level("WARNING"):
+        keys, lines = _left_in_queue(config, RunSummary())
+
+    assert (keys, lines) == ({"failed_waiting": None, "held_by_others": None}, [])
+    assert "could not count the inputs left in the queue" in caplog.text

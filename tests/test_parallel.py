@@ -850,8 +850,16 @@ def test_a_folder_too_large_to_count_again_in_time_is_said_so_not_counted() -> N
     from prefect_pipeline.pipeline.parallel import _count_within
     from prefect_pipeline.pipeline.summary import RunSummary
 
-    assert _count_within(iter(range(5000)), seconds=60) == 5000
-    assert _count_within(iter(range(5000)), seconds=-1) is None  # past its deadline
+    never = threading.Event()
+
+    def stuck() -> Iterator[int]:
+        yield 1
+        never.wait()  # a walk that takes its time between two items
+        yield 2
+
+    assert _count_within(lambda: range(5000), seconds=60) == 5000
+    assert _count_within(stuck, seconds=0.05) is None
+    never.set()
 
     summary = RunSummary(total=5, succeeded=5, not_reached=None, stopped="interrupted")
     assert summary.to_text().splitlines()[3:] == [

@@ -1103,7 +1103,11 @@ def _left_in_queue(config: PipelineConfig, summary: Any) -> tuple[dict[str, Any]
     cron would otherwise report as all well."""
     from prefect_pipeline.database.queue import left_in_queue
 
-    left = left_in_queue(_store(config))
+    try:
+        left = left_in_queue(_store(config))
+    except Exception as exc:  # the summary of what was done comes first
+        logger.warning("could not count the inputs left in the queue: %s", exc)
+        return {"failed_waiting": None, "held_by_others": None}, []
     data = {"failed_waiting": left.failed, "held_by_others": sum(n for _, n, _ in left.held)}
     if summary.total or summary.pending or summary.stopped:
         return data, []  # its own lines say what it did

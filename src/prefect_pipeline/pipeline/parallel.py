@@ -9,6 +9,7 @@ driver. How the parts fit, and why, is in the README's "How it works".
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -100,7 +101,7 @@ def run_parallel_from_files(
         # Every input found reached the ledger (run, skipped or held), or is pending again;
         # the rest were never looked at. Counted again: the run's own walk may have been
         # stopped inside, and then cannot go on.
-        counted = progress.total if progress.total_known else _count_within(inputs())
+        counted = progress.total if progress.total_known else _count_within(inputs)
         if counted is None:
             return None
         return max(0, counted - summary.total - summary.pending)
@@ -290,24 +291,32 @@ def _stopped(
 RECOUNT_SECONDS = 1.0
 
 
-def _count_within(items: Iterator[object], seconds: float = RECOUNT_SECONDS) -> int | None:
-    """How many ``items`` there are, or None when counting them takes over ``seconds``."""
-    deadline = time.monotonic() + seconds
-    count = 0
-    for _ in items:
-        count += 1
-        if count % 1024 == 0 and time.monotonic() > deadline:
-            return None
-    return count
+def _count_within(
+    items: Callable[[], Iterable[object]], seconds: float = RECOUNT_SECONDS
+) -> int | None:
+    """How many ``items()`` there are, or None when counting them takes over ``seconds``
+    (or fails). Counted in a thread, waited for at most that long: a walk spends its time
+    between the items it yields too (folders of files the pattern does not take, a slow
+    network file system)."""
+    counted: list[int] = []
+
+    def count() -> None:
+        counted.append(sum(1 for _ in items()))
+
+    thread = threading.Thread(target=count, name="count-not-reached", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return counted[0] if counted else None
 
 
 def _not_reached(count: Callable[[RunSummary], int | None], summary: RunSummary) -> int | None:
     try:
         return count(summary)
-    except (DatabaseUnavailable, OSError) as exc:
-        # The summary of what was done matters more than this one figure.
+    except Exception as exc:
+        # The summary of what was done matters more than this one figure, which is then
+        # unknown (not 0: that would say nothing was left).
         logger.warning("could not count the inputs this run did not reach: %s", exc)
-        return 0
+        return None
 
 
 def _reported(plan: Plan, summary: RunSummary) -> RunSummary:
