@@ -553,3 +553,9 @@ def test_what_is_starting_is_cut_before_the_time_it_has_taken() -> None:
     assert re.fullmatch(
         r". starting a temporary Prefect server and a Dask cl… · 7\.\d s", line
     ), line
+    # Narrower: what fits of it, down to an ellipsis, and still the time.
+    for width, shown in ((14, "sta…"), (11, "…")):
+        narrow = Console(width=width, file=io.StringIO(), color_system=None)
+        narrow.print(progress._render())
+        [line] = narrow.file.getvalue().splitlines()  # type: ignore[attr-defined]
+        assert re.fullmatch(rf". {shown} · 7\.\d s", line), line

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -328,6 +327,18 @@ def _commit_one_record_and_close(db: Path) -> None:
     subprocess.run([sys.executable, "-c", code, db], check=True, timeout=60)
 
 
+#: A connection that has made its -wal file (its first read does), open until its standard
+#: input closes.
+_CONNECT_AND_WAIT = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1])
+connection.execute("SELECT count(*) FROM processed_records").fetchone()
+print("open", flush=True)
+sys.stdin.read()
+connection.close()
+"""
+
+
 def _read_alone(db: Path) -> ReadOnlyOpening:
     """How a process that may not write ``db`` opens it while it has no -wal file."""
     return ReadOnlyOpening(db, f"file:{db}?mode=ro&immutable=1", alone=True, wal=None)
@@ -355,13 +366,18 @@ def test_a_read_of_the_database_file_alone_is_vouched_for_only_if_no_writer_came
     # A writer that came between the choice and the read's start is seen too.
     _commit_one_record_and_close(db)
     late = _read_alone(db)
-    writer = sqlite3.connect(db)
+    # In a process of its own: the read's close of its file would end this process's locks
+    # on it, a connection's of this process included.
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _CONNECT_AND_WAIT, db],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
     try:
-        writer.execute("SELECT count(*) FROM processed_records").fetchone()  # makes its -wal
+        assert writer.stdout is not None and writer.stdout.readline() == "open\n"
         with unchanged_while(late, timeout=5) as saw_it_as_it_is:
             assert not saw_it_as_it_is()
     finally:
-        writer.close()
+        writer.communicate(timeout=60)  # EOF on its stdin: it closes
     assert sorted(p.name for p in folder.iterdir()) == ["p.db"]
     assert db_counts(db)["processed_records"] == 5
 
@@ -453,3 +469,72 @@ def test_a_run_whose_input_fails_leaves_the_database_file_alone(tmp_path: Path) 
         )  # fmt: skip
         assert result.returncode == code, result.stderr
         assert sorted(p.name for p in folder.iterdir()) == ["p.db"]
+
+
+def test_status_on_a_read_only_file_whose_wal_has_no_shm_is_one_line_and_makes_none(
+    tmp_path: Path,
+) -> None:
+    """Its folder is writable, so SQLite would make the -shm file the -wal file needs, and
+    leave it, with the file's mode, for the next writer to trip on: refused instead."""
+    folder = tmp_path / "db"
+    db = folder / "p.db"
+    _one_finalized_batch(db, tmp_path)
+    subprocess.run([sys.executable, "-c", _DIE_WITH_TWO_RECORDS_IN_THE_WAL, db], check=True)
+    (folder / "p.db-shm").unlink()
+
+    [read] = _run_with_mode(db, 0o444, ["--db-path", db, "status", "--json"])
+
+    assert read.returncode == 2
+    assert read.stderr == (
+        f"Error: {db}: cannot be used: its -wal file holds transactions and its -shm file is "
+        "missing, which a reader that may not write the database would make and leave "
+        "behind: read it as a user who may write it, or copy both files (check --db-path)\n"
+    )
+    assert sorted(p.name for p in folder.iterdir()) == ["p.db", "p.db-wal"]
+
+
+# Run by a process that may not write the database file: a status read of it, alone, during
+# which a writer (another process, run by the test once told) commits a record and closes.
+_READ_WHILE_A_WRITER_COMES = """
+import json, sys
+from prefect_pipeline.database.backends import open_store
+
+store = open_store(sys.argv[1], timeout=5, create=False, read_only=True)
+reads = []
+
+def look():
+    reads.append(store.status("9999-01-01T00:00:00+00:00", errors=0)["records"])
+    if len(reads) == 1:
+        print("read once", flush=True)
+        sys.stdin.readline()  # the writer came and went
+    return reads[-1]
+
+print(json.dumps({"records": store.read(look), "reads": reads, "alone": store._opening.alone}))
+"""
+
+
+def test_a_read_of_the_file_alone_that_a_writer_overtook_is_read_again_through_its_wal(
+    tmp_path: Path,
+) -> None:
+    """The first read saw the file alone, then a writer came and committed: the writer may
+    not remove its -wal file while the read holds SHARED, so the read is done again, on a
+    new connection, through that -wal file, and counts the writer's record."""
+    folder = tmp_path / "db"
+    db = folder / "p.db"
+    _one_finalized_batch(db, tmp_path)
+    reader = [sys.executable, "-c", _READ_WHILE_A_WRITER_COMES, str(db)]
+    if os.geteuid() == 0:  # the capabilities dropped, as for a pipeline command
+        reader = [*_command()[:-1], *reader]
+    db.chmod(0o444)
+    try:
+        read = subprocess.Popen(reader, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert read.stdout is not None and read.stdout.readline() == "read once\n"
+        _commit_one_record_and_close(db)
+        out, _ = read.communicate("go on\n", timeout=120)
+    finally:
+        db.chmod(0o644)
+    assert read.returncode == 0
+    assert json.loads(out) == {"records": 3, "reads": [2, 3], "alone": False}
+    # The writer could not remove its -wal file while the read held SHARED, nor can the
+    # reader, which may not write: left for the next writer's close.
+    assert sorted(p.name for p in folder.iterdir()) == ["p.db", "p.db-shm", "p.db-wal"]

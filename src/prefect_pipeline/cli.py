@@ -187,8 +187,9 @@ class UnusableOutput(click.ClickException):
 
 
 def _check_output_dir(config: PipelineConfig, jobs: Iterable[Any]) -> None:
-    """Refuse, creating nothing, an output folder that the ``jobs`` (``JobSpec``s) to run
-    would write in (job A's JSON files) and cannot."""
+    """Refuse an output folder that the ``jobs`` (``JobSpec``s) to run would write in (job
+    A's JSON files) and cannot. No folder is made; a file is made and removed at once in
+    the nearest existing one (``try_a_file_in``)."""
     if not any(spec.job_class.writes_output for spec in jobs):
         return
     path = config.output_dir

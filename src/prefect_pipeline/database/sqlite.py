@@ -164,6 +164,10 @@ _SHARED_FIRST = 0x40000000 + 2
 _SHARED_SIZE = 510
 
 
+#: Reads of a database file read alone before giving up, when each saw a writer come.
+_READ_ATTEMPTS = 3
+
+
 def _writable(real: Path) -> bool:
     """Whether this process may write the database file ``real`` and make files beside it:
     then SQLite removes the -wal and -shm files it makes when its last connection closes."""
@@ -215,10 +219,18 @@ def read_only_opening(path: Path) -> ReadOnlyOpening:
     folder = real.parent
     if wal is None:
         return ReadOnlyOpening(real, f"{uri}&immutable=1", alone=True, wal=None)
-    if (folder / f"{real.name}-shm").exists() or os.access(folder, os.W_OK | os.X_OK):
+    if (folder / f"{real.name}-shm").exists():
         return ReadOnlyOpening(real, uri, alone=False, wal=wal)
     if wal[1] == 0:  # an empty -wal file: nothing in it to miss
         return ReadOnlyOpening(real, f"{uri}&immutable=1", alone=True, wal=wal)
+    if os.access(folder, os.W_OK | os.X_OK):
+        # SQLite would make the -shm file, and leave it (with the file's mode) for the next
+        # writer to trip on.
+        raise peewee.OperationalError(
+            "its -wal file holds transactions and its -shm file is missing, which a reader "
+            "that may not write the database would make and leave behind: read it as a "
+            "user who may write it, or copy both files"
+        )
     raise peewee.OperationalError(
         f"its -wal file holds transactions and its -shm file is missing, which a reader "
         f"cannot make in {folder} (not writable): copy both files, or read it where the "
@@ -250,11 +262,16 @@ def unchanged_while(opening: ReadOnlyOpening, timeout: float) -> Iterator[Callab
     A read through the WAL is SQLite's to keep consistent: always True. A read of the file
     alone is held under SHARED, as a WAL connection holds it: no connection can then take
     the EXCLUSIVE lock that removing a -wal file needs, so a writer that came during the
-    read leaves its -wal file until the read is over. The -wal file as it was when the file
-    was chosen to be read alone (none), found again at the end, shows that no writer was
-    there, nor wrote the file (in WAL mode only a WAL connection's checkpoint does). The
-    lock is a POSIX one, which any close of the file in this process ends: the check must
-    come before the read's connection closes."""
+    read cannot remove its -wal file (it stays until a later last connection removes it).
+    The -wal file as it was when the file was chosen to be read alone (none), found again at
+    the end, shows that no writer was there, nor wrote the file (in WAL mode only a WAL
+    connection's checkpoint does).
+
+    The lock is a POSIX one: any close of the file in this process ends it, and its own
+    close ends those of every other connection of this process to the file. So the check
+    comes before the read's connection closes, and the file read alone has no other
+    connection in this process (the ``immutable`` one takes no lock): it is read so only by
+    a process that may not write it, whose other connections to it are read alone too."""
     if not opening.alone:
         yield lambda: True
         return
@@ -275,7 +292,7 @@ def read_schema(path: Path, timeout: float) -> tuple[dict[str, set[str]], int]:
     if not path.exists() or path.stat().st_size == 0:
         return {}, 0
     try:
-        while True:
+        for _ in range(_READ_ATTEMPTS):
             opening = read_only_opening(path)
             with (
                 unchanged_while(opening, timeout) as saw_it_as_it_is,
@@ -291,6 +308,9 @@ def read_schema(path: Path, timeout: float) -> tuple[dict[str, set[str]], int]:
                         found[table] = columns
                 if saw_it_as_it_is():
                     return found, version
+        raise peewee.OperationalError(
+            f"writers came and went during each of {_READ_ATTEMPTS} reads; try again"
+        )
     except sqlite3.DatabaseError as exc:  # e.g. "file is not a database"
         raise peewee.DatabaseError(str(exc)) from exc
 
@@ -337,18 +357,29 @@ class SqliteStore(Store):
         return SqliteDatabase(str(path), pragmas=PRAGMAS, timeout=self.timeout, autoconnect=True)
 
     def read(self, reader: Callable[[], T]) -> T:
-        while True:
-            opening = self._opening
-            if opening is None:
-                return reader()
-            with unchanged_while(opening, self.timeout) as saw_it_as_it_is:
-                if saw_it_as_it_is():
-                    result = reader()
+        try:
+            for _ in range(_READ_ATTEMPTS):
+                if self._opening is None or not self._opening.alone:
+                    return reader()
+                # An immutable connection takes the file for unchanging and keeps its page
+                # cache from one read to the next: each read of the file alone is on a new
+                # connection, its opening chosen again (a writer may have left a -wal file).
+                self.db.close()
+                self.db = self._open_database()
+                opening = self._opening
+                if not opening.alone:
+                    return reader()
+                with unchanged_while(opening, self.timeout) as saw_it_as_it_is:
                     if saw_it_as_it_is():
-                        return result
-            # A writer came: open the database again, through the -wal file it made.
-            self.db.close()
-            self.db = self._open_database()
+                        result = reader()
+                        if saw_it_as_it_is():
+                            return result
+                # A writer came: read again, through the -wal file it made.
+            raise peewee.OperationalError(
+                f"writers came and went during each of {_READ_ATTEMPTS} reads; try again"
+            )
+        except self.unavailable_errors as exc:
+            self.fail(exc)
 
     def _begin(self) -> Any:
         return self.db.atomic("IMMEDIATE")

@@ -230,8 +230,8 @@ class Progress:
                 kept.append(f" · {self.counted} input(s) found", style="dim")
             room = width - head.cell_len - kept.cell_len
             what = Text(self._what, style="bold")
-            if room >= min(what.cell_len, 10):  # else too little of it would be left
-                what.truncate(room, overflow="ellipsis")
+            # Cut to what fits, to a bare ellipsis where nothing of it would be readable.
+            what.truncate(max(room, 1), overflow="ellipsis")
             return _cut(Text.assemble(head, what, kept), width)
         full, short = _figures_text(figures, rate=True), _figures_text(figures, rate=False)
         # The bar is sized for the widest count the run will show and room for an ETA,
