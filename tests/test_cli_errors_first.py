@@ -202,16 +202,31 @@ def test_a_database_named_by_url_is_checked_by_that_option(
 # An output folder job A cannot write in (run, run-all, run-parallel) ------------------
 
 
+_NO_FILE_THERE = "making a file there fails: no such file or directory"
+
+
+@pytest.mark.parametrize("case", ["under a file", "/proc/self", "/proc/nonexistent-dir"])
 @pytest.mark.parametrize("command", ["run", "run-all", "run-parallel"])
 def test_an_output_folder_job_a_cannot_write_in_is_one_line_before_prefect(
-    watched: WatchedRun, tmp_path: Path, sample_file: Path, command: str
+    watched: WatchedRun, tmp_path: Path, sample_file: Path, command: str, case: str
 ) -> None:
     """Found by job A, every input would fail with it, one by one, after the start-up. (An
-    existing file as --output-dir is Click's usage error.)"""
+    existing file as --output-dir is Click's usage error.) Under /proc root is told it may
+    write (``os.access``) and no file can be made: the check makes one."""
     afile = tmp_path / "afile"
     afile.write_text("a regular file\n")
-    out = afile / "out"
-    problem = f"cannot be created: {afile} is not a directory"
+    if case == "under a file":
+        out = afile / "out"
+        problem = f"cannot be created: {afile} is not a directory"
+    elif not Path("/proc/self").is_dir():
+        pytest.skip("no /proc (Linux only)")
+    else:
+        out = Path(case)
+        problem = (
+            f"not writable ({_NO_FILE_THERE})"
+            if out.exists()
+            else f"cannot be created in /proc ({_NO_FILE_THERE})"
+        )
     given = sample_file.parent if command == "run-parallel" else sample_file
     db = tmp_path / "db" / "pipeline.db"
 
@@ -223,35 +238,6 @@ def test_an_output_folder_job_a_cannot_write_in_is_one_line_before_prefect(
     assert_started_nothing(result)
     assert not db.exists()
     assert afile.read_text() == "a regular file\n"
-
-
-_NO_FILE_THERE = "making a file there fails: no such file or directory"
-
-
-@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no /proc (Linux only)")
-@pytest.mark.parametrize(
-    ("out", "problem"),
-    [
-        ("/proc/self", f"not writable ({_NO_FILE_THERE})"),
-        ("/proc/nonexistent-dir", f"cannot be created in /proc ({_NO_FILE_THERE})"),
-    ],
-)
-@pytest.mark.parametrize("command", ["run-all", "run-parallel"])
-def test_an_output_folder_that_takes_no_file_is_one_line_before_prefect(
-    watched: WatchedRun, tmp_path: Path, sample_file: Path, command: str, out: str, problem: str
-) -> None:
-    """Root is told it may write there (``os.access``), and no file can be made: the check
-    makes one, or every input would fail with it after the start-up."""
-    given = sample_file.parent if command == "run-parallel" else sample_file
-    db = tmp_path / "db" / "pipeline.db"
-
-    result = watched("--db-path", db, "--output-dir", out, command, given)
-
-    assert result.returncode == 2, result.stderr
-    assert result.stderr == f"Error: {out}: {problem} (check --output-dir)\n"
-    assert result.stdout == ""
-    assert_started_nothing(result)
-    assert not db.exists()
 
 
 def test_the_output_folder_check_leaves_nothing_behind(
