@@ -444,8 +444,9 @@ def test_drain_db_on_an_empty_queue_starts_nothing(watched: WatchedRun, tmp_path
     assert_started_nothing(result)
 
 
+@pytest.mark.parametrize("option", ["--db-path", "--db-url"])
 def test_drain_db_with_nothing_to_run_says_what_waits_in_the_queue(
-    watched: WatchedRun, cli_runner: CliInvoke, tmp_path: Path
+    watched: WatchedRun, cli_runner: CliInvoke, tmp_path: Path, option: str
 ) -> None:
     """Failed inputs wait for a requeue and inputs another live command holds are left to
     it: a drain that finds only those says so (a drain run from cron would otherwise say
@@ -454,7 +455,8 @@ def test_drain_db_with_nothing_to_run_says_what_waits_in_the_queue(
     folder.mkdir()
     for name in ("a.txt", "b.txt", "c.txt"):
         (folder / name).write_text(f"{name}\n")
-    base: list[str | Path] = ["--log-level", "OFF", "--db-path", db]
+    where = str(db) if option == "--db-path" else f"sqlite:///{db}"
+    base: list[str | Path] = ["--log-level", "OFF", option, where]
     assert cli_runner(*base, "enqueue", folder).stdout == "3 input(s) queued, 0 already there\n"
     with contextlib.closing(sqlite3.connect(db)) as connection, connection:
         connection.execute(
@@ -475,7 +477,7 @@ def test_drain_db_with_nothing_to_run_says_what_waits_in_the_queue(
     assert text.returncode == 0, text.stderr
     lines = text.stdout.splitlines()
     assert lines[0] == "0 succeeded, 0 failed, 0 skipped (of 0 input(s)); 0 record(s) written"
-    requeue = f"pipeline --log-level OFF --db-path {db} requeue --failed"
+    requeue = f"pipeline --log-level OFF {option} {where} requeue --failed"
     assert lines[2:] == [
         f"2 failed input(s) wait in the queue, not run again until requeued: {requeue}",
         "1 input(s) held by pid 4242 on elsewhere until 2999-01-01T00:00:00+00:00 (its lease,"

@@ -59,3 +59,18 @@ def test_a_postgresql_password_is_never_shown() -> None:
 def test_bad_locations(text: str, message: str) -> None:
     with pytest.raises(UsageError, match=re.escape(message)):
         DatabaseUrl.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://me:s3cret@db.example:5432/q", "postgresql://me@db.example:5432/q"),
+        ("postgresql://me@db.example/q", "postgresql://me@db.example/q"),
+        ("sqlite:////var/q.db", "sqlite:////var/q.db"),
+    ],
+)
+def test_a_url_in_a_command_to_run_leaves_its_password_out(url: str, shown: str) -> None:
+    """Left out, not masked: the command still runs where libpq finds the password."""
+    from prefect_pipeline.database.url import without_password
+
+    assert without_password(url) == shown

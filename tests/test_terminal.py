@@ -482,6 +482,23 @@ def test_the_total_never_moves_backwards_and_the_last_figures_are_the_summarys()
     assert (final.elapsed_s, final.files_per_s) == (summary.elapsed_s, summary.files_per_s)
 
 
+@pytest.mark.parametrize("not_reached", [21960, None])
+def test_the_last_frame_of_a_stopped_run_keeps_its_total(not_reached: int | None) -> None:
+    """14040 settled, 4000 pending again, the rest not reached: the bar stays at 14040 of
+    the 40000 inputs, not at 14040 of the 18040 the run took; also when what it did not
+    reach could not be counted again."""
+    progress = Progress(enabled=False, started_at=1000.0)
+    progress.set_total(40000)
+    progress.advance(14040)
+    summary = RunSummary(
+        total=14040, succeeded=14040, pending=4000, not_reached=not_reached,
+        elapsed_s=6.1, stopped="interrupted",
+    )  # fmt: skip
+    progress.finish(summary)
+    final = progress.figures(now=5000.0)
+    assert (final.done, final.total) == (14040, 40000)
+
+
 @pytest.mark.slow
 def test_a_closed_stderr_costs_the_log_lines_not_the_run(tmp_path: Path, tree: Path) -> None:
     # `pipeline ... 2>&1 | head`: the reader of stderr goes away while the run logs. Rich's

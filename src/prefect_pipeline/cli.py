@@ -571,8 +571,12 @@ def _given_root_options() -> list[str]:
             continue
         if root.get_parameter_source(param.name) is not ParameterSource.COMMANDLINE:
             continue
-        value = "URL" if param.name == "db_url" else root.params[param.name]  # no password
-        given += [param.opts[0], str(value)]
+        value = str(root.params[param.name])
+        if param.name == "db_url":
+            from prefect_pipeline.database.url import without_password
+
+            value = without_password(value)  # never printed
+        given += [param.opts[0], value]
     return given
 
 

@@ -79,6 +79,16 @@ class DatabaseUrl:
         return self.display
 
 
+def without_password(url: str) -> str:
+    """``url`` with its password left out (not masked): a command that names it still runs
+    where libpq finds the password itself (``PGPASSWORD``, ``~/.pgpass``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"{parts.username or ''}@{netloc}", *parts[2:]))
+
+
 def _redact(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:

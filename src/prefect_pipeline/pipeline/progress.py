@@ -168,9 +168,14 @@ class Progress:
     def finish(self, summary: Any) -> None:
         """Show the summary's figures (a ``RunSummary``) in a last frame and end the
         display, so that the summary printed next is below it: they agree."""
+        total = summary.total + summary.pending + (summary.not_reached or 0)
+        if summary.stopped and self.total_known:
+            # Stopped early, the run's own count of its inputs stands where the summary's
+            # could not count those not reached: the bar stays where it was.
+            total = max(total, self.total)
         self._final = Figures(
             done=summary.total,
-            total=summary.total + summary.pending,
+            total=total,
             total_known=True,
             failed=summary.failed,
             elapsed_s=summary.elapsed_s,
