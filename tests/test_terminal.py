@@ -524,16 +524,38 @@ def test_a_closed_stderr_costs_the_log_lines_not_the_run(tmp_path: Path, tree: P
 _RATE, _TIMES = r" · \d+\.\d files/s", r" · 5\.\d s · ETA \d:\d\d"
 
 
+def test_the_bar_keeps_its_width_from_the_first_frame_to_the_last() -> None:
+    """Sized for the widest figures the run will show: the count, the rate and the time
+    gaining digits, the ETA coming and going, do not move the figures along the line."""
+    from rich.console import Console
+
+    starts = []
+    for done, elapsed in ((0, 2.8), (1016, 3.7), (6040, 45.0), (40000, 120.5)):
+        progress = Progress(False, started_at=time.time() - elapsed)
+        progress.set_total(40000)
+        if done == 40000:
+            progress.finish(RunSummary(total=done, succeeded=done, elapsed_s=elapsed))
+        elif done:
+            progress.advance(done)
+        console = Console(width=80, file=io.StringIO(), force_terminal=True, color_system=None)
+        console.print(progress._render())
+        [line] = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+        starts.append(line.index(f"{done}/40000"))
+    assert len(set(starts)) == 1, starts
+
+
 @pytest.mark.parametrize(
     ("columns", "line"),
     [
         (240, rf"inputs ━{{6}} {{24}} 2400/12000 20%{_RATE} · 3 failed{_TIMES}"),
         # The bar narrows first, then the description goes, then the rate.
-        (80, rf"inputs ━+ +2400/12000 20%{_RATE} · 3 failed{_TIMES}"),
+        (100, rf"inputs ━+ +2400/12000 20%{_RATE} · 3 failed{_TIMES}"),
+        (80, rf"━+[╸ ]+2400/12000 20%{_RATE} · 3 failed{_TIMES}"),
         (60, rf"━+[╸ ]+2400/12000 20% · 3 failed{_TIMES}"),
-        # Then the bar; only then is the line cut.
+        # Then the bar, then the percentage; only then is the line cut.
         (44, rf"2400/12000 20% · 3 failed{_TIMES}"),
-        (30, r"2400/12000 20% · 3 failed · 5…"),
+        (40, rf"2400/12000 · 3 failed{_TIMES}"),
+        (30, r"2400/12000 · 3 failed · 5\.\d s…"),
     ],
 )
 def test_on_a_narrow_terminal_the_bar_gives_up_its_width_not_the_counts_and_times(

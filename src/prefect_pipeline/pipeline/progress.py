@@ -215,8 +215,8 @@ class Progress:
     def _line(self, console: Any, options: Any) -> Any:
         """The one line, at most ``options.max_width`` cells. What does not fit is given up
         least useful first: the bar's width (down to ``MIN_BAR_WIDTH``), the description,
-        the rate, the bar; the counts, failures, elapsed time and ETA stay. Only a terminal
-        too narrow for those is the line cut (…)."""
+        the rate, the bar, the percentage; the counts, failures, elapsed time and ETA stay.
+        Only a terminal too narrow for those is the line cut (…)."""
         from rich.spinner import Spinner
         from rich.text import Text
 
@@ -238,23 +238,28 @@ class Progress:
             # Cut to what fits, to a bare ellipsis where nothing of it would be readable.
             what.truncate(max(room, 1), overflow="ellipsis")
             return _cut(Text.assemble(head, what, kept), width)
-        full, short = _figures_text(figures, rate=True), _figures_text(figures, rate=False)
-        # The bar is sized for the widest count the run will show and room for an ETA,
-        # not for this frame's: it does not shrink as the count gains digits.
-        extra = 0
+        full = _figures_text(figures, rate=True)
+        short = _figures_text(figures, rate=False)
+        shortest = _figures_text(figures, rate=False, percent=False)
+        # The bar is sized for the widest figures the run will show, not for this frame's:
+        # it does not change as the count, the rate and the time gain digits, nor when the
+        # ETA (one under ten minutes) comes or goes with the last frame.
+        extra = max(0, len(_RATE_ROOM) - len(f"{figures.files_per_s:.1f}"))
+        extra += max(0, len(_ELAPSED_ROOM) - len(f"{figures.elapsed_s:.1f}"))
         if figures.total_known:
             widest = len(_count(figures.total, figures.total))
-            extra = max(0, widest - len(_count(figures.done, figures.total)))
-            if figures.eta_s is None and self._final is None:
+            extra += max(0, widest - len(_count(figures.done, figures.total)))
+            if figures.eta_s is None:
                 extra += len(" · ETA 0:00")
         description = Text(f"{self.description} ")
-        for text, with_description, with_bar in (
-            (full, True, True),
-            (full, False, True),
-            (short, False, True),
-            (short, False, False),
+        for text, with_description, with_bar, room in (
+            (full, True, True, extra),
+            (full, False, True, extra),
+            (short, False, True, extra),
+            (short, False, False, 0),
+            (shortest, False, False, 0),
         ):
-            used = head.cell_len + text.cell_len + extra
+            used = head.cell_len + text.cell_len + room
             if with_description:
                 used += description.cell_len
             if not with_bar:
@@ -266,7 +271,7 @@ class Progress:
                 bar = _bar(console, options, figures, bar_width)
                 shown = description if with_description else Text()
                 return Text.assemble(head, shown, bar, " ", text)
-        return _cut(Text.assemble(head, short), width)
+        return _cut(Text.assemble(head, shortest), width)
 
 
 class _Fitted:
@@ -280,16 +285,22 @@ class _Fitted:
         yield self._line(console, options)
 
 
-def _count(done: int, total: int) -> str:
-    return f"{done}/{total} {100 * done // total}%" if total else f"{done}/{total}"
+def _count(done: int, total: int, *, percent: bool = True) -> str:
+    return f"{done}/{total} {100 * done // total}%" if total and percent else f"{done}/{total}"
 
 
-def _figures_text(figures: Figures, *, rate: bool) -> Any:
-    """Counts, rate (if ``rate``), failures, elapsed time and ETA."""
+#: The widest rate and elapsed time the bar leaves room for (files/s, seconds).
+_RATE_ROOM = "9999.9"
+_ELAPSED_ROOM = "999.9"
+
+
+def _figures_text(figures: Figures, *, rate: bool, percent: bool = True) -> Any:
+    """Counts (with the percentage if ``percent``), rate (if ``rate``), failures, elapsed
+    time and ETA."""
     from rich.text import Text
 
     if figures.total_known:
-        count = _count(figures.done, figures.total)
+        count = _count(figures.done, figures.total, percent=percent)
     else:
         count = f"{figures.done} done, {figures.total} found so far"
     text = Text()
