@@ -538,11 +538,29 @@ def test_an_interrupted_single_run_says_how_to_go_on_from_the_job_it_stopped_in(
     every = default_pipeline().job_range()
 
     assert _how_to_go_on(PipelineResult([job_a]), every) == (
-        f"to go on from there: pipeline run {output} --start-from B"
+        f"pipeline run {output} --start-from B"
     )
     assert _how_to_go_on(PipelineResult([job_a]), every[:2], "B", force=True) == (
-        f"to go on from there: pipeline run {output} --start-from B --stop-after B --force"
+        f"pipeline run {output} --start-from B --stop-after B --force"
     )
     # Nothing to go on with: the range ended with A, or no job ended.
     assert _how_to_go_on(PipelineResult([job_a]), every[:1], "A") is None
     assert _how_to_go_on(PipelineResult([]), every) is None
+
+
+def test_an_interrupted_single_runs_json_carries_the_command_to_go_on(
+    config: PipelineConfig, sample_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """For scripts, which read stdout: the same command the terminal is told."""
+    from prefect_pipeline.cli import _report_single
+    from prefect_pipeline.jobs import JobA
+    from prefect_pipeline.pipeline.single import PipelineResult
+
+    job_a = JobA(config).execute(sample_file)
+    go_on = "pipeline run out.json --start-from B"
+
+    _report_single(PipelineResult([job_a]), str(sample_file), True, "interrupted", go_on)
+
+    result = json.loads(capsys.readouterr().out)
+    assert (result["success"], result["stopped"], result["go_on"]) == (False, "interrupted", go_on)
+    assert [job["job"] for job in result["jobs"]] == ["A"]

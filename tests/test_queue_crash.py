@@ -583,6 +583,7 @@ def test_a_signal_stops_a_single_input_run_and_its_flow_run_ends_cancelled(
     # What it did: no job ended.
     result = json.loads(stdout)
     assert (result["success"], result["stopped"], result["jobs"]) == (False, "interrupted", [])
+    assert result["go_on"] is None  # no job ended: the same command again
     assert files_under(config.output_dir) == []
     home = Path(env["PREFECT_HOME"])
     with closing(sqlite3.connect(f"file:{home / 'prefect.db'}?mode=ro", uri=True)) as db:

@@ -487,8 +487,9 @@ def _run_single(
         def say_stopped(done: Any) -> NoReturn:
             # What the jobs that ended did (none, if it stopped while Prefect started), then
             # how to go on from there.
-            _report_single(done, input_data, as_json, stopped="interrupted")
-            _say_interrupted(_how_to_go_on(done, jobs, stop_after, force))
+            go_on = _how_to_go_on(done, jobs, stop_after, force)
+            _report_single(done, input_data, as_json, stopped="interrupted", go_on=go_on)
+            _say_interrupted(go_on and f"to go on from there: {go_on}")
             sys.stdout.flush()
             sys.exit(EXIT_INTERRUPTED)
 
@@ -534,7 +535,7 @@ def _how_to_go_on(
     from the job it stopped in, when the jobs before it ended well and the next one takes
     what the last one made: a batch id (job B's batch, stored, not finalized: job C), or a
     file it wrote (job A's JSON: job B). Global options given on the command line are
-    repeated, a database URL (it may hold a password) only named."""
+    repeated, a database URL without its password."""
     if not done.success:  # no job ended, or the last one failed
         return None
     names = [spec.name for spec in jobs]
@@ -553,7 +554,7 @@ def _how_to_go_on(
         words += ["--stop-after", stop_after]
     if force:
         words.append("--force")
-    return "to go on from there: " + " ".join(shlex.quote(word) for word in words)
+    return " ".join(shlex.quote(word) for word in words)
 
 
 def _given_root_options() -> list[str]:
@@ -581,10 +582,15 @@ def _given_root_options() -> list[str]:
 
 
 def _report_single(
-    outcome: Any, input_data: str, as_json: bool, stopped: str | None = None
+    outcome: Any,
+    input_data: str,
+    as_json: bool,
+    stopped: str | None = None,
+    go_on: str | None = None,
 ) -> None:
     """A single-input run's result: a line per job that ended well, or one JSON object
-    (``stopped``: how a run that did not reach its end stopped)."""
+    (``stopped``: how a run that did not reach its end stopped; ``go_on``: then, the command
+    that takes it on from there, for scripts too)."""
     if as_json:
         click.echo(
             json.dumps(
@@ -595,6 +601,7 @@ def _report_single(
                     "error": outcome.error,
                     "duration_s": round(outcome.duration, 4),
                     "stopped": stopped,
+                    "go_on": go_on,
                     "jobs": [
                         {
                             "job": r.job_name,
