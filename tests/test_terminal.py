@@ -44,7 +44,7 @@ COUNTS = re.compile(
 TIMES = re.compile(
     r"(?P<elapsed>[\d.]+) s elapsed \(first input stored after [\d.]+ s\); "
     r"(?P<rate>[\d.]+) files/s, "
-    r"\d+ records/s"
+    r"[\d.]+ records/s"
 )
 #: SGR sequences that set a colour (30-37, 38;..., 90-97, and their backgrounds).
 COLOUR = re.compile(rb"\x1b\[[0-9;]*(?:3[0-8]|4[0-8]|9[0-7]|10[0-7])[0-9;]*m")
@@ -480,6 +480,16 @@ def test_the_total_never_moves_backwards_and_the_last_figures_are_the_summarys()
     final = progress.figures(now=5000.0)
     assert (final.done, final.total, final.failed) == (12, 12, 2)
     assert (final.elapsed_s, final.files_per_s) == (summary.elapsed_s, summary.files_per_s)
+
+
+def test_the_summary_gives_rates_people_can_read() -> None:
+    """None when nothing ran (no "0.0 files/s"); a tenth below ten ("0.4 records/s", not
+    "0 records/s"); whole numbers above."""
+    assert RunSummary(elapsed_s=0.3).to_text().splitlines()[1] == "0.3 s elapsed"
+    slow = RunSummary(total=3, succeeded=3, records=3, elapsed_s=7.0)
+    assert slow.to_text().splitlines()[1] == "7.0 s elapsed; 0.4 files/s, 0.4 records/s"
+    fast = RunSummary(total=300, succeeded=300, records=9000, elapsed_s=2.0)
+    assert fast.to_text().splitlines()[1] == "2.0 s elapsed; 150.0 files/s, 4500 records/s"
 
 
 @pytest.mark.parametrize("not_reached", [21960, None])

@@ -121,7 +121,11 @@ class RunSummary:
                     if self.startup_s is not None
                     else ""
                 )
-                + f"; {self.files_per_s:.1f} files/s, {self.records_per_s:.0f} records/s",
+                + (
+                    f"; {self.files_per_s:.1f} files/s, {_per_s(self.records_per_s)} records/s"
+                    if self.total
+                    else ""  # nothing ran: no rate to give
+                ),
                 "",
             ),
         ]
@@ -185,3 +189,9 @@ class RunSummary:
                 ("dask_dashboard", self.dashboard_url),
             )
         ]
+
+
+def _per_s(rate: float) -> str:
+    """A rate as people read it: whole above ten, a tenth below (3 records in 2 s are not
+    "0 records/s")."""
+    return f"{rate:.0f}" if rate >= 10 else f"{rate:.1f}"
