@@ -665,11 +665,13 @@ def test_bad_inputs_fail_at_once_without_stopping_the_drain(
     ]
     text = pipeline("status").stdout.splitlines()
     assert text[2].startswith("last run: ")
+    # Each line names its input once: the error's own "PATH: " is left out.
     assert text[3:] == [
-        f"error: #4 {nul} (failed, job A): {errors[nul]}",
-        f"error: #3 {missing} (failed, job A): {errors[missing]}",
-        f"error: #2 {latin1} (failed, job A): {errors[latin1]}",
+        f"error: #4 {nul} (failed, job A): {errors[nul].removeprefix(f'{nul}: ')}",
+        f"error: #3 {missing} (failed, job A): {errors[missing].removeprefix(f'{missing}: ')}",
+        f"error: #2 {latin1} (failed, job A): {errors[latin1].removeprefix(f'{latin1}: ')}",
     ]
+    assert all(errors[path].startswith(f"{path}: ") for path in (nul, missing, latin1))
 
     requeued = pipeline("requeue", "--failed")
     assert requeued.exit_code == 0, requeued.output

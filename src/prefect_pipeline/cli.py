@@ -1175,10 +1175,12 @@ def status(config: PipelineConfig, as_json: bool) -> None:
         last = report["last_run"]
         shown = last["flow_run_url"] or last["flow_run_id"] or f"run {last['run_id']}"
         click.echo(f"last run: {shown} ({last['at']})")
+    from prefect_pipeline.pipeline.summary import problem
+
     for error in report["last_errors"]:
         click.echo(
             f"error: #{error['id']} {error['path']} ({error['status']}, job "
-            f"{error['job']}): {error['error']}"
+            f"{error['job']}): {problem(error['error'] or '', error['path'])}"
         )
 
 
