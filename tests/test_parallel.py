@@ -839,6 +839,8 @@ def test_an_interrupted_summary_says_how_many_inputs_it_did_not_reach() -> None:
         "113 input(s) not reached (the next run of this command takes them)",
     ]
     assert (summary.to_dict()["total"], summary.to_dict()["not_reached"]) == (5, 113)
+    summary.command = "drain-db"  # which the line then names alone
+    assert "2 input(s) left pending (drain-db again finishes them)" in summary.to_text()
     assert "not reached" not in RunSummary(total=5, succeeded=5).to_text()
 
 

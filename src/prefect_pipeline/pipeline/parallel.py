@@ -198,6 +198,7 @@ def _execute(
     reads its summary without starting either, or importing Prefect.
     """
     reported: RunSummary | None = None  # the run's end, once said
+    plan.summary.command = command
     try:
         plan.primed = _first_group(plan)
         if not plan.primed and plan.source.next_due() is None:

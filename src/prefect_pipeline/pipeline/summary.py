@@ -25,6 +25,8 @@ def problem(error: str, path: str) -> str:
 class RunSummary:
     """Counts of a run. ``total == succeeded + failed + skipped + held``."""
 
+    #: The command whose run this is: ``run-parallel`` or ``drain-db``.
+    command: str | None = None
     total: int = 0
     succeeded: int = 0
     failed: int = 0
@@ -134,7 +136,11 @@ class RunSummary:
         if self.stopped:
             lines.append((f"{self.stopped}: the run stopped before its end", "yellow"))
         if self.pending:
-            again = "run the command again, or drain-db, to finish them"
+            again = (
+                "drain-db again finishes them"
+                if self.command == "drain-db"
+                else "run the command again, or drain-db, to finish them"
+            )
             lines.append((f"{self.pending} input(s) left pending ({again})", "yellow"))
         again = "the next run of this command takes them"
         if self.not_reached:
