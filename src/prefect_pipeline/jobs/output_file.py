@@ -76,24 +76,34 @@ def _open_locked(target: str, access: int) -> tuple[int, str]:
     if folder not in _swept:
         os.makedirs(folder, exist_ok=True)
         sweep_once(Path(folder))
-    for _ in range(100):
-        path = os.path.join(folder, f".{name}.pipeline-{_random.getrandbits(40):010x}.tmp")
+    try:
         try:
-            fd = os.open(path, access | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-        except FileExistsError:
-            continue
+            fd, path = _create_new(folder, name, access)
         except FileNotFoundError:
             # A folder swept before (so not made again for each file) that is gone now.
             os.makedirs(folder, exist_ok=True)
-            continue
-        except OSError as exc:  # named after the folder, not the temporary name it chose
-            raise OSError(exc.errno, exc.strerror, folder) from None
+            fd, path = _create_new(folder, name, access)
+    except FileExistsError:
+        raise
+    except OSError as exc:  # named after the folder, not the temporary name it chose
+        raise OSError(exc.errno, exc.strerror, folder) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        _discard(fd, path)
+        raise
+    return fd, path
+
+
+def _create_new(folder: str, name: str, access: int) -> tuple[int, str]:
+    """A new file in ``folder`` under a temporary file's name (``.NAME.pipeline-RANDOM.tmp``,
+    which a sweep knows), created exclusively: its descriptor and path."""
+    for _ in range(100):
+        path = os.path.join(folder, f".{name}.pipeline-{_random.getrandbits(40):010x}.tmp")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
-            _discard(fd, path)
-            raise
-        return fd, path
+            return os.open(path, access | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), path
+        except FileExistsError:
+            continue
     raise FileExistsError(f"{folder}: no free temporary file name for {name}")
 
 
@@ -162,18 +172,11 @@ def try_a_file_in(folder: Path) -> None:
     there would meet. Asking (``os.access``) is not enough: root is told yes for folders
     that take no file (under ``/proc``, say). The file has a temporary file's name, so a
     sweep removes it should this process die before it does."""
-    for _ in range(100):
-        path = os.path.join(folder, f".probe.pipeline-{_random.getrandbits(40):010x}.tmp")
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            continue
-        try:
-            os.close(fd)
-        finally:
-            os.unlink(path)
-        return
-    raise FileExistsError(f"{folder}: no free temporary file name to try")
+    fd, path = _create_new(os.fspath(folder), "probe", os.O_WRONLY)
+    try:
+        os.close(fd)
+    finally:
+        os.unlink(path)
 
 
 @contextmanager
