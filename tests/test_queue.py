@@ -1198,3 +1198,34 @@ def test_enqueue_queues_a_done_input_whose_batch_a_single_run_replaced_and_drain
     [(batch, status)] = query(config.db_path, "SELECT id, status FROM processing_batches")
     assert (status, rows(config)[0]["batch_id"]) == ("finalized", batch)
     assert pipeline("enqueue", path).stdout == "0 input(s) queued, 1 already there\n"
+
+
+def test_what_a_drain_would_take_is_what_status_counts_pending_or_stale(
+    pipeline: Invoke, config: PipelineConfig, tmp_path: Path
+) -> None:
+    """``queued`` (a drain's display total, and what an interrupted drain did not reach)
+    counts by the same rules as ``status``, without reading the rest of it."""
+    from prefect_pipeline.database.owners import this_process
+    from prefect_pipeline.database.queue import queued, status
+
+    me = this_process()  # its pid with another start time: a command that is gone
+    paths = write_files(tmp_path / "in", {f"{name}.txt": "x\n" for name in "abcdef"})
+    assert pipeline("enqueue", tmp_path / "in").exit_code == 0
+    a, b, c, d, e = (str(paths[f"{name}.txt"]) for name in "abcde")
+    with closing(sqlite3.connect(config.db_path)) as connection, connection:
+        set_to = "UPDATE pipeline_inputs SET status = ?, lease_expires_at = ? WHERE path = ?"
+        connection.execute(set_to, ("processing", "2000-01-01T00:00:00+00:00", a))  # expired
+        connection.execute(set_to, ("processing", "2999-01-01T00:00:00+00:00", b))  # live
+        connection.execute(set_to, ("done", None, c))
+        connection.execute(set_to, ("failed", None, d))
+        connection.execute(  # live, but its command (of this host) is gone
+            "UPDATE pipeline_inputs SET status = 'processing', claim_token = 't',"
+            " lease_expires_at = '2999-01-01T00:00:00+00:00', owner_host = ?,"
+            " owner_namespace = ?, owner_pid = ?, owner_started_at = 1.0 WHERE path = ?",
+            (me.host, me.namespace, me.pid, e),
+        )
+    store = sqlite_store(config.db_path)
+
+    inputs = status(store)["inputs"]
+    assert (inputs["pending"], inputs["stale"]) == (1, 2)  # f; a and e
+    assert queued(store) == 3

@@ -697,6 +697,15 @@ class Store(ABC):
             Owner(*row) for row in self.execute(_OWNERS, (now, host, namespace)).fetchall()
         ]
 
+    def count_pending_or_expired(self, now: str) -> int:
+        """Inputs pending, and claims whose lease ran out before ``now`` (``status``'s
+        pending and stale, but for the live claims of commands that are gone)."""
+        sql = (
+            "SELECT count(*) FROM pipeline_inputs WHERE status = 'pending'"
+            " OR (status = 'processing' AND lease_expires_at < ?)"
+        )
+        return int(self.execute(sql, (now,)).fetchone()[0])
+
     def count_failed(self) -> int:
         """How many inputs failed for good (run again only once requeued)."""
         sql = "SELECT count(*) FROM pipeline_inputs WHERE status = 'failed'"

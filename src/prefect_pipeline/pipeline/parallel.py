@@ -18,7 +18,7 @@ from typing import Any
 from prefect_pipeline.config import DEFAULT_MAX_ATTEMPTS, PipelineConfig
 from prefect_pipeline.database.backends import open_store
 from prefect_pipeline.database.ledger import Ledger
-from prefect_pipeline.database.queue import status as queue_status
+from prefect_pipeline.database.queue import queued
 from prefect_pipeline.exceptions import DatabaseUnavailable, Interrupted, RunError
 from prefect_pipeline.interrupts import caused_by_interrupt, received
 from prefect_pipeline.jobs.base import Kind
@@ -136,20 +136,18 @@ def run_parallel_from_database(
     if progress.enabled:
         # The display's total: what is queued now (pending, or held by a command that
         # died), up to --limit. Retries that fall due during the run add to it.
-        inputs = queue_status(ledger.store, clock=options.clock)["inputs"]
-        queued = inputs["pending"] + inputs["stale"]
-        progress.set_total(queued if limit is None else min(queued, limit))
+        waiting = queued(ledger.store, clock=options.clock)
+        progress.set_total(waiting if limit is None else min(waiting, limit))
     source = QueueSource(ledger, chain, options, limit, progress)
     plan = Plan(chain, config, options, ledger, source, progress, started)
 
     def not_reached(summary: RunSummary) -> int:
         # Still queued once the claims are back, but for this run's own (pending again, or
         # waiting for a retry): in the summary already. Within what --limit left to take.
-        inputs = queue_status(ledger.store, clock=options.clock)["inputs"]
-        queued = max(0, inputs["pending"] + inputs["stale"] - summary.pending)
+        waiting = max(0, queued(ledger.store, clock=options.clock) - summary.pending)
         if limit is None:
-            return queued
-        return max(0, min(queued, limit - summary.total - summary.pending))
+            return waiting
+        return max(0, min(waiting, limit - summary.total - summary.pending))
 
     shown = _shown_options(chain, options, limit=limit)
     return _execute(plan, "drain-db", config.database.display, shown, not_reached)
