@@ -20,6 +20,7 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -490,6 +491,27 @@ def test_the_summary_gives_rates_people_can_read() -> None:
     assert slow.to_text().splitlines()[1] == "7.0 s elapsed; 0.4 files/s, 0.4 records/s"
     fast = RunSummary(total=300, succeeded=300, records=9000, elapsed_s=2.0)
     assert fast.to_text().splitlines()[1] == "2.0 s elapsed; 150.0 files/s, 4500 records/s"
+
+
+def test_the_displays_count_of_the_inputs_is_waited_for_a_while_not_walked_again() -> None:
+    """An interrupted run asks the display's walk for its total (``total_within``): None
+    while the walk goes on past the wait, the total once it has ended."""
+    import threading
+
+    walked_on = threading.Event()
+
+    def entries() -> Iterator[int]:
+        yield from (1, 2)
+        walked_on.wait()
+        yield 3
+
+    progress = Progress(True, started_at=time.time())
+    assert not progress.counting
+    progress.count(entries)
+    assert progress.counting
+    assert progress.total_within(0.05) is None
+    walked_on.set()
+    assert progress.total_within(10) == 3
 
 
 @pytest.mark.parametrize("not_reached", [21960, None])

@@ -99,9 +99,12 @@ def run_parallel_from_files(
 
     def not_reached(summary: RunSummary) -> int | None:
         # Every input found reached the ledger (run, skipped or held), or is pending again;
-        # the rest were never looked at. Counted again: the run's own walk may have been
-        # stopped inside, and then cannot go on.
-        counted = progress.total if progress.total_known else _count_within(inputs)
+        # the rest were never looked at. Counted by the display's own walk if it has one,
+        # else again: the run's own walk may have been stopped inside, and cannot go on.
+        if progress.counting:
+            counted = progress.total_within(RECOUNT_SECONDS)
+        else:
+            counted = _count_within(inputs)
         if counted is None:
             return None
         return max(0, counted - summary.total - summary.pending)

@@ -5,13 +5,14 @@ Otherwise nothing is drawn, and ``starting()`` / ``ready()`` are plain log lines
 
 One line at the bottom: a spinner and what is being started, then the bar: done/total,
 rate, failures so far, elapsed time and ETA. On a narrow terminal the line gives up the
-bar's width, the description, the rate and the bar, in that order, before anything else:
-the counts and the times stay. Every log line is printed above it, never inside it. Log
-handlers keep the stream they saw when they were made (Prefect's console handler, Dask's),
-and the Dask workers and the temporary Prefect server are other processes that write to
-the terminal themselves; so while the display is on, file descriptor 2 itself is a pipe,
-and a thread prints each line that comes out of it above the display. The display is
-entered before any child process starts, so that they all inherit the pipe.
+bar's width, the description, the rate, the bar and the percentage, in that order, before
+anything else: the counts and the times stay. Every log line is printed above it, never
+inside it. Log handlers keep the stream they saw when they were made (Prefect's console
+handler, Dask's), and the Dask workers and the temporary Prefect server are other
+processes that write to the terminal themselves; so while the display is on, file
+descriptor 2 itself is a pipe, and a thread prints each line that comes out of it above
+the display. The display is entered before any child process starts, so that they all
+inherit the pipe.
 
 The figures follow the summary's rules (``RunSummary``): elapsed time from the command's
 start, rate = inputs done / elapsed; ``finish(summary)`` shows the summary's own figures,
@@ -144,6 +145,18 @@ class Progress:
         self._counting = threading.Thread(target=walk, name="count-inputs", daemon=True)
         self._counting.start()
 
+    @property
+    def counting(self) -> bool:
+        """Whether ``count`` walks (or walked) the run's inputs."""
+        return self._counting is not None
+
+    def total_within(self, seconds: float) -> int | None:
+        """The total ``count`` arrives at, waiting at most ``seconds`` for its walk to end;
+        None when it has not by then (or never started)."""
+        if self._counting is not None:
+            self._counting.join(seconds)
+        return self.total if self.total_known else None
+
     def set_total(self, total: int) -> None:
         """The run's total is known (it only grows from here)."""
         self.total = max(self.total, total)
@@ -252,21 +265,21 @@ class Progress:
             if figures.eta_s is None:
                 extra += len(" · ETA 0:00")
         description = Text(f"{self.description} ")
-        for text, with_description, with_bar, room in (
-            (full, True, True, extra),
-            (full, False, True, extra),
-            (short, False, True, extra),
-            (short, False, False, 0),
-            (shortest, False, False, 0),
+        for text, with_description, with_bar in (
+            (full, True, True),
+            (full, False, True),
+            (short, False, True),
+            (short, False, False),
+            (shortest, False, False),
         ):
-            used = head.cell_len + text.cell_len + room
+            used = head.cell_len + text.cell_len
             if with_description:
                 used += description.cell_len
             if not with_bar:
                 if used <= width:
                     return Text.assemble(head, text)
                 continue
-            bar_width = min(BAR_WIDTH, width - used - 1)
+            bar_width = min(BAR_WIDTH, width - used - extra - 1)
             if bar_width >= MIN_BAR_WIDTH:
                 bar = _bar(console, options, figures, bar_width)
                 shown = description if with_description else Text()
