@@ -549,17 +549,24 @@ def _how_to_go_on(
         made = (last.details or {}).get("output_path")
         if not isinstance(made, str) or not os.path.isfile(made):
             return None
-    words = ["pipeline", *_given_root_options(), "run", str(made), "--start-from", following]
+    words = ["run", str(made), "--start-from", following]
     if stop_after:
         words += ["--stop-after", stop_after]
     if force:
         words.append("--force")
-    return " ".join(shlex.quote(word) for word in words)
+    return _suggested(*words)
+
+
+def _suggested(*words: str) -> str:
+    """A ``pipeline`` command line to suggest: ``words`` after the options ``pipeline``
+    itself was given, every word quoted for a shell."""
+    return " ".join(shlex.quote(word) for word in ["pipeline", *_given_root_options(), *words])
 
 
 def _given_root_options() -> list[str]:
     """``pipeline``'s own options as the command line gave them (not from the environment:
-    a command run from the same shell gets those again), for a command to suggest."""
+    a command run from the same shell gets those again), a database URL without its
+    password."""
     from click.core import ParameterSource
 
     context = click.get_current_context(silent=True)
@@ -1125,10 +1132,9 @@ def _left_in_queue(config: PipelineConfig, summary: Any) -> tuple[dict[str, Any]
         return data, []  # its own lines say what it did
     lines = []
     if left.failed:
-        words = ["pipeline", *_given_root_options(), "requeue", "--failed"]
         lines.append(
             f"{left.failed} failed input(s) wait in the queue, not run again until requeued: "
-            + " ".join(shlex.quote(word) for word in words)
+            + _suggested("requeue", "--failed")
         )
     lines.extend(
         f"{count} input(s) held by {who} until {until} (its lease, renewed while it runs): "
