@@ -168,6 +168,12 @@ _SHARED_SIZE = 510
 _READ_ATTEMPTS = 3
 
 
+def _kept_changing() -> peewee.OperationalError:
+    return peewee.OperationalError(
+        f"writers came and went during each of {_READ_ATTEMPTS} reads; try again"
+    )
+
+
 def _writable(real: Path) -> bool:
     """Whether this process may write the database file ``real`` and make files beside it:
     then SQLite removes the -wal and -shm files it makes when its last connection closes."""
@@ -308,9 +314,7 @@ def read_schema(path: Path, timeout: float) -> tuple[dict[str, set[str]], int]:
                         found[table] = columns
                 if saw_it_as_it_is():
                     return found, version
-        raise peewee.OperationalError(
-            f"writers came and went during each of {_READ_ATTEMPTS} reads; try again"
-        )
+        raise _kept_changing()
     except sqlite3.DatabaseError as exc:  # e.g. "file is not a database"
         raise peewee.DatabaseError(str(exc)) from exc
 
@@ -370,14 +374,11 @@ class SqliteStore(Store):
                 if not opening.alone:
                     return reader()
                 with unchanged_while(opening, self.timeout) as saw_it_as_it_is:
+                    result = reader()
                     if saw_it_as_it_is():
-                        result = reader()
-                        if saw_it_as_it_is():
-                            return result
+                        return result
                 # A writer came: read again, through the -wal file it made.
-            raise peewee.OperationalError(
-                f"writers came and went during each of {_READ_ATTEMPTS} reads; try again"
-            )
+            raise _kept_changing()
         except self.unavailable_errors as exc:
             self.fail(exc)
 
