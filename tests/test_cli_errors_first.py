@@ -202,20 +202,25 @@ def test_a_database_named_by_url_is_checked_by_that_option(
 # An output folder job A cannot write in (run, run-all, run-parallel) ------------------
 
 
-_NO_FILE_THERE = "making a file there fails: no such file or directory"
+_NO_FILE_THERE = "its file system makes no file there: no such file or directory"
 
 
-@pytest.mark.parametrize("case", ["under a file", "/proc/self", "/proc/nonexistent-dir"])
+@pytest.mark.parametrize(
+    "case", ["a file", "under a file", "/proc/self", "/proc/nonexistent-dir"]
+)
 @pytest.mark.parametrize("command", ["run", "run-all", "run-parallel"])
 def test_an_output_folder_job_a_cannot_write_in_is_one_line_before_prefect(
     watched: WatchedRun, tmp_path: Path, sample_file: Path, command: str, case: str
 ) -> None:
-    """Found by job A, every input would fail with it, one by one, after the start-up. (An
-    existing file as --output-dir is Click's usage error.) Under /proc root is told it may
+    """Found by job A, every input would fail with it, one by one, after the start-up. Under
+    /proc root is told it may
     write (``os.access``) and no file can be made: the check makes one."""
     afile = tmp_path / "afile"
     afile.write_text("a regular file\n")
-    if case == "under a file":
+    if case == "a file":
+        out = afile
+        problem = "a file, not a directory"
+    elif case == "under a file":
         out = afile / "out"
         problem = f"cannot be created: {afile} is not a directory"
     elif not Path("/proc/self").is_dir():

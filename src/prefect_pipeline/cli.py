@@ -196,7 +196,7 @@ def _check_output_dir(config: PipelineConfig, jobs: Iterable[Any]) -> None:
     folder = _nearest_folder(path)  # which job A creates in
     if not folder.is_dir():
         problem = (
-            "not a directory"
+            "a file, not a directory"
             if folder == path
             else f"cannot be created: {folder} is not a directory"
         )
@@ -216,9 +216,16 @@ def _cannot_make_files_in(folder: Path) -> str | None:
     try:
         try_a_file_in(folder)
     except OSError as exc:
-        known = {errno.EACCES: "permission denied", errno.EROFS: "read-only file system"}
+        known = {
+            errno.EACCES: "permission denied",
+            errno.EROFS: "read-only file system",
+            errno.ENOSPC: "no space left on device",
+            errno.EDQUOT: "disk quota exceeded",
+        }
         reason = (exc.strerror or str(exc)).lower()
-        return known.get(exc.errno or 0, f"making a file there fails: {reason}")
+        # Others come from file systems that make no regular files (/proc answers "no
+        # such file or directory" for a folder that exists): the check's own words first.
+        return known.get(exc.errno or 0, f"its file system makes no file there: {reason}")
     return None
 
 
@@ -342,7 +349,9 @@ class _Group(click.Group):
 )
 @click.option(
     "--output-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    # An existing file is refused by the commands that write there, in one line
+    # (_check_output_dir), not by Click's usage block: status or requeue do not care.
+    type=click.Path(path_type=Path),
     default=DEFAULT_OUTPUT_DIR,
     show_default=True,
     envvar="PIPELINE_OUTPUT_DIR",
