@@ -28,9 +28,13 @@ from typing import Any
 
 import pytest
 
+from prefect_pipeline.clock import local_time
 from tests.conftest import CliInvoke, files_under, query, sqlite_store
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
+
+#: A lease that another machine's drainer holds, far from running out.
+LEASE_END = "2999-01-01T00:00:00+00:00"
 
 #: Packages a command must not load when it has nothing to run.
 HEAVY = ("prefect", "prefect_dask", "distributed", "dask")
@@ -471,7 +475,7 @@ def test_drain_db_with_nothing_to_run_says_what_waits_in_the_queue(
         )
         connection.execute(  # claimed by a drainer on another machine, its lease running
             "UPDATE pipeline_inputs SET status = 'processing', claim_token = 't',"
-            " lease_expires_at = '2999-01-01T00:00:00+00:00', owner_host = 'elsewhere',"
+            f" lease_expires_at = '{LEASE_END}', owner_host = 'elsewhere',"
             " owner_namespace = 'ns', owner_pid = 4242, owner_started_at = 1.0 WHERE path = ?",
             (str(folder / "c.txt"),),
         )
@@ -485,7 +489,7 @@ def test_drain_db_with_nothing_to_run_says_what_waits_in_the_queue(
     requeue = f"pipeline --log-level OFF {option} {where} requeue --failed"
     assert lines[2:] == [
         f"2 failed input(s) wait in the queue, not run again until requeued: {requeue}",
-        "1 input(s) held by pid 4242 on elsewhere until 2999-01-01T00:00:00+00:00 (its lease,"
+        f"1 input(s) held by pid 4242 on elsewhere until {local_time(LEASE_END)} (its lease,"
         " renewed while it runs): left to it",
     ]
     assert_started_nothing(text)

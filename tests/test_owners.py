@@ -9,12 +9,13 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
 import pytest
 
-from prefect_pipeline.clock import iso
+from prefect_pipeline.clock import iso, local_time
 from prefect_pipeline.config import PipelineConfig
 from prefect_pipeline.database import Store
 from prefect_pipeline.database.ledger import Ledger
@@ -287,6 +288,33 @@ def test_run_parallel_reports_inputs_a_live_command_holds(
         "0 record(s) written"
     )
     assert (
-        f"1 input(s) held by {live_process.describe()} until {until} (its lease, renewed "
-        "while it runs): not run; run again once it has finished"
+        f"1 input(s) held by {live_process.describe()} until {local_time(until)} (its lease,"
+        " renewed while it runs): not run; run again once it has finished"
     ) in text.stdout.splitlines()
+
+
+def test_a_lease_end_is_shown_in_local_time_to_the_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The held lines name when a lease runs out as the terminal's reader reads clocks:
+    local time with its zone, the date only when it is not today; --json keeps the
+    stored UTC timestamp."""
+    stored = "2026-12-07T23:40:12.123456+00:00"
+    same_day = datetime(2026, 12, 7, 23, 0, tzinfo=UTC)
+    monkeypatch.setenv("TZ", "UTC0")
+    time.tzset()
+    try:
+        assert local_time(stored, now=same_day) == "23:40:12 UTC"
+        assert local_time(stored, now=same_day - timedelta(days=1)) == (
+            "2026-12-07 23:40:12 UTC"
+        )
+        monkeypatch.setenv("TZ", "CET-1")  # a POSIX zone: no time zone database needed
+        time.tzset()
+        # An hour east, the lease ends after midnight: today there at 00:00 UTC+1, not
+        # at 22:00 UTC+1 the day before.
+        assert local_time(stored, now=same_day) == "00:40:12 CET"
+        assert local_time(stored, now=same_day - timedelta(hours=2)) == "2026-12-08 00:40:12 CET"
+        assert local_time("not a time") == "not a time"
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 import click
 
 from prefect_pipeline import interrupts
+from prefect_pipeline.clock import local_time
 from prefect_pipeline.config import (
     DEFAULT_DB_PATH,
     DEFAULT_LEASE_SECONDS,
@@ -1146,7 +1147,8 @@ def _left_in_queue(config: PipelineConfig, summary: Any) -> tuple[dict[str, Any]
             + _suggested("requeue", "--failed")
         )
     lines.extend(
-        f"{count} input(s) held by {who} until {until} (its lease, renewed while it runs): "
+        f"{count} input(s) held by {who} until {local_time(until)} (its lease, renewed while"
+        " it runs): "
         "left to it"
         for who, count, until in left.held
     )

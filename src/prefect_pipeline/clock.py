@@ -48,3 +48,16 @@ def iso(moment: datetime) -> str:
 def iso_in(clock: Clock, seconds: float) -> str:
     """``iso()`` of ``seconds`` from now on ``clock``."""
     return iso(clock.now() + timedelta(seconds=seconds))
+
+
+def local_time(iso_text: str, now: datetime | None = None) -> str:
+    """A stored timestamp (``iso()``) as a reader at a terminal wants it: the local time to
+    the second with its zone, and the date too when it is not ``now``'s local date
+    (default: the machine's time). Text that is no timestamp is given back as it is."""
+    try:
+        moment = datetime.fromisoformat(iso_text).astimezone()
+    except ValueError:
+        return iso_text
+    today = (now or datetime.now(UTC)).astimezone(moment.tzinfo).date()
+    shape = "%H:%M:%S %Z" if moment.date() == today else "%Y-%m-%d %H:%M:%S %Z"
+    return moment.strftime(shape)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from prefect_pipeline.clock import local_time
 from prefect_pipeline.database.statuses import REJECTED_BEFORE
 
 
@@ -170,7 +171,8 @@ class RunSummary:
         for entry in self.held_inputs:
             holders.setdefault(entry["owner"], []).append(entry)
         return [
-            f"{len(entries)} input(s) held by {owner} until {max(e['until'] for e in entries)}"
+            f"{len(entries)} input(s) held by {owner} until"
+            f" {local_time(max(e['until'] for e in entries))}"
             " (its lease, renewed while it runs): not run; run again once it has finished"
             for owner, entries in holders.items()
         ]
