@@ -564,3 +564,31 @@ def test_an_interrupted_single_runs_json_carries_the_command_to_go_on(
     result = json.loads(capsys.readouterr().out)
     assert (result["success"], result["stopped"], result["go_on"]) == (False, "interrupted", go_on)
     assert [job["job"] for job in result["jobs"]] == ["A"]
+
+
+def test_status_names_the_batches_of_run_and_run_all(
+    pipeline: Invoke, config: PipelineConfig, tmp_path: Path
+) -> None:
+    """run and run-all keep no input row: status's "0 done" beside their batches and
+    records says where those came from, apart from a queued input's."""
+    alone = tmp_path / "alone.txt"
+    alone.write_text("one\ntwo\n")
+    queued = tmp_path / "queue" / "q.txt"
+    queued.parent.mkdir()
+    queued.write_text("three\n")
+    assert pipeline("run-all", alone).exit_code == 0
+    assert pipeline("enqueue", queued.parent).exit_code == 0
+    assert pipeline("drain-db", "--workers", "0").exit_code == 0
+
+    text = pipeline("status")
+    report = json.loads(pipeline("status", "--json").stdout)
+
+    assert text.exit_code == 0, text.output
+    assert text.stdout.splitlines()[:2] == [
+        "inputs:  0 pending, 0 processing (0 stale: lease expired or command gone), 1 done,"
+        " 0 failed",
+        "batches: 0 pending, 2 finalized (1 by run or run-all, of no queued input);"
+        " 3 record(s)",
+    ]
+    assert report["batches"] == {"pending": 0, "finalized": 2, "total": 2, "outside_queue": 1}
+    assert report["inputs"]["done"] == 1

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import pytest
 from click.testing import Result
 
-from prefect_pipeline.clock import SYSTEM_CLOCK, iso, iso_in
+from prefect_pipeline.clock import SYSTEM_CLOCK, iso, iso_in, local_time
 from prefect_pipeline.config import PipelineConfig
 from prefect_pipeline.database.ledger import Ledger
 from prefect_pipeline.database.models import utcnow
@@ -505,7 +505,7 @@ def test_drain_with_a_limit_then_status_then_the_rest(
     last_run = reported.pop("last_run")
     assert reported == {
         "inputs": {"pending": 4, "processing": 0, "done": 3, "failed": 0, "total": 7, "stale": 0},
-        "batches": {"pending": 0, "finalized": 3, "total": 3},
+        "batches": {"pending": 0, "finalized": 3, "total": 3, "outside_queue": 0},
         "records": first_records,
         "oldest_pending": {"id": 4, "path": order[3], "queued_at": fourth["created_at"]},
         "last_errors": [],
@@ -521,8 +521,8 @@ def test_drain_with_a_limit_then_status_then_the_rest(
         "inputs:  4 pending, 0 processing (0 stale: lease expired or command gone), 3 done,"
         " 0 failed\n"
         f"batches: 0 pending, 3 finalized; {first_records} record(s)\n"
-        f"oldest pending: #4 {order[3]} (queued {fourth['created_at']})\n"
-        f"last run: {last_run['flow_run_url']} ({last_run['at']})\n"
+        f"oldest pending: #4 {order[3]} (queued {local_time(fourth['created_at'])})\n"
+        f"last run: {last_run['flow_run_url']} ({local_time(last_run['at'])})\n"
     )
     # When the run settled its last input.
     assert last_run["at"] == max(r["finished_at"] for r in rows(config, "status = 'done'"))
@@ -588,7 +588,7 @@ def test_status_of_an_empty_database(pipeline: Invoke, config: PipelineConfig) -
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {
         "inputs": {"pending": 0, "processing": 0, "done": 0, "failed": 0, "total": 0, "stale": 0},
-        "batches": {"pending": 0, "finalized": 0, "total": 0},
+        "batches": {"pending": 0, "finalized": 0, "total": 0, "outside_queue": 0},
         "records": 0,
         "last_run": None,
         "oldest_pending": None,

@@ -1179,19 +1179,24 @@ def status(config: PipelineConfig, as_json: bool) -> None:
         f"({inputs['stale']} stale: lease expired or command gone), {inputs['done']} done, "
         f"{inputs['failed']} failed"
     )
+    # run and run-all store batches of inputs that are in no queue: said, or their
+    # records would look unaccounted for beside "0 done".
+    outside = batches["outside_queue"]
     click.echo(
-        f"batches: {batches['pending']} pending, {batches['finalized']} finalized; "
-        f"{report['records']} record(s)"
+        f"batches: {batches['pending']} pending, {batches['finalized']} finalized"
+        + (f" ({outside} by run or run-all, of no queued input)" if outside else "")
+        + f"; {report['records']} record(s)"
     )
     if report["oldest_pending"]:
         oldest = report["oldest_pending"]
         click.echo(
-            f"oldest pending: #{oldest['id']} {oldest['path']} (queued {oldest['queued_at']})"
+            f"oldest pending: #{oldest['id']} {oldest['path']}"
+            f" (queued {local_time(oldest['queued_at'])})"
         )
     if report["last_run"]:
         last = report["last_run"]
         shown = last["flow_run_url"] or last["flow_run_id"] or f"run {last['run_id']}"
-        click.echo(f"last run: {shown} ({last['at']})")
+        click.echo(f"last run: {shown} ({local_time(last['at'])})")
     from prefect_pipeline.pipeline.summary import problem
 
     for error in report["last_errors"]:

@@ -857,6 +857,12 @@ class Store(ABC):
         batches = dict(
             self.execute("SELECT status, count(*) FROM processing_batches GROUP BY status")
         )
+        # Batches of no queued input: stored by run or run-all, which keep no input row.
+        # (On the paths' unique index: one lookup per batch.)
+        outside = self.execute(
+            "SELECT count(*) FROM processing_batches b WHERE NOT EXISTS"
+            " (SELECT 1 FROM pipeline_inputs i WHERE i.path = b.source_path)"
+        ).fetchone()[0]
         records = self.execute("SELECT count(*) FROM processed_records").fetchone()[0]
         oldest = self.execute(
             "SELECT id, path, created_at FROM pipeline_inputs WHERE status = 'pending'"
@@ -881,6 +887,7 @@ class Store(ABC):
                 PENDING: batches.get(PENDING, 0),
                 FINALIZED: batches.get(FINALIZED, 0),
                 "total": sum(batches.values()),
+                "outside_queue": outside,
             },
             "records": records,
             "last_run": (
