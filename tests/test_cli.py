@@ -570,25 +570,31 @@ def test_status_names_the_batches_of_run_and_run_all(
     pipeline: Invoke, config: PipelineConfig, tmp_path: Path
 ) -> None:
     """run and run-all keep no input row: status's "0 done" beside their batches and
-    records says where those came from, apart from a queued input's."""
+    records says where those came from, apart from the queue's. A queued input reached
+    through a symbolic link (its batch names the real path) is the queue's."""
     alone = tmp_path / "alone.txt"
     alone.write_text("one\ntwo\n")
-    queued = tmp_path / "queue" / "q.txt"
-    queued.parent.mkdir()
-    queued.write_text("three\n")
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "q.txt").write_text("three\n")
+    linked = tmp_path / "linked"
+    linked.symlink_to(real, target_is_directory=True)
     assert pipeline("run-all", alone).exit_code == 0
-    assert pipeline("enqueue", queued.parent).exit_code == 0
+    assert pipeline("enqueue", linked).exit_code == 0
     assert pipeline("drain-db", "--workers", "0").exit_code == 0
+    batches = query(config.db_path, "SELECT source_path FROM processing_batches ORDER BY id")
+    assert [tuple(row) for row in batches] == [(str(alone),), (str(real / "q.txt"),)]
 
     text = pipeline("status")
     report = json.loads(pipeline("status", "--json").stdout)
 
     assert text.exit_code == 0, text.output
-    assert text.stdout.splitlines()[:2] == [
+    assert text.stdout.splitlines()[:3] == [
         "inputs:  0 pending, 0 processing (0 stale: lease expired or command gone), 1 done,"
         " 0 failed",
-        "batches: 0 pending, 2 finalized (1 by run or run-all, of no queued input);"
-        " 3 record(s)",
+        "batches: 0 pending, 2 finalized; 3 record(s)",
+        "outside the queue: 1 batch(es) stored by run or run-all (the inputs above are the"
+        " queue's)",
     ]
     assert report["batches"] == {"pending": 0, "finalized": 2, "total": 2, "outside_queue": 1}
     assert report["inputs"]["done"] == 1

@@ -281,40 +281,55 @@ def test_run_parallel_reports_inputs_a_live_command_holds(
         {"input": str(paths[0]), "owner": live_process.describe(), "until": until}
     ]
 
+    before = datetime.now(UTC)
     text = cli_runner(*base, "run-parallel", tmp_path / "inputs", "--workers", "0")
     assert text.exit_code == 1, text.output
     assert text.stdout.splitlines()[0] == (
         "0 succeeded, 0 failed, 2 skipped, 1 held by another command (of 3 input(s)); "
         "0 record(s) written"
     )
-    assert (
-        f"1 input(s) held by {live_process.describe()} until {local_time(until)} (its lease,"
-        " renewed while it runs): not run; run again once it has finished"
-    ) in text.stdout.splitlines()
+    held = {  # the lease's end in local time, dated if midnight came in between
+        f"1 input(s) held by {live_process.describe()} until {local_time(until, now)} (its"
+        " lease, renewed while it runs): not run; run again once it has finished"
+        for now in (before, datetime.now(UTC))
+    }
+    assert held & set(text.stdout.splitlines())
 
 
 def test_a_lease_end_is_shown_in_local_time_to_the_second(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The held lines name when a lease runs out as the terminal's reader reads clocks:
-    local time with its zone, the date only when it is not today; --json keeps the
-    stored UTC timestamp."""
+    local time with its zone, the date only when it is not today (by today's offset, which
+    a change to or from summer time makes another than the lease's)."""
     stored = "2026-12-07T23:40:12.123456+00:00"
     same_day = datetime(2026, 12, 7, 23, 0, tzinfo=UTC)
-    monkeypatch.setenv("TZ", "UTC0")
-    time.tzset()
+
+    def in_zone(zone: str) -> None:  # POSIX zones: no time zone database needed
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+
     try:
+        in_zone("UTC0")
         assert local_time(stored, now=same_day) == "23:40:12 UTC"
         assert local_time(stored, now=same_day - timedelta(days=1)) == (
             "2026-12-07 23:40:12 UTC"
         )
-        monkeypatch.setenv("TZ", "CET-1")  # a POSIX zone: no time zone database needed
-        time.tzset()
+        # Stored without a zone: UTC, as every stored timestamp is.
+        assert local_time("2026-12-07T23:40:12", now=same_day) == "23:40:12 UTC"
+        assert local_time("not a time") == "not a time"
+
+        in_zone("CET-1")
         # An hour east, the lease ends after midnight: today there at 00:00 UTC+1, not
         # at 22:00 UTC+1 the day before.
         assert local_time(stored, now=same_day) == "00:40:12 CET"
         assert local_time(stored, now=same_day - timedelta(hours=2)) == "2026-12-08 00:40:12 CET"
-        assert local_time("not a time") == "not a time"
+
+        in_zone("CET-1CEST,M3.5.0,M10.5.0/3")  # Central Europe, with summer time
+        # 00:30 CEST on 25 October, read at 23:30 CET that day, after the change.
+        assert local_time("2026-10-24T22:30:00+00:00", now=datetime(
+            2026, 10, 25, 22, 30, tzinfo=UTC
+        )) == "00:30:00 CEST"
     finally:
         monkeypatch.undo()
         time.tzset()

@@ -126,8 +126,12 @@ def test_every_command_works_on_postgresql_as_on_sqlite(
     assert json.loads(enqueued.stdout)["queued"] == 2
     drained, _ = both("drain-db", "--workers", "0", "--json")
     assert json.loads(drained.stdout)["succeeded"] == 2
-    status, _ = both("status", "--json")
+    status, lite_status = both("status", "--json")
     assert json.loads(status.stdout)["inputs"]["failed"] == 1
+    # Batches counted alike, those of no queued input too (its query is a join).
+    batches = json.loads(status.stdout)["batches"]
+    assert batches == json.loads(lite_status.stdout)["batches"]
+    assert 0 <= batches["outside_queue"] < batches["total"]
     requeued, _ = both("requeue", "--failed")
     assert requeued.stdout == "1 input(s) requeued\n"
     assert both("drain-db", "--workers", "0")[0].exit_code == 1  # bad.bin fails again

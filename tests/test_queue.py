@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -264,6 +265,27 @@ def test_enqueue_a_missing_path_is_a_usage_error(
     )
     # Checked before anything is queued: the database was not even created.
     assert not config.db_path.exists()
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_enqueue_refuses_a_file_as_the_output_folder(
+    cli_runner: CliInvoke, config: PipelineConfig, tree: Path, tmp_path: Path, where: str
+) -> None:
+    """The queued inputs' JSON paths are fixed at enqueue: under a file, every one of them
+    would fail in drain-db. One line, exit 2, nothing queued."""
+    afile = tmp_path / "afile"
+    afile.write_text("kept\n")
+    out = afile if where == "a file" else afile / "out"
+    problem = "a file, not a directory" if where == "a file" else (
+        f"cannot be created: {afile} is not a directory"
+    )
+
+    result = cli_runner("--db-path", config.db_path, "--output-dir", out, "enqueue", tree)
+
+    assert result.exit_code == 2, result.output
+    assert (result.stdout, result.stderr) == ("", f"Error: {out}: {problem} (check --output-dir)\n")
+    assert not config.db_path.exists()
+    assert afile.read_text() == "kept\n"
 
 
 def test_enqueue_after_draining_queues_only_changed_or_forced_inputs(
@@ -515,15 +537,20 @@ def test_drain_with_a_limit_then_status_then_the_rest(
     assert last_run["flow_run_id"] == first_done["flow_run_id"] == first_summary["flow_run_id"]
     assert last_run["flow_run_url"] == first_summary["flow_run_url"]
     assert first_summary["flow_run_url"].endswith(f"/runs/flow-run/{last_run['flow_run_id']}")
+    before = SYSTEM_CLOCK.now()
     text = pipeline("status")
+
+    def expected(now: datetime) -> str:  # its times local, dated when not today
+        return (
+            "inputs:  4 pending, 0 processing (0 stale: lease expired or command gone), 3 done,"
+            " 0 failed\n"
+            f"batches: 0 pending, 3 finalized; {first_records} record(s)\n"
+            f"oldest pending: #4 {order[3]} (queued {local_time(fourth['created_at'], now)})\n"
+            f"last run: {last_run['flow_run_url']} ({local_time(last_run['at'], now)})\n"
+        )
+
     assert text.exit_code == 0, text.output
-    assert text.stdout == (
-        "inputs:  4 pending, 0 processing (0 stale: lease expired or command gone), 3 done,"
-        " 0 failed\n"
-        f"batches: 0 pending, 3 finalized; {first_records} record(s)\n"
-        f"oldest pending: #4 {order[3]} (queued {local_time(fourth['created_at'])})\n"
-        f"last run: {last_run['flow_run_url']} ({local_time(last_run['at'])})\n"
-    )
+    assert text.stdout in {expected(before), expected(SYSTEM_CLOCK.now())}  # midnight between
     # When the run settled its last input.
     assert last_run["at"] == max(r["finished_at"] for r in rows(config, "status = 'done'"))
 

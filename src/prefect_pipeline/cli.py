@@ -194,7 +194,18 @@ def _check_output_dir(config: PipelineConfig, jobs: Iterable[Any]) -> None:
     if not any(spec.job_class.writes_output for spec in jobs):
         return
     path = config.output_dir
-    folder = _nearest_folder(path)  # which job A creates in
+    folder = _output_folder_to_be(config)
+    why = _cannot_make_files_in(folder)
+    if why is not None:
+        problem = "not writable" if folder == path else f"cannot be created in {folder}"
+        raise UnusableOutput(f"{path}: {problem} ({why}) (check --output-dir)")
+
+
+def _output_folder_to_be(config: PipelineConfig) -> Path:
+    """The nearest existing folder of --output-dir (where job A makes it); ``UnusableOutput``
+    when that is a file: --output-dir is one, or lies under one."""
+    path = config.output_dir
+    folder = _nearest_folder(path)
     if not folder.is_dir():
         problem = (
             "a file, not a directory"
@@ -202,10 +213,7 @@ def _check_output_dir(config: PipelineConfig, jobs: Iterable[Any]) -> None:
             else f"cannot be created: {folder} is not a directory"
         )
         raise UnusableOutput(f"{path}: {problem} (check --output-dir)")
-    why = _cannot_make_files_in(folder)
-    if why is not None:
-        problem = "not writable" if folder == path else f"cannot be created in {folder}"
-        raise UnusableOutput(f"{path}: {problem} ({why}) (check --output-dir)")
+    return folder
 
 
 def _cannot_make_files_in(folder: Path) -> str | None:
@@ -219,14 +227,17 @@ def _cannot_make_files_in(folder: Path) -> str | None:
     except OSError as exc:
         known = {
             errno.EACCES: "permission denied",
+            errno.EPERM: "operation not permitted",
             errno.EROFS: "read-only file system",
             errno.ENOSPC: "no space left on device",
             errno.EDQUOT: "disk quota exceeded",
         }
         reason = (exc.strerror or str(exc)).lower()
-        # Others come from file systems that make no regular files (/proc answers "no
-        # such file or directory" for a folder that exists): the check's own words first.
-        return known.get(exc.errno or 0, f"its file system makes no file there: {reason}")
+        if exc.errno in (errno.ENOENT, errno.EOPNOTSUPP, errno.EINVAL):
+            # From a file system that makes no regular files: /proc answers "no such file
+            # or directory" for a folder that exists.
+            return f"its file system makes no file there: {reason}"
+        return known.get(exc.errno or 0, f"making a file there fails: {reason}")
     return None
 
 
@@ -949,6 +960,10 @@ def enqueue(
     for path in paths:
         if not path.exists():
             raise click.BadParameter(f"{path}: no such file or directory", param_hint="'PATH...'")
+    # The queued inputs' JSON paths are fixed here, under --output-dir: one that is a file
+    # would fail every one of them in drain-db. Whether files can be made there is for
+    # drain-db to find (the machines that drain may be others than this one).
+    _output_folder_to_be(config)
     ignored: list[dict[str, str]] = []
     unreadable: list[dict[str, str]] = []
     chain = _definition().jobs
@@ -1179,14 +1194,17 @@ def status(config: PipelineConfig, as_json: bool) -> None:
         f"({inputs['stale']} stale: lease expired or command gone), {inputs['done']} done, "
         f"{inputs['failed']} failed"
     )
-    # run and run-all store batches of inputs that are in no queue: said, or their
-    # records would look unaccounted for beside "0 done".
-    outside = batches["outside_queue"]
     click.echo(
-        f"batches: {batches['pending']} pending, {batches['finalized']} finalized"
-        + (f" ({outside} by run or run-all, of no queued input)" if outside else "")
-        + f"; {report['records']} record(s)"
+        f"batches: {batches['pending']} pending, {batches['finalized']} finalized; "
+        f"{report['records']} record(s)"
     )
+    if batches["outside_queue"]:
+        # run and run-all keep no input row: said, or their batches and records would
+        # look unaccounted for beside the inputs' "0 done".
+        click.echo(
+            f"outside the queue: {batches['outside_queue']} batch(es) stored by run or "
+            "run-all (the inputs above are the queue's)"
+        )
     if report["oldest_pending"]:
         oldest = report["oldest_pending"]
         click.echo(

@@ -53,11 +53,16 @@ def iso_in(clock: Clock, seconds: float) -> str:
 def local_time(iso_text: str, now: datetime | None = None) -> str:
     """A stored timestamp (``iso()``) as a reader at a terminal wants it: the local time to
     the second with its zone, and the date too when it is not ``now``'s local date
-    (default: the machine's time). Text that is no timestamp is given back as it is."""
+    (default: the machine's time). A timestamp without a zone is UTC, as every stored one
+    is; text that is no timestamp is given back as it is."""
     try:
-        moment = datetime.fromisoformat(iso_text).astimezone()
-    except ValueError:
-        return iso_text
-    today = (now or datetime.now(UTC)).astimezone(moment.tzinfo).date()
+        moment = datetime.fromisoformat(iso_text)
+    except (TypeError, ValueError):
+        return str(iso_text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone()
+    # Today by today's offset, not the moment's: they differ across a DST change.
+    today = (now or datetime.now(UTC)).astimezone().date()
     shape = "%H:%M:%S %Z" if moment.date() == today else "%Y-%m-%d %H:%M:%S %Z"
     return moment.strftime(shape)

@@ -857,11 +857,14 @@ class Store(ABC):
         batches = dict(
             self.execute("SELECT status, count(*) FROM processing_batches GROUP BY status")
         )
-        # Batches of no queued input: stored by run or run-all, which keep no input row.
-        # (On the paths' unique index: one lookup per batch.)
+        # Batches no queued input names: stored by run or run-all, which keep no input
+        # row. By the input's batch, not its path: a batch's source path is the file's
+        # real path, an input's the path as given (a symbolic link's). A join, not NOT
+        # EXISTS: SQLite makes itself a transient index on batch_id for a join only (the
+        # correlated subquery scanned the inputs once per batch), PostgreSQL an anti-join.
         outside = self.execute(
-            "SELECT count(*) FROM processing_batches b WHERE NOT EXISTS"
-            " (SELECT 1 FROM pipeline_inputs i WHERE i.path = b.source_path)"
+            "SELECT count(*) FROM processing_batches b LEFT JOIN pipeline_inputs i"
+            " ON i.batch_id = b.id WHERE i.id IS NULL"
         ).fetchone()[0]
         records = self.execute("SELECT count(*) FROM processed_records").fetchone()[0]
         oldest = self.execute(
