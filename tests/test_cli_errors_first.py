@@ -453,6 +453,42 @@ def test_drain_db_on_an_empty_queue_starts_nothing(watched: WatchedRun, tmp_path
     assert_started_nothing(result)
 
 
+def test_drain_db_refuses_a_queue_whose_output_folder_takes_no_file(
+    watched: WatchedRun, cli_runner: CliInvoke, tmp_path: Path
+) -> None:
+    """Queued inputs write their JSON where enqueue put it. When that folder has become a
+    file, drain-db says so in one line before anything starts, instead of failing every
+    input after the start-up; the inputs stay pending, untouched, for the drain after the
+    folder is fixed."""
+    db, folder, out = tmp_path / "queue.db", tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (folder / name).write_text(f"{name}\n")
+    base: list[str | Path] = ["--log-level", "OFF", "--db-path", db]
+    assert cli_runner(*base, "--output-dir", out, "enqueue", folder).exit_code == 0
+    out.write_text("a file where the output folder was to be\n")
+    before = query(db, "SELECT id, status, attempts, claim_token FROM pipeline_inputs")
+    json_folder = out / folder.relative_to(folder.anchor)
+
+    result = watched(*base, "drain-db", "--workers", "0")
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"Error: {json_folder}: cannot be created: {out} is not a directory (where enqueue's"
+        " --output-dir put the queued inputs' JSON); the 2 input(s) this run took are"
+        " pending in the database\n"
+    )
+    assert result.stdout == ""
+    assert_started_nothing(result)
+    after = query(db, "SELECT id, status, attempts, claim_token FROM pipeline_inputs")
+    assert [tuple(row) for row in after] == [tuple(row) for row in before]
+    assert [row["status"] for row in after] == ["pending", "pending"]
+
+    out.unlink()  # fixed: the next drain takes them
+    assert cli_runner(*base, "drain-db", "--workers", "0").exit_code == 0
+    assert sorted(os.listdir(json_folder)) == ["a_processed.json", "b_processed.json"]
+
+
 @pytest.mark.parametrize("option", ["--db-path", "--db-url"])
 def test_drain_db_with_nothing_to_run_says_what_waits_in_the_queue(
     watched: WatchedRun, cli_runner: CliInvoke, tmp_path: Path, option: str

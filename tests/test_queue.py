@@ -288,6 +288,27 @@ def test_enqueue_refuses_a_file_as_the_output_folder(
     assert afile.read_text() == "kept\n"
 
 
+def test_drain_db_writes_where_enqueue_put_the_json_not_in_its_own_output_dir(
+    cli_runner: CliInvoke, config: PipelineConfig, tree: Path, tmp_path: Path
+) -> None:
+    """A queued input's JSON path is fixed when it is queued: drain-db's own --output-dir
+    is neither used nor checked (a drain from cron in a folder it may not write, or with
+    the default ./data/output, is not refused for a folder it does not use)."""
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder\n")
+    base: list[str | Path] = ["--log-level", "OFF", "--db-path", config.db_path]
+    assert cli_runner(*base, "--output-dir", config.output_dir, "enqueue", tree).exit_code == 0
+
+    result = cli_runner(*base, "--output-dir", afile, "drain-db", "--workers", "0", "--json")
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["succeeded"] == len(TREE)
+    for row in rows(config, "status = 'done'"):
+        assert Path(row["output_path"]).is_file()
+        assert Path(row["output_path"]).is_relative_to(config.output_dir)
+    assert afile.read_text() == "not a folder\n"
+
+
 def test_enqueue_after_draining_queues_only_changed_or_forced_inputs(
     pipeline: Invoke, config: PipelineConfig, tree: Path
 ) -> None:

@@ -8,7 +8,6 @@ server, Dask cluster, a bug); 130 interrupted (Ctrl-C or SIGTERM).
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import json
 import os
@@ -37,6 +36,7 @@ from prefect_pipeline.exceptions import (
     DatabaseMismatch,
     InputValidationError,
     MissingDatabase,
+    OutputFolderError,
     PipelineError,
     RunError,
     UsageError,
@@ -187,58 +187,20 @@ class UnusableOutput(click.ClickException):
     exit_code = EXIT_USAGE
 
 
-def _check_output_dir(config: PipelineConfig, jobs: Iterable[Any]) -> None:
+def _check_output_dir(
+    config: PipelineConfig, jobs: Iterable[Any], *, probe: bool = True
+) -> None:
     """Refuse an output folder that the ``jobs`` (``JobSpec``s) to run would write in (job
-    A's JSON files) and cannot. No folder is made; a file is made and removed at once in
-    the nearest existing one (``try_a_file_in``)."""
+    A's JSON files) and cannot (``output_folder_problem``; without ``probe``, only one that
+    is a file or lies under one). No folder is made; a file is made and removed at once in
+    the nearest existing one."""
+    from prefect_pipeline.jobs.output_file import output_folder_problem
+
     if not any(spec.job_class.writes_output for spec in jobs):
         return
-    path = config.output_dir
-    folder = _output_folder_to_be(config)
-    why = _cannot_make_files_in(folder)
-    if why is not None:
-        problem = "not writable" if folder == path else f"cannot be created in {folder}"
-        raise UnusableOutput(f"{path}: {problem} ({why}) (check --output-dir)")
-
-
-def _output_folder_to_be(config: PipelineConfig) -> Path:
-    """The nearest existing folder of --output-dir (where job A makes it); ``UnusableOutput``
-    when that is a file: --output-dir is one, or lies under one."""
-    path = config.output_dir
-    folder = _nearest_folder(path)
-    if not folder.is_dir():
-        problem = (
-            "a file, not a directory"
-            if folder == path
-            else f"cannot be created: {folder} is not a directory"
-        )
-        raise UnusableOutput(f"{path}: {problem} (check --output-dir)")
-    return folder
-
-
-def _cannot_make_files_in(folder: Path) -> str | None:
-    """Why a file cannot be made in ``folder``, found by making one and removing it, or
-    None when it can. (The caller passes the nearest existing folder: the check makes no
-    folder, which a run with nothing to write would leave behind.)"""
-    from prefect_pipeline.jobs.output_file import try_a_file_in
-
-    try:
-        try_a_file_in(folder)
-    except OSError as exc:
-        known = {
-            errno.EACCES: "permission denied",
-            errno.EPERM: "operation not permitted",
-            errno.EROFS: "read-only file system",
-            errno.ENOSPC: "no space left on device",
-            errno.EDQUOT: "disk quota exceeded",
-        }
-        reason = (exc.strerror or str(exc)).lower()
-        if exc.errno in (errno.ENOENT, errno.EOPNOTSUPP, errno.EINVAL):
-            # From a file system that makes no regular files: /proc answers "no such file
-            # or directory" for a folder that exists.
-            return f"its file system makes no file there: {reason}"
-        return known.get(exc.errno or 0, f"making a file there fails: {reason}")
-    return None
+    problem = output_folder_problem(config.output_dir, probe=probe)
+    if problem is not None:
+        raise UnusableOutput(f"{config.output_dir}: {problem} (check --output-dir)")
 
 
 def _open_database(config: PipelineConfig) -> Any:
@@ -300,6 +262,8 @@ def handle_errors[F: Callable[..., Any]](func: F) -> F:
             raise UnusableDatabase(str(exc)) from None
         except MissingDatabase as exc:
             raise NoSuchDatabase(str(exc)) from None
+        except OutputFolderError as exc:
+            raise UnusableOutput(str(exc)) from None
         except RunError as exc:
             raise RunBroken(str(exc)) from None
         except PipelineError as exc:
@@ -367,7 +331,8 @@ class _Group(click.Group):
     default=DEFAULT_OUTPUT_DIR,
     show_default=True,
     envvar="PIPELINE_OUTPUT_DIR",
-    help="Where job A writes its JSON files.",
+    help="Where job A writes its JSON files. For enqueue: where the queued inputs' JSON "
+    "will go (drain-db and serve write where enqueue put it; theirs is not used).",
 )
 @click.option(
     "--db-path",
@@ -963,7 +928,7 @@ def enqueue(
     # The queued inputs' JSON paths are fixed here, under --output-dir: one that is a file
     # would fail every one of them in drain-db. Whether files can be made there is for
     # drain-db to find (the machines that drain may be others than this one).
-    _output_folder_to_be(config)
+    _check_output_dir(config, _definition().jobs, probe=False)
     ignored: list[dict[str, str]] = []
     unreadable: list[dict[str, str]] = []
     chain = _definition().jobs
@@ -1120,7 +1085,8 @@ def drain_db(
     _check_cluster(workers, threads_per_worker, address)
     _require_database(config)
     definition = _definition()
-    _check_output_dir(config, definition.jobs)  # queued files go through the whole chain
+    # No check of --output-dir: queued inputs write where enqueue put them. The folders of
+    # the first inputs claimed are checked once they are (``run_parallel_from_database``).
     run = functools.partial(
         run_parallel_from_database,
         config,
@@ -1410,9 +1376,10 @@ def serve(
     if (interval is None) == (cron is None):
         raise click.UsageError("give --interval or --cron (one of them)")
     ParallelOptions(workers=workers, address=address).check()
-    jobs = _definition().path_range(start_from, stop_after)
+    _definition().path_range(start_from, stop_after)  # a bad range: refused here, not per run
     _require_database(config)
-    _check_output_dir(config, jobs)
+    # Its runs drain the queue: each checks the output folders of the first inputs it
+    # claims (where enqueue put their JSON), not --output-dir.
     # PREFECT_API_URL in the environment or the active Prefect profile, else the local
     # server; the scheduled runs' processes inherit where it is.
     api = configured_api()

@@ -39,6 +39,11 @@ class UsageError(PipelineError):
     """The request itself is wrong (unknown job name, impossible job range...)."""
 
 
+class OutputFolderError(PipelineError):
+    """The folder job A would write its JSON files in cannot take them (a file, under a
+    file, not writable): found before a run starts, which would fail every input with it."""
+
+
 class RunError(PipelineError):
     """The run could not proceed (Prefect server or Dask cluster unavailable...)."""
 

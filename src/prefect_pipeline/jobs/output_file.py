@@ -20,6 +20,7 @@ and renamed over the target when complete, so a reader (or a crash) never sees h
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import random
@@ -177,6 +178,51 @@ def try_a_file_in(folder: Path) -> None:
         os.close(fd)
     finally:
         os.unlink(path)
+
+
+def nearest_folder(path: Path) -> Path:
+    """``path`` if it exists, else its nearest existing parent: where it would be made."""
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def output_folder_problem(folder: Path, *, probe: bool = True) -> str | None:
+    """Why JSON files could not be written in ``folder`` (made first if missing), in words
+    that follow its path in a message, or None when they can: it is a file, lies under
+    one, or (``probe``) no file can be made in it or in the nearest existing folder it
+    would be made in (``try_a_file_in``). No folder is made."""
+    existing = nearest_folder(folder)
+    if not existing.is_dir():
+        if existing == folder:
+            return "a file, not a directory"
+        return f"cannot be created: {existing} is not a directory"
+    if not probe:
+        return None
+    try:
+        try_a_file_in(existing)
+    except OSError as exc:
+        why = _probe_failure(exc)
+        return f"not writable ({why})" if existing == folder else (
+            f"cannot be created in {existing} ({why})"
+        )
+    return None
+
+
+def _probe_failure(exc: OSError) -> str:
+    known = {
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.EROFS: "read-only file system",
+        errno.ENOSPC: "no space left on device",
+        errno.EDQUOT: "disk quota exceeded",
+    }
+    reason = (exc.strerror or str(exc)).lower()
+    if exc.errno in (errno.ENOENT, errno.EOPNOTSUPP, errno.EINVAL):
+        # From a file system that makes no regular files: /proc answers "no such file or
+        # directory" for a folder that exists.
+        return f"its file system makes no file there: {reason}"
+    return known.get(exc.errno or 0, f"making a file there fails: {reason}")
 
 
 @contextmanager

@@ -19,9 +19,15 @@ from prefect_pipeline.config import DEFAULT_MAX_ATTEMPTS, PipelineConfig
 from prefect_pipeline.database.backends import open_store
 from prefect_pipeline.database.ledger import Ledger
 from prefect_pipeline.database.queue import queued
-from prefect_pipeline.exceptions import DatabaseUnavailable, Interrupted, RunError
+from prefect_pipeline.exceptions import (
+    DatabaseUnavailable,
+    Interrupted,
+    OutputFolderError,
+    RunError,
+)
 from prefect_pipeline.interrupts import caused_by_interrupt, received
 from prefect_pipeline.jobs.base import Kind
+from prefect_pipeline.jobs.output_file import output_folder_problem
 from prefect_pipeline.logs import get_logger
 from prefect_pipeline.pipeline.cluster import silence_teardown
 from prefect_pipeline.pipeline.definition import PipelineDefinition, default_pipeline
@@ -204,6 +210,8 @@ def _execute(
         plan.primed = _first_group(plan)
         if not plan.primed and plan.source.next_due() is None:
             return _reported(plan, read_summary(plan))
+        if command == "drain-db":
+            _check_queued_outputs(plan)
         _check_api(plan)
         # What starts, said before the display's first frame (which then shows it), and
         # the display before anything starts: processes inherit its capture of stderr.
@@ -357,6 +365,28 @@ def _check_api(plan: Plan) -> None:
         raise RunError(
             f"{exc}; the {released} input(s) this run took are pending in the database"
         ) from None
+
+
+def _check_queued_outputs(plan: Plan) -> None:
+    """The folders the first inputs claimed write their JSON in (chosen when they were
+    queued, under enqueue's --output-dir: not this command's), or the run stops here,
+    before anything starts, when none of them can take a file: one line, exit 2, the
+    claims given back. When only some cannot, their inputs fail one by one, each with
+    its own line, and the others run."""
+    folders = {
+        Path(item.data["output_path"]).parent
+        for item in plan.primed
+        if isinstance(item.data, dict) and item.data.get("output_path")
+    }
+    problems = {folder: output_folder_problem(folder) for folder in sorted(folders)}
+    if not problems or not all(problems.values()):
+        return
+    folder, problem = next(iter(problems.items()))
+    released = plan.ledger.release()
+    raise OutputFolderError(
+        f"{folder}: {problem} (where enqueue's --output-dir put the queued inputs' JSON); "
+        f"the {released} input(s) this run took are pending in the database"
+    )
 
 
 def _first_group(plan: Plan) -> list[Any]:
