@@ -4,6 +4,9 @@ or Python that removes or renames one fails here, by name."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
+import textwrap
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -270,3 +273,47 @@ def test_prefects_warning_about_a_drain_with_items_left_is_dropped() -> None:
 
         assert not kept("Still processing items: 4 items remaining...")
         assert kept("Service 'EventsWorker' failed with 3 pending items.")
+
+
+@pytest.mark.parametrize("quieted", [True, False])
+def test_the_gc_diagnosis_race_prints_no_traceback_and_other_errors_still_do(
+    quieted: bool,
+) -> None:
+    """distributed's GC diagnosis added while a collection runs sees only its stop: the
+    race, made happen for real by adding the callback from inside the collection's start
+    (where another thread's registration lands). Quieted, it prints nothing; another
+    unraisable exception still prints; not quieted, the traceback shows (the case is
+    real)."""
+    code = textwrap.dedent(
+        f"""
+        import gc
+        from distributed.gc import GCDiagnosis
+        from prefect_pipeline.compat import quiet_gc_diagnosis_race
+
+        if {quieted}:
+            quiet_gc_diagnosis_race()
+            quiet_gc_diagnosis_race()  # idempotent: one hook
+        diagnosis = GCDiagnosis()
+
+        def enable_midway(phase, info):
+            if phase == "start" and info["generation"] == 2:
+                gc.callbacks.remove(enable_midway)
+                diagnosis.enable()  # as enable_gc_diagnosis does, from another thread
+
+        gc.callbacks.append(enable_midway)
+        gc.collect()
+        diagnosis.disable()
+
+        class Other:
+            def __del__(self):
+                raise ValueError("another problem")
+
+        Other()
+        """
+    )
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+    assert result.returncode == 0, result.stderr
+    assert ("GCDiagnosis._gc_callback" in result.stderr) is not quieted, result.stderr
+    assert "ValueError: another problem" in result.stderr

@@ -765,3 +765,34 @@ def test_an_interrupt_lost_in_a_gc_callback_is_kept_quiet_and_still_stops(tmp_pa
         "received True\nstopped\n",
         "",
     )
+
+
+@pytest.mark.parametrize("started_by", ["the cluster's start", "multiprocessing"])
+def test_the_resource_tracker_keeps_quiet_about_what_it_cleans_up(started_by: str) -> None:
+    """Workers killed as they start (an interrupt during the cluster's start) leave their
+    semaphores to multiprocessing's resource tracker, which removes them when the command
+    exits, with a warning printed after the command's last line. The tracker the cluster
+    starts removes them without it. A process that leaves a semaphore behind, for real;
+    as multiprocessing starts the tracker itself, the warning comes (the case is real)."""
+    start = (
+        "from prefect_pipeline.pipeline.cluster import start_resource_tracker as start"
+        if started_by == "the cluster's start"
+        else "from multiprocessing.resource_tracker import ensure_running as start"
+    )
+    code = (
+        f"{start}\n"
+        "import multiprocessing, os\n"
+        "start()\n"
+        "semaphore = multiprocessing.get_context('spawn').Semaphore()\n"
+        "os._exit(0)\n"  # as a process killed before it cleaned up
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 0, result.stderr
+    if started_by == "multiprocessing":
+        assert "leaked semaphore objects to clean up" in result.stderr
+    else:
+        assert result.stderr == ""

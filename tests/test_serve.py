@@ -79,6 +79,37 @@ def test_a_served_drain_runs_when_triggered_and_fails_with_its_inputs(
     assert statuses == {"done": 2, "failed": 1}
 
 
+def test_a_served_drain_that_cannot_start_fails_with_its_one_line_reason(
+    cli_runner: CliInvoke, config: PipelineConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scheduled run whose queued inputs' output folder has become a file ends Failed
+    with the line drain-db prints, not a traceback; its inputs stay pending for the run
+    after the folder is fixed. (The flow as the served process runs it, here in-process.)"""
+    from prefect_pipeline.pipeline.deployment import drain_queue
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    (inputs / "a.txt").write_text("a\n")
+    assert cli_runner(
+        "--log-level", "OFF", "--db-path", config.db_path, "--output-dir", out, "enqueue", inputs
+    ).exit_code == 0
+    out.write_text("a file in the way\n")
+    monkeypatch.setenv("PIPELINE_DB_PATH", str(config.db_path))
+    monkeypatch.delenv("PIPELINE_DATABASE_URL", raising=False)
+
+    state = drain_queue(workers=0, return_state=True)
+
+    assert state.type == StateType.FAILED
+    assert state.message == (
+        f"{out / inputs.relative_to(inputs.anchor)}: cannot be created: {out} is not a"
+        " directory (where enqueue's --output-dir put the queued inputs' JSON); the 1"
+        " input(s) this run took are pending in the database"
+    )
+    assert [tuple(r) for r in query(config.db_path, "SELECT status FROM pipeline_inputs")] == [
+        ("pending",)
+    ]
+
+
 def test_serve_needs_a_server_that_outlives_it(
     cli_runner: CliInvoke, config: PipelineConfig, tmp_path: Path
 ) -> None:

@@ -538,3 +538,37 @@ def test_a_read_of_the_file_alone_that_a_writer_overtook_is_read_again_through_i
     # The writer could not remove its -wal file while the read held SHARED, nor can the
     # reader, which may not write: left for the next writer's close.
     assert sorted(p.name for p in folder.iterdir()) == ["p.db", "p.db-shm", "p.db-wal"]
+
+
+def test_a_queue_whose_output_folder_cannot_be_searched_is_one_line(tmp_path: Path) -> None:
+    """The queued inputs' JSON folders lie under one this process may not search: the
+    drain's check walks up to it (a path it cannot look into is not there to it) and says
+    it cannot make files in it, in one line, exit 2, the inputs pending (``Path.exists``
+    would have raised, ending in a traceback)."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    root.mkdir()
+    (root / "a.txt").write_text("one\n")
+    db = tmp_path / "p.db"
+    base = ["--log-level", "OFF", "--db-path", db]
+    queued = subprocess.run(
+        _command(*base, "--output-dir", out, "enqueue", root),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert queued.returncode == 0, queued.stderr
+    (out / "made-by-another").mkdir(parents=True)
+    out.chmod(0o600)  # not searchable: what is in it is hidden, and nothing can be made
+    try:
+        result = subprocess.run(
+            _command(*base, "drain-db", "--workers", "0"),
+            env=api_env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        out.chmod(0o755)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"Error: {out / root.relative_to(root.anchor)}: cannot be created in {out}"
+        " (permission denied) (where enqueue's --output-dir put the queued inputs' JSON); the"
+        " 1 input(s) this run took are pending in the database\n"
+    )
+    assert result.stdout == ""
+    assert sorted(os.listdir(out)) == ["made-by-another"]

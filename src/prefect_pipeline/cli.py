@@ -41,6 +41,7 @@ from prefect_pipeline.exceptions import (
     RunError,
     UsageError,
 )
+from prefect_pipeline.folders import nearest_folder
 from prefect_pipeline.interrupts import caused_by_interrupt
 from prefect_pipeline.logs import LEVELS, configure_logging, get_logger, silence_other_output
 from prefect_pipeline.pipeline.definition import default_pipeline
@@ -129,13 +130,6 @@ def _db_option(config: PipelineConfig) -> str:
     return "--db-url" if config.db_url is not None else "--db-path"
 
 
-def _nearest_folder(path: Path) -> Path:
-    """``path`` if it exists, else its nearest existing parent: where it would be made."""
-    while not path.exists():
-        path = path.parent
-    return path
-
-
 def _not_writable(path: Path) -> str | None:
     """Why this process may not write ``path`` (a file, or a folder to make files in), or
     None when it may."""
@@ -158,7 +152,7 @@ def _check_database_location(config: PipelineConfig, *, writes: bool = True) -> 
         raise UnusableDatabase(
             f"{path}: a directory, not a database file (check {_db_option(config)})"
         )
-    folder = _nearest_folder(path.parent)  # which the store creates in
+    folder = nearest_folder(path.parent)  # which the store creates in
     if not folder.is_dir():
         raise UnusableDatabase(
             f"{path}: cannot be created: {folder} is not a directory "
@@ -1396,8 +1390,8 @@ def serve(
         )
         api = (local.api_url, "")
     check_api(api[0], where=api[1])
-    # Each scheduled run reads where its data is from the environment it inherits.
-    os.environ["PIPELINE_OUTPUT_DIR"] = str(config.output_dir)
+    # Each scheduled run reads where its data is from the environment it inherits (its
+    # inputs' JSON goes where enqueue put it: no output folder is passed on).
     if config.db_url is not None:
         os.environ["PIPELINE_DATABASE_URL"] = config.db_url
     else:

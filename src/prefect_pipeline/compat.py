@@ -157,6 +157,42 @@ def quiet_drain_progress() -> None:
         logging.getLogger(name).addFilter(_not_drain_progress)  # added once, however asked
 
 
+#: The module of distributed's GC diagnosis (``GCDiagnosis``).
+_GC_DIAGNOSIS_MODULE = "distributed.gc"
+
+
+def _gc_diagnosis_race(unraisable: Any) -> bool:
+    owner = getattr(unraisable.object, "__self__", None)
+    return isinstance(unraisable.exc_value, AssertionError) and (
+        type(owner).__module__ == _GC_DIAGNOSIS_MODULE
+    )
+
+
+def quiet_gc_diagnosis_race() -> None:
+    """Drop the traceback distributed's GC diagnosis can print as a cluster starts.
+    Idempotent; any other unraisable exception goes to the hook there was.
+
+    Internal: the scheduler and each worker add ``GCDiagnosis._gc_callback`` to
+    ``gc.callbacks`` from their event loop's thread, which asserts that a collection it
+    sees stop was seen starting. Added while another thread is inside a collection, it
+    sees only the stop, and Python prints "Exception ignored in ... Traceback ...
+    AssertionError", now and then, between a run's start-up lines. The diagnosis goes on
+    with the next collection; nothing is wrong but the traceback.
+    """
+    import sys
+
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_gc_diagnosis_race", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if not _gc_diagnosis_race(unraisable):
+            previous(unraisable)
+
+    hook._drops_gc_diagnosis_race = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def flush_prefect(timeout: float = 5.0) -> None:
     """Send the events and log records a process still holds to Prefect's API, if the
     process loaded Prefect at all (a command that exits without Python's usual shutdown
@@ -550,6 +586,18 @@ def _check_drain_progress() -> None:
         raise CompatError("prefect's events and log workers were renamed")
 
 
+def _check_gc_diagnosis() -> None:
+    import inspect
+
+    import distributed.gc as gc_module
+
+    if gc_module.__name__ != _GC_DIAGNOSIS_MODULE:
+        raise CompatError("distributed.gc moved")
+    callback = getattr(getattr(gc_module, "GCDiagnosis", None), "_gc_callback", None)
+    if not callable(callback) or "stop_timing" not in inspect.getsource(callback):
+        raise CompatError("distributed's GCDiagnosis no longer times collections as it did")
+
+
 #: Internal -> its check.
 CHECKS: dict[str, Callable[[], None]] = {
     "prefect FlowRunContext.run_results": _check_run_results,
@@ -565,6 +613,7 @@ CHECKS: dict[str, Callable[[], None]] = {
     "distributed SpecCluster._created and Nanny.pid": _check_spec_cluster_created,
     "prefect flow run heartbeats": _check_heartbeats,
     "prefect QueueService drain warning": _check_drain_progress,
+    "distributed GCDiagnosis callback": _check_gc_diagnosis,
 }
 
 

@@ -31,6 +31,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
+from prefect_pipeline.folders import nearest_folder
+
 #: An empty, unlocked temporary file younger than this may be one a live writer has just
 #: created and not yet locked: it is left for a later sweep.
 EMPTY_GRACE_SECONDS = 60.0
@@ -178,13 +180,6 @@ def try_a_file_in(folder: Path) -> None:
         os.close(fd)
     finally:
         os.unlink(path)
-
-
-def nearest_folder(path: Path) -> Path:
-    """``path`` if it exists, else its nearest existing parent: where it would be made."""
-    while not path.exists():
-        path = path.parent
-    return path
 
 
 def output_folder_problem(folder: Path, *, probe: bool = True) -> str | None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from prefect_pipeline.compat import QUIET_DASK, worker_processes
+from prefect_pipeline.compat import QUIET_DASK, quiet_gc_diagnosis_race, worker_processes
 from prefect_pipeline.exceptions import RunError, UsageError
 from prefect_pipeline.logs import get_logger
 
@@ -80,6 +80,30 @@ def _without_dask_echo() -> Iterator[None]:
         spec_logger.removeFilter(_not_dask_echo)
 
 
+#: What the resource tracker is told to keep quiet about: the semaphores of worker
+#: processes killed as they started (an interrupt during the cluster's start), which it
+#: then removes as it should. Its warning, printed as it exits, came after the command's
+#: last line ("Interrupted.") and said nothing a user could act on.
+_TRACKER_WARNINGS = "ignore::UserWarning:multiprocessing.resource_tracker"
+
+
+def start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (the process that removes what worker
+    processes leave behind) if it is not running, with its leak warning silenced. Only it
+    sees the setting: the environment is put back before anything else starts."""
+    from multiprocessing import resource_tracker
+
+    previous = os.environ.get("PYTHONWARNINGS")
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [previous, _TRACKER_WARNINGS]))
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        if previous is None:
+            os.environ.pop("PYTHONWARNINGS", None)
+        else:
+            os.environ["PYTHONWARNINGS"] = previous
+
+
 @contextmanager
 def _stop_signals_blocked() -> Iterator[None]:
     """SIGINT and SIGTERM blocked in this thread for the block, and so in the threads it
@@ -89,12 +113,10 @@ def _stop_signals_blocked() -> Iterator[None]:
     (``worker_preload``). Without it, one that is still importing when they come dies with
     a traceback. This thread's own signals arrive again at the block's end; the command's
     handler runs in the main thread whichever thread the kernel chose."""
-    from multiprocessing import resource_tracker
-
     # Started later by a thread with them blocked, multiprocessing's resource tracker
     # would unblock them in that thread once it had spawned itself (its own way of being
     # deaf to them); started first, it is not started again.
-    resource_tracker.ensure_running()
+    start_resource_tracker()
     stops = {signal.SIGINT, signal.SIGTERM}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     try:
@@ -247,6 +269,7 @@ class DaskCluster:
             # each is a process that spends seconds of CPU importing Prefect's task engine,
             # and meanwhile the run goes on in this process (``workers_ready``).
             cluster = None
+            quiet_gc_diagnosis_race()  # its scheduler's (the workers': worker_preload)
             try:
                 with _without_dask_echo(), _stop_signals_blocked():
                     cluster = LocalCluster(

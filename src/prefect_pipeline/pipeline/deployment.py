@@ -9,7 +9,8 @@ up scheduled runs and runs triggered from the UI or the API, each in a process o
 The database is not a parameter: parameters are stored in Prefect and shown in its UI, and a
 PostgreSQL URL holds a password. Each flow run reads it from the serving process's
 environment (``PIPELINE_DB_PATH`` / ``PIPELINE_DATABASE_URL``, set by ``pipeline serve``
-from its options), as it does the output folder and the pipeline definition.
+from its options), as it does the pipeline definition. The queued inputs' JSON goes where
+``pipeline enqueue`` put it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from prefect_pipeline.config import (
     DEFAULT_WORKERS_AFTER,
     PipelineConfig,
 )
-from prefect_pipeline.exceptions import Interrupted
+from prefect_pipeline.exceptions import Interrupted, PipelineError
 
 #: The deployment's flow name, as Prefect shows it.
 FLOW_NAME = "drain-db"
@@ -44,8 +45,10 @@ def drain_queue(
     address: str | None = None,
     workers_after: float = DEFAULT_WORKERS_AFTER,
 ) -> Any:
-    """Run the queued inputs (``pipeline drain-db``) with these options; the database, the
-    output folder and the pipeline come from the serving process's environment."""
+    """Run the queued inputs (``pipeline drain-db``) with these options; the database and
+    the pipeline come from the serving process's environment. A drain that cannot start
+    (the database unreachable, its inputs' output folder unusable) ends Failed with its
+    one-line reason, as the command prints it, not a traceback."""
     import os
 
     from prefect_pipeline.pipeline.definition import default_pipeline, load_definition
@@ -70,6 +73,8 @@ def drain_queue(
         )
     except Interrupted as stopped:
         return Cancelled(message="the drain was cancelled", data=stopped.summary.to_dict())
+    except PipelineError as exc:
+        return Failed(message=str(exc))
     report = summary.to_dict()
     if summary.failed or summary.pending:
         return Failed(

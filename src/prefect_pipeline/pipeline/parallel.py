@@ -371,8 +371,11 @@ def _check_queued_outputs(plan: Plan) -> None:
     """The folders the first inputs claimed write their JSON in (chosen when they were
     queued, under enqueue's --output-dir: not this command's), or the run stops here,
     before anything starts, when none of them can take a file: one line, exit 2, the
-    claims given back. When only some cannot, their inputs fail one by one, each with
+    claims given back (pending again, their attempts not counted), for the drain after
+    the folder is fixed. When only some cannot, their inputs fail one by one, each with
     its own line, and the others run."""
+    if not plan.chain[0].job_class.writes_output:
+        return
     folders = {
         Path(item.data["output_path"]).parent
         for item in plan.primed
@@ -382,11 +385,11 @@ def _check_queued_outputs(plan: Plan) -> None:
     if not problems or not all(problems.values()):
         return
     folder, problem = next(iter(problems.items()))
+    message = f"{folder}: {problem} (where enqueue's --output-dir put the queued inputs' JSON)"
     released = plan.ledger.release()
-    raise OutputFolderError(
-        f"{folder}: {problem} (where enqueue's --output-dir put the queued inputs' JSON); "
-        f"the {released} input(s) this run took are pending in the database"
-    )
+    if released:
+        message += f"; the {released} input(s) this run took are pending in the database"
+    raise OutputFolderError(message)
 
 
 def _first_group(plan: Plan) -> list[Any]:

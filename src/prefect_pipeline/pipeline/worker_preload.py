@@ -19,13 +19,18 @@ import prefect.task_engine  # noqa: F401
 
 import prefect_pipeline.jobs
 import prefect_pipeline.pipeline.wrappers  # noqa: F401
-from prefect_pipeline.compat import plain_http_clients, quiet_drain_progress
+from prefect_pipeline.compat import (
+    plain_http_clients,
+    quiet_drain_progress,
+    quiet_gc_diagnosis_race,
+)
 from prefect_pipeline.logs import quiet_worker_close
 
 plain_http_clients()  # before the worker's first Prefect client
 
 quiet_worker_close()  # its teardown in the middle of a run is the command's doing
 quiet_drain_progress()  # nor is the drain of its last events as it closes a warning
+quiet_gc_diagnosis_race()  # nor a race of Dask's GC diagnosis as the worker starts
 
 if threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
