@@ -314,6 +314,16 @@ def cli_runner() -> CliInvoke:
 # Helpers ------------------------------------------------------------------------------
 
 
+def queued_output_refused(folder: Path, problem: str, taken: int) -> str:
+    """drain-db's one line (after "Error: ") when its first inputs' output folder, where
+    enqueue put their JSON, takes no file: ``folder``, its ``problem``, the inputs given
+    back."""
+    return (
+        f"{folder}: {problem} (where enqueue's --output-dir put the queued inputs' JSON); the"
+        f" {taken} input(s) this run took are pending in the database"
+    )
+
+
 def api_env() -> dict[str, str]:
     """This process's environment with the session's Prefect API URL, for a command run as
     a child process (the harness sets it through Prefect's settings context too, which a

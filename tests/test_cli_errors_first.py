@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from prefect_pipeline.clock import local_time
-from tests.conftest import CliInvoke, files_under, query, sqlite_store
+from tests.conftest import CliInvoke, files_under, query, queued_output_refused, sqlite_store
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
 
@@ -473,11 +473,8 @@ def test_drain_db_refuses_a_queue_whose_output_folder_takes_no_file(
     result = watched(*base, "drain-db", "--workers", "0")
 
     assert result.returncode == 2, result.stderr
-    assert result.stderr == (
-        f"Error: {json_folder}: cannot be created: {out} is not a directory (where enqueue's"
-        " --output-dir put the queued inputs' JSON); the 2 input(s) this run took are"
-        " pending in the database\n"
-    )
+    problem = f"cannot be created: {out} is not a directory"
+    assert result.stderr == f"Error: {queued_output_refused(json_folder, problem, 2)}\n"
     assert result.stdout == ""
     assert_started_nothing(result)
     after = query(db, "SELECT id, status, attempts, claim_token FROM pipeline_inputs")

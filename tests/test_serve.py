@@ -17,7 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 
 from prefect_pipeline.config import PipelineConfig
-from tests.conftest import CliInvoke, api_env, query, sqlite_store
+from tests.conftest import CliInvoke, api_env, query, queued_output_refused, sqlite_store
 
 pytestmark = pytest.mark.slow
 
@@ -100,10 +100,8 @@ def test_a_served_drain_that_cannot_start_fails_with_its_one_line_reason(
     state = drain_queue(workers=0, return_state=True)
 
     assert state.type == StateType.FAILED
-    assert state.message == (
-        f"{out / inputs.relative_to(inputs.anchor)}: cannot be created: {out} is not a"
-        " directory (where enqueue's --output-dir put the queued inputs' JSON); the 1"
-        " input(s) this run took are pending in the database"
+    assert state.message == queued_output_refused(
+        out / inputs.relative_to(inputs.anchor), f"cannot be created: {out} is not a directory", 1
     )
     assert [tuple(r) for r in query(config.db_path, "SELECT status FROM pipeline_inputs")] == [
         ("pending",)

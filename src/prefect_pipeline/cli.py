@@ -922,10 +922,10 @@ def enqueue(
     # The queued inputs' JSON paths are fixed here, under --output-dir: one that is a file
     # would fail every one of them in drain-db. Whether files can be made there is for
     # drain-db to find (the machines that drain may be others than this one).
-    _check_output_dir(config, _definition().jobs, probe=False)
+    chain = _definition().jobs
+    _check_output_dir(config, chain, probe=False)
     ignored: list[dict[str, str]] = []
     unreadable: list[dict[str, str]] = []
-    chain = _definition().jobs
     result = enqueue_inputs(
         _open_database(config),
         _queued_inputs(config, paths, pattern, recursive, ignored, unreadable),
@@ -1123,8 +1123,7 @@ def _left_in_queue(config: PipelineConfig, summary: Any) -> tuple[dict[str, Any]
         )
     lines.extend(
         f"{count} input(s) held by {who} until {local_time(until)} (its lease, renewed while"
-        " it runs): "
-        "left to it"
+        " it runs): left to it"
         for who, count, until in left.held
     )
     return data, lines

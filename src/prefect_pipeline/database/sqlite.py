@@ -362,9 +362,9 @@ class SqliteStore(Store):
 
     def read(self, reader: Callable[[], T]) -> T:
         try:
+            if self._opening is None or not self._opening.alone:
+                return reader()
             for _ in range(_READ_ATTEMPTS):
-                if self._opening is None or not self._opening.alone:
-                    return reader()
                 # An immutable connection takes the file for unchanging and keeps its page
                 # cache from one read to the next: each read of the file alone is on a new
                 # connection, its opening chosen again (a writer may have left a -wal file).

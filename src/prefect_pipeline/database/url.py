@@ -82,17 +82,17 @@ class DatabaseUrl:
 def without_password(url: str) -> str:
     """``url`` with its password left out (not masked): a command that names it still runs
     where libpq finds the password itself (``PGPASSWORD``, ``~/.pgpass``)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, f"{parts.username or ''}@{netloc}", *parts[2:]))
+    return _password_as(url, "")
 
 
 def _redact(url: str) -> str:
+    return _password_as(url, ":***")
+
+
+def _password_as(url: str, shown: str) -> str:
+    """``url`` with its password (and the colon before it) replaced by ``shown``."""
     parts = urlsplit(url)
     if parts.password is None:
         return url
     netloc = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit((parts.scheme, f"{user}:***@{netloc}", *parts[2:]))
+    return urlunsplit((parts.scheme, f"{parts.username or ''}{shown}@{netloc}", *parts[2:]))

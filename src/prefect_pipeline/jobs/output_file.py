@@ -204,20 +204,20 @@ def output_folder_problem(folder: Path, *, probe: bool = True) -> str | None:
     return None
 
 
+#: Failures of the probe that say themselves what is wrong with the folder.
+_SELF_EXPLAINED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+#: Those of a file system that makes no regular files: /proc answers "no such file or
+#: directory" for a folder that exists.
+_NO_FILES_THERE = {errno.ENOENT, errno.EOPNOTSUPP, errno.EINVAL}
+
+
 def _probe_failure(exc: OSError) -> str:
-    known = {
-        errno.EACCES: "permission denied",
-        errno.EPERM: "operation not permitted",
-        errno.EROFS: "read-only file system",
-        errno.ENOSPC: "no space left on device",
-        errno.EDQUOT: "disk quota exceeded",
-    }
     reason = (exc.strerror or str(exc)).lower()
-    if exc.errno in (errno.ENOENT, errno.EOPNOTSUPP, errno.EINVAL):
-        # From a file system that makes no regular files: /proc answers "no such file or
-        # directory" for a folder that exists.
+    if exc.errno in _SELF_EXPLAINED:
+        return reason
+    if exc.errno in _NO_FILES_THERE:
         return f"its file system makes no file there: {reason}"
-    return known.get(exc.errno or 0, f"making a file there fails: {reason}")
+    return f"making a file there fails: {reason}"
 
 
 @contextmanager

@@ -357,14 +357,9 @@ def _check_api(plan: Plan) -> None:
     try:
         check_configured_api()
     except RunError as exc:
-        released = plan.ledger.release()
-        if not released:
-            raise
         # Found and registered before the API was asked (a run with nothing to do needs
         # none): they stay in the ledger, where a later run, or drain-db, takes them.
-        raise RunError(
-            f"{exc}; the {released} input(s) this run took are pending in the database"
-        ) from None
+        raise RunError(_given_back_before_start(plan, str(exc))) from None
 
 
 def _check_queued_outputs(plan: Plan) -> None:
@@ -381,15 +376,24 @@ def _check_queued_outputs(plan: Plan) -> None:
         for item in plan.primed
         if isinstance(item.data, dict) and item.data.get("output_path")
     }
-    problems = {folder: output_folder_problem(folder) for folder in sorted(folders)}
-    if not problems or not all(problems.values()):
-        return
-    folder, problem = next(iter(problems.items()))
-    message = f"{folder}: {problem} (where enqueue's --output-dir put the queued inputs' JSON)"
+    first: str | None = None
+    for folder in sorted(folders):
+        problem = output_folder_problem(folder)
+        if problem is None:
+            return  # one that can: the run goes on
+        first = first or f"{folder}: {problem}"
+    if first is not None:
+        where = "where enqueue's --output-dir put the queued inputs' JSON"
+        raise OutputFolderError(_given_back_before_start(plan, f"{first} ({where})"))
+
+
+def _given_back_before_start(plan: Plan, message: str) -> str:
+    """``message`` of a run refused before anything started, once the inputs it claimed
+    are given back (pending again, their attempts not counted), saying so if there were."""
     released = plan.ledger.release()
-    if released:
-        message += f"; the {released} input(s) this run took are pending in the database"
-    raise OutputFolderError(message)
+    if not released:
+        return message
+    return f"{message}; the {released} input(s) this run took are pending in the database"
 
 
 def _first_group(plan: Plan) -> list[Any]:
